@@ -1,0 +1,3 @@
+"""distill: knowledge distillation from LLM recommenders into SASRec."""
+
+__version__ = "0.1.0"

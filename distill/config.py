@@ -1,0 +1,233 @@
+"""Typed configuration: dataclass defaults < TOML file < ``--set key=value`` < direct CLI options.
+
+Every command has one frozen dataclass config. This module resolves the layers into an instance,
+coercing and checking each value against the field's type annotation, and turns configs back into
+plain dictionaries for ``config.json``. Unknown keys are errors that name the key and its source.
+No torch here: the CLI imports configs to build ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from distill.errors import DistillError
+
+C = TypeVar("C")
+
+
+class ConfigError(DistillError, ValueError):
+    """A configuration value or key that cannot be used."""
+
+
+def resolve(
+    cls: type[C],
+    *,
+    file: str | Path | None = None,
+    sets: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from its defaults, a TOML file, ``key=value`` strings and direct options.
+
+    Args:
+        cls: a (possibly nested) dataclass type.
+        file: optional TOML file; nested tables map to nested dataclass fields.
+        sets: ``key.sub=value`` strings, values parsed by the field's type.
+        options: dotted keys to already-typed values (CLI options the user actually passed).
+
+    Raises:
+        ConfigError: unknown key, unparsable value, or a value the dataclass rejects.
+    """
+    updates: dict[str, tuple[Any, str]] = {}
+    if file is not None:
+        path = Path(file)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        for key, value in _flatten(table):
+            updates[key] = (value, f"config file {path}")
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        updates[key.strip()] = (_Raw(raw.strip()), "--set")
+    for key, value in (options or {}).items():
+        if value is not None:
+            updates[key] = (value, "option")
+    return _build(cls, updates, prefix="")
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], source: str) -> C:
+    """Rebuild a config saved by :func:`to_dict` (strict: unknown keys are errors)."""
+    return _build(cls, {k: (v, source) for k, v in _flatten(data)}, prefix="")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dictionary of a (nested) dataclass config; tuples become lists."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Default values of a dataclass's fields that have one (for ``--help`` texts)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+class _Raw(str):
+    """A string from the command line, still to be parsed by the field's type."""
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _build(cls: type[C], updates: dict[str, tuple[Any, str]], prefix: str) -> C:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    mine = {k[len(prefix):]: v for k, v in updates.items() if k.startswith(prefix)}
+    for key, (_, source) in mine.items():
+        head = key.split(".", 1)[0]
+        if head not in fields or ("." in key and not dataclasses.is_dataclass(hints[head])):
+            known = ", ".join(prefix + name for name in fields)
+            raise ConfigError(f"unknown config key '{prefix}{key}' (from {source}); known keys: {known}")
+    kwargs = {}
+    for name, f in fields.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            if any(k.startswith(name + ".") for k in mine) or name not in mine:
+                kwargs[name] = _build(typ, updates, prefix=f"{prefix}{name}.")
+            continue
+        if name in mine:
+            value, source = mine[name]
+            kwargs[name] = _coerce(value, typ, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"incomplete config for {cls.__name__}: {e}") from None
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``typ``; parse it first if it came as a raw string."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    where = f"config key '{key}' (from {source})"
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, _Raw) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be None")
+    if origin is typing.Literal:
+        choices = args
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return str(value) if isinstance(value, _Raw) else value
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            value = [_Raw(v) if isinstance(value, _Raw) else v for v in items]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, inner, key, source) for v in value)
+    if typ is bool:
+        if isinstance(value, _Raw):
+            low = value.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+        elif isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, _Raw):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, _Raw):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """``distill prepare``: raw interactions (or the synthetic generator) → a dataset directory."""
+
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    format: typing.Literal["auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"] = "auto"
+    items: str | None = None
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    min_user_interactions: int = 3
+    min_item_interactions: int = 1
+    synthetic: bool = False
+    num_users: int = 1000
+    num_items: int = 500
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("an output directory is required (--output DIR)")
+        if self.synthetic and self.inputs:
+            raise ValueError("give either input files or --synthetic, not both")
+        if not self.synthetic and not self.inputs:
+            raise ValueError("no input: give one or more INPUT files, or --synthetic")
+        if self.min_user_interactions < 3:
+            raise ValueError(
+                "min_user_interactions must be at least 3 (leave-one-out needs a train, a validation "
+                f"and a test item), got {self.min_user_interactions}"
+            )
+        if self.min_item_interactions < 1:
+            raise ValueError(f"min_item_interactions must be at least 1, got {self.min_item_interactions}")
+        if self.synthetic and (self.num_users < 1 or self.num_items < 10):
+            raise ValueError(
+                f"synthetic data needs num_users >= 1 and num_items >= 10, got {self.num_users}, {self.num_items}"
+            )

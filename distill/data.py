@@ -1,0 +1,167 @@
+"""Reading a dataset directory: leave-one-out views and left-padded batches as tensors.
+
+Sequences are held flat (``items``, with ``offsets`` per user) so that batches are cut with numpy
+index arithmetic, never a Python loop per sequence. Leave-one-out per user:
+
+- train: ``items[:-2]`` (a model learns every next item inside it),
+- valid: history ``items[:-2]``, target ``items[-2]``,
+- test: history ``items[:-1]``, target ``items[-1]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from distill.errors import DistillError
+from distill.prepare import FORMAT_VERSION
+
+SPLITS = ("valid", "test")
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """Users to rank the whole catalogue for, with what their history is and what comes next."""
+
+    users: torch.Tensor  # (B,) user ids
+    inputs: torch.Tensor  # (B, L) the last L history items, left-padded with 0
+    targets: torch.Tensor  # (B,) the held-out item
+    seen: torch.Tensor  # (B, H) every history item (not only the last L), 0-padded; masked when ranking
+
+
+class Dataset:
+    """A dataset directory written by ``distill prepare``.
+
+    Attributes:
+        path: the directory.
+        meta: the parsed ``meta.json``.
+        num_users, num_items: counts; item ids run from 1 to ``num_items``.
+        fingerprint: hash of the vocabulary and sequences, checked by every stage that reads a model.
+        items: every user's items, concatenated, int64.
+        offsets: ``(num_users + 1,)``: user ``u``'s items are ``items[offsets[u]:offsets[u + 1]]``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise DistillError(f"dataset directory {self.path} does not exist (create it with `distill prepare`)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise DistillError(f"{self.path} is not a dataset directory: no meta.json") from None
+        except json.JSONDecodeError as e:
+            raise DistillError(f"{meta_path} is not valid JSON: {e}") from None
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DistillError(
+                f"{meta_path}: unknown format_version {version!r} (this distill reads {FORMAT_VERSION}); "
+                "prepare the data again"
+            )
+        try:
+            sequences = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "items"])
+            items = pl.read_parquet(self.path / "items.parquet", columns=["item", "raw_item", "title"])
+        except Exception as e:  # missing or corrupt parquet: polars raises several types
+            raise DistillError(f"{self.path}: cannot read the dataset files: {str(e).splitlines()[0]}") from None
+        self.num_users = int(self.meta["num_users"])
+        self.num_items = int(self.meta["num_items"])
+        self.fingerprint = str(self.meta["fingerprint"])
+        if sequences.height != self.num_users or items.height != self.num_items:
+            raise DistillError(f"{self.path}: the parquet files do not match meta.json's counts")
+        lengths = sequences["items"].list.len().to_numpy().astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.items = sequences["items"].explode().to_numpy().astype(np.int64)
+        self._titles = items["title"].to_list()
+        self._raw_items = items["raw_item"].to_list()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Every user's full sequence length, ``(num_users,)``."""
+        return np.diff(self.offsets)
+
+    @property
+    def has_titles(self) -> bool:
+        return bool(self.meta.get("has_titles"))
+
+    def title(self, item: int) -> str | None:
+        """The item's title, or None when the dataset has none for it."""
+        return self._titles[item - 1] if 1 <= item <= self.num_items else None
+
+    def raw_item(self, item: int) -> str:
+        """The item's id in the raw input."""
+        return self._raw_items[item - 1]
+
+    def sequence(self, user: int) -> np.ndarray:
+        """A user's whole chronological sequence (train, valid and test items)."""
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def history_bounds(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, ends)`` into :attr:`items` of each user's history for ``split``.
+
+        ``train`` is the training sequence ``items[:-2]``; for ``valid`` and ``test`` the history is
+        what precedes the target.
+        """
+        holdout = {"train": 2, "valid": 2, "test": 1}[split]
+        return self.offsets[:-1].copy(), self.offsets[1:] - holdout
+
+    def eval_users(self) -> np.ndarray:
+        """Users that have a validation and a test target (every user after ``prepare``'s filter)."""
+        return np.flatnonzero(self.lengths >= 3)
+
+    def train_batches(
+        self, batch_size: int, max_len: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled ``(inputs, targets)`` batches of training sequences, both ``(B, max_len)``.
+
+        ``inputs`` are the last ``max_len`` items of ``train[:-1]``, ``targets`` the item after each
+        (``train[1:]``), left-padded with 0. Users whose training sequence has fewer than 2 items are
+        skipped: there is nothing to predict inside it.
+        """
+        starts, ends = self.history_bounds("train")
+        users = np.flatnonzero(ends - starts >= 2)
+        order = users[torch.randperm(len(users), generator=generator).numpy()]
+        for i in range(0, len(order), batch_size):
+            u = order[i : i + batch_size]
+            inputs = window(self.items, starts[u], ends[u] - 1, max_len)
+            targets = window(self.items, starts[u] + 1, ends[u], max_len)
+            yield torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def eval_batches(
+        self, split: str, batch_size: int, max_len: int, users: np.ndarray | None = None
+    ) -> Iterator[EvalBatch]:
+        """Batches for ranking the ``split`` target (``valid`` or ``test``) of ``users`` (default all)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        starts, ends = self.history_bounds(split)
+        users = self.eval_users() if users is None else users
+        for i in range(0, len(users), batch_size):
+            u = users[i : i + batch_size]
+            longest = int((ends[u] - starts[u]).max())
+            yield EvalBatch(
+                users=torch.from_numpy(u.astype(np.int64)),
+                inputs=torch.from_numpy(window(self.items, starts[u], ends[u], max_len)),
+                targets=torch.from_numpy(self.items[ends[u]]),
+                seen=torch.from_numpy(window(self.items, starts[u], ends[u], max(longest, 1))),
+            )
+
+
+def window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+    """The last ``length`` entries of each ``flat[start:end]``, left-padded with 0.
+
+    Args:
+        flat: concatenated sequences, ``(T,)``.
+        starts, ends: ``(B,)`` bounds of each row's slice.
+        length: output width.
+
+    Returns:
+        ``(B, length)`` int64.
+    """
+    idx = ends[:, None] - length + np.arange(length)[None, :]  # (B, length)
+    valid = idx >= starts[:, None]
+    return np.where(valid, flat[np.clip(idx, 0, None)], 0).astype(np.int64)

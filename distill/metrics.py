@@ -1,0 +1,77 @@
+"""Full-ranking metrics over the whole catalogue.
+
+The rank of the target counts every item scoring strictly higher plus every item tied with it
+(pessimistic ties, so a constant scorer ranks last and scores zero). Items already in the user's
+history are masked out (the target itself is never masked, even when it was seen before), as is
+the padding id 0. With a 0-based rank r: HR@K = [r < K], NDCG@K = [r < K] / log2(r + 2),
+MRR = 1 / (r + 1) (untruncated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+DEFAULT_KS = (5, 10, 20)
+MASKING_NOTE = "full ranking over all items; items in the user's history masked; ties count against the target"
+
+
+def full_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based pessimistic rank of each target among all items.
+
+    Args:
+        scores: ``(B, num_items + 1)``; column 0 is padding and never counts.
+        targets: ``(B,)`` item ids.
+        seen: ``(B, H)`` item ids to mask (0 entries are padding), or None.
+
+    Returns:
+        ``(B,)`` int64 ranks.
+    """
+    scores = scores.detach().float().clone()
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets].clone()  # (B,)
+    if seen is not None:
+        scores.scatter_(1, seen.to(scores.device), float("-inf"))
+    scores[:, 0] = float("-inf")
+    scores[rows, targets] = float("-inf")  # the target does not compete with itself
+    t = target_scores[:, None]
+    return ((scores > t).sum(1) + (scores == t).sum(1)).long()
+
+
+class RankingMetrics:
+    """Accumulates HR@K, NDCG@K and MRR over batches of ranks."""
+
+    def __init__(self, ks: Sequence[int] = DEFAULT_KS):
+        self.ks = tuple(ks)
+        self._sums = {name: 0.0 for name in self._names()}
+        self.count = 0
+
+    def _names(self) -> list[str]:
+        return [f"{m}@{k}" for k in self.ks for m in ("hr", "ndcg")] + ["mrr"]
+
+    def update(self, ranks: torch.Tensor) -> None:
+        """Add a batch of 0-based ranks, ``(B,)``."""
+        r = ranks.double().cpu()
+        for k in self.ks:
+            hit = (r < k).double()
+            self._sums[f"hr@{k}"] += hit.sum().item()
+            self._sums[f"ndcg@{k}"] += (hit / torch.log2(r + 2)).sum().item()
+        self._sums["mrr"] += (1.0 / (r + 1)).sum().item()
+        self.count += len(r)
+
+    def compute(self) -> dict[str, float]:
+        """Means over everything seen so far, in the order hr@5, ndcg@5, …, mrr."""
+        if self.count == 0:
+            return {name: math.nan for name in self._sums}
+        return {name: total / self.count for name, total in self._sums.items()}
+
+
+def format_table(results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS) -> str:
+    """A small text table: one row per split (``valid``, ``test``), one column per metric."""
+    names = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr"]
+    lines = ["split  " + "  ".join(f"{n:>8}" for n in names)]
+    for split, values in results.items():
+        lines.append(f"{split:<6} " + "  ".join(f"{values.get(n, math.nan):8.4f}" for n in names))
+    return "\n".join(lines)

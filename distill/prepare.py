@@ -1,0 +1,381 @@
+"""``distill prepare``: raw interactions → a dataset directory that every later stage reads.
+
+The directory holds ``sequences.parquet`` (user, raw_user, items: list[int32], chronological),
+``items.parquet`` (item, raw_item, title) and ``meta.json``. Item ids are contiguous from 1 (0 is
+padding); when the raw ids are integers their order is kept, so ``ml-1m.txt``'s item 7 stays item 7.
+Everything is done with polars expressions: there is no Python loop over interactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from distill import synthetic
+from distill.config import PrepareConfig, to_dict
+from distill.errors import DistillError
+
+FORMAT_VERSION = 1
+USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
+ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
+TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "unixreviewtime")
+
+
+def run(cfg: PrepareConfig) -> dict:
+    """Read, filter and number the interactions, then write the dataset directory atomically.
+
+    Returns:
+        The ``meta.json`` content (also written to the directory).
+    """
+    out = Path(cfg.output)
+    if out.exists() and not cfg.overwrite:
+        raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+
+    titles = None
+    if cfg.synthetic:
+        users, items = synthetic.generate(cfg.num_users, cfg.num_items, cfg.seed)
+        frame = pl.DataFrame({"user": users.astype(str), "item": items.astype(str)})
+        frame = frame.with_columns(time=pl.lit(None, pl.Float64)).with_row_index("row")
+        sources = [{"synthetic": {"num_users": cfg.num_users, "num_items": cfg.num_items, "seed": cfg.seed}}]
+    else:
+        paths = [Path(p) for p in cfg.inputs]
+        for path in paths:
+            if not path.is_file():
+                raise DistillError(f"input file {path} does not exist")
+        fmt = cfg.format if cfg.format != "auto" else detect_format(paths[0])
+        frames = [read_interactions(p, fmt, cfg) for p in paths]
+        frame = pl.concat(frames, how="vertical_relaxed").with_row_index("row")
+        if frame.height == 0:
+            raise DistillError(f"no interactions in {', '.join(map(str, paths))}")
+        sources = [{"path": str(p.resolve()), "format": fmt, "sha256": _sha256(p)} for p in paths]
+        items_file = Path(cfg.items) if cfg.items else _companion_items_file(paths[0], fmt)
+        if items_file is not None:
+            titles = read_titles(items_file)
+            sources.append({"path": str(items_file.resolve()), "role": "items", "sha256": _sha256(items_file)})
+
+    frame = k_core(frame, cfg.min_user_interactions, cfg.min_item_interactions)
+    if frame.height == 0:
+        raise DistillError(
+            f"no interactions left after filtering (min_user_interactions={cfg.min_user_interactions}, "
+            f"min_item_interactions={cfg.min_item_interactions})"
+        )
+    sequences, items = number_and_group(frame, titles)
+    meta = _meta(cfg, sequences, items, sources)
+    _write_atomically(out, sequences, items, meta, cfg.overwrite)
+    return meta
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the extension, then from the first lines."""
+    suffix = path.suffix.lower()
+    by_suffix = {".inter": "recbole", ".dat": "movielens", ".csv": "csv", ".parquet": "parquet"}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    with open(path, "rb") as f:
+        head = [line.decode("utf-8", "replace") for line in f.readlines(1 << 16)][:200]
+    lines = [ln for ln in head if ln.strip()]
+    if not lines:
+        raise DistillError(f"{path} is empty")
+    if suffix == ".tsv" or ("\t" in lines[0] and not lines[0].split("\t")[0].strip().isdigit()):
+        return "tsv"
+    if "::" in lines[0]:
+        return "movielens"
+    widths = {len(ln.split()) for ln in lines}
+    return "sasrec" if widths == {2} else "lines"
+
+
+def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
+    """One file as a frame of string ``user``, ``item`` and float ``time`` (null without timestamps)."""
+    if fmt in ("sasrec", "lines", "movielens"):
+        return _read_token_lines(path, fmt)
+    if fmt == "parquet":
+        try:
+            lf = pl.scan_parquet(path)
+            columns = lf.collect_schema().names()
+        except Exception as e:  # polars raises several types for a file that is not Parquet
+            raise DistillError(f"{path} is not a readable Parquet file: {_first_line(e)}") from None
+    else:
+        separator = "," if fmt == "csv" else "\t"
+        lf = pl.scan_csv(path, separator=separator, infer_schema=False, quote_char='"' if fmt == "csv" else None)
+        try:
+            columns = lf.collect_schema().names()
+        except Exception as e:
+            raise DistillError(f"{path} is not a readable {fmt.upper()} file: {_first_line(e)}") from None
+        # RecBole headers carry their type ('user_id:token'); the name is before the colon.
+        lf = lf.rename({c: c.split(":")[0] for c in columns})
+        columns = [c.split(":")[0] for c in columns]
+    user = _pick_column(path, columns, cfg.user_col, USER_COLUMNS, "user", "--user-col")
+    item = _pick_column(path, columns, cfg.item_col, ITEM_COLUMNS, "item", "--item-col")
+    time = cfg.time_col or next((c for c in columns if c.lower() in TIME_COLUMNS), None)
+    if time is not None and time not in columns:
+        raise DistillError(f"{path}: no column '{time}' (columns: {', '.join(columns)})")
+    lf = lf.select(
+        user=pl.col(user).cast(pl.String),
+        item=pl.col(item).cast(pl.String),
+        time=_time_expr(pl.col(time)) if time else pl.lit(None, pl.Float64),
+    ).with_row_index("lineno", offset=2 if fmt != "parquet" else 1)
+    try:
+        frame = lf.collect()
+    except Exception as e:
+        raise DistillError(f"{path}: {_first_line(e)}") from None
+    bad = frame.filter(pl.col("user").is_null() | pl.col("item").is_null() | (pl.col("item") == ""))
+    if bad.height:
+        raise DistillError(f"{path}, line {bad['lineno'][0]}: missing user or item id")
+    if time is not None:
+        bad = frame.filter(pl.col("time").is_null())
+        if bad.height:
+            raise DistillError(f"{path}, line {bad['lineno'][0]}: timestamp in column '{time}' is not a number or date")
+    return frame.drop("lineno")
+
+
+def _time_expr(col: pl.Expr) -> pl.Expr:
+    """Numbers as they are; ISO dates and datetimes as seconds since the epoch."""
+    as_number = col.cast(pl.Float64, strict=False)
+    as_date = col.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
+    return pl.coalesce(as_number, as_date)
+
+
+def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
+    """Whitespace formats (``user item`` / ``user i1 i2 …``) and MovieLens ``u::i::r::t``, integer ids."""
+    lf = pl.scan_csv(
+        path, has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
+        schema_overrides={"line": pl.String},
+    ).with_row_index("lineno", offset=1)
+    if fmt == "movielens":
+        tokens = pl.col("line").str.strip_chars().str.split("::")
+    else:
+        tokens = pl.col("line").str.extract_all(r"\S+")
+    try:
+        frame = lf.with_columns(tokens=tokens).filter(pl.col("tokens").list.len() > 0).collect()
+    except Exception as e:
+        raise DistillError(f"{path}: cannot read: {_first_line(e)}") from None
+    width = frame["tokens"].list.len()
+    wrong = {
+        "sasrec": (width != 2, "expected 'user item'"),
+        "lines": (width < 2, "expected 'user item item …'"),
+        "movielens": ((width < 3) | (width > 4), "expected 'user::item::rating::timestamp'"),
+    }[fmt]
+    bad = frame.filter(wrong[0])
+    if bad.height:
+        raise DistillError(f"{path}, line {bad['lineno'][0]}: {wrong[1]}, got {bad['line'][0]!r}")
+
+    if fmt == "lines":
+        frame = frame.select(
+            "lineno", user=pl.col("tokens").list.first(), item=pl.col("tokens").list.slice(1)
+        ).explode("item")
+        time = pl.lit(None, pl.Float64)
+    else:
+        frame = frame.select(
+            "lineno",
+            user=pl.col("tokens").list.get(0),
+            item=pl.col("tokens").list.get(1),
+            time_raw=pl.col("tokens").list.get(3, null_on_oob=True),
+        )
+        time = pl.col("time_raw").cast(pl.Float64, strict=False)
+    for column in ("user", "item"):
+        bad = frame.filter(pl.col(column).cast(pl.Int64, strict=False).is_null())
+        if bad.height:
+            raise DistillError(
+                f"{path}, line {bad['lineno'][0]}: {column} id {bad[column][0]!r} is not an integer ({fmt} format)"
+            )
+    if fmt == "movielens":
+        bad = frame.filter(pl.col("time_raw").is_not_null() & time.is_null())
+        if bad.height:
+            raise DistillError(f"{path}, line {bad['lineno'][0]}: timestamp {bad['time_raw'][0]!r} is not a number")
+    return frame.select("user", "item", time=time)
+
+
+def _pick_column(path: Path, columns: list[str], given: str | None, known: tuple[str, ...], what: str, flag: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise DistillError(f"{path}: no column '{given}' (columns: {', '.join(columns)})")
+        return given
+    found = next((c for c in columns if c.lower() in known), None)
+    if found is None:
+        raise DistillError(f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
+                           f"(columns: {', '.join(columns)})")
+    return found
+
+
+def _companion_items_file(path: Path, fmt: str) -> Path | None:
+    """RecBole's ``X.item`` beside ``X.inter``: titles come along without being asked for."""
+    if fmt == "recbole":
+        candidate = path.with_suffix(".item")
+        return candidate if candidate.is_file() else None
+    return None
+
+
+def read_titles(path: Path) -> pl.DataFrame:
+    """Item titles from a RecBole ``.item``, MovieLens ``movies.dat`` or a CSV/TSV with a header.
+
+    Returns:
+        A frame of string ``raw_item`` and ``title``.
+    """
+    if not path.is_file():
+        raise DistillError(f"items file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # MovieLens movies.dat is Latin-1
+    if not text.strip():
+        raise DistillError(f"items file {path} is empty")
+    first = text.split("\n", 1)[0]
+    if "::" in first:
+        rows = pl.Series("line", text.splitlines()).str.split("::")
+        frame = pl.DataFrame({"raw_item": rows.list.get(0, null_on_oob=True), "title": rows.list.get(1, null_on_oob=True)})
+        return frame.filter(pl.col("raw_item").is_not_null() & (pl.col("raw_item") != ""))
+    separator = "\t" if "\t" in first else ","
+    try:
+        frame = pl.read_csv(io.StringIO(text), separator=separator, infer_schema=False,
+                            quote_char='"' if separator == "," else None)
+    except Exception as e:
+        raise DistillError(f"items file {path} is not readable: {_first_line(e)}") from None
+    frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
+    columns = frame.columns
+    id_col = next((c for c in columns if c.lower() in ITEM_COLUMNS or c.lower() == "id"), columns[0])
+    title_col = next((c for c in columns if "title" in c.lower()), None)
+    if title_col is None:
+        title_col = next((c for c in columns if "name" in c.lower()), None)
+    if title_col is None:
+        raise DistillError(f"items file {path}: no title column (columns: {', '.join(columns)})")
+    title = pl.col(title_col).str.strip_chars()
+    if "release_year" in columns:  # RecBole's MovieLens files keep the year apart
+        year = pl.col("release_year").str.strip_chars()
+        title = pl.when(year.is_not_null() & (year != "")).then(pl.format("{} ({})", title, year)).otherwise(title)
+    return frame.select(raw_item=pl.col(id_col).str.strip_chars(), title=title)
+
+
+def k_core(frame: pl.DataFrame, min_user: int, min_item: int) -> pl.DataFrame:
+    """Iteratively drop users and items with too few interactions until both bounds hold."""
+    while True:
+        before = frame.height
+        if min_item > 1:
+            frame = frame.filter(pl.len().over("item") >= min_item)
+        frame = frame.filter(pl.len().over("user") >= min_user)
+        if frame.height == before:
+            return frame
+
+
+def number_and_group(frame: pl.DataFrame, titles: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Contiguous ids (integer raw ids keep their order, others their first appearance) and sequences.
+
+    Each user's items are sorted by time, ties and missing times by file order.
+    """
+    users = _vocabulary(frame, "user")
+    items = _vocabulary(frame, "item")
+    frame = (
+        frame.join(users, left_on="user", right_on="raw_user")
+        .join(items, left_on="item", right_on="raw_item")
+        .sort(["uid", "time", "row"], nulls_last=True)
+    )
+    sequences = (
+        frame.group_by("uid", maintain_order=True)
+        .agg(pl.col("iid").cast(pl.Int32).alias("items"), pl.col("user").first().alias("raw_user"))
+        .select(pl.col("uid").cast(pl.Int32).alias("user"), "raw_user", "items")
+    )
+    items = items.select(pl.col("iid").cast(pl.Int32).alias("item"), "raw_item")
+    if titles is not None:
+        titles = titles.unique("raw_item", keep="first")
+        items = items.join(titles, on="raw_item", how="left", maintain_order="left")
+    else:
+        items = items.with_columns(title=pl.lit(None, pl.String))
+    return sequences, items
+
+
+def _vocabulary(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    first_seen = frame.group_by(column).agg(pl.col("row").min())
+    as_int = first_seen[column].cast(pl.Int64, strict=False)
+    key = as_int if as_int.null_count() == 0 else first_seen["row"]
+    vocab = first_seen.with_columns(_key=key).sort("_key")
+    new_id = "uid" if column == "user" else "iid"
+    start = 0 if column == "user" else 1  # item 0 is padding
+    return vocab.select(pl.col(column).alias(f"raw_{column}"), pl.int_range(start, start + vocab.height).alias(new_id))
+
+
+def fingerprint(sequences: pl.DataFrame, items: pl.DataFrame) -> str:
+    """A short hash of the item vocabulary and the sequences: stages check they read the same data."""
+    h = hashlib.sha256()
+    h.update("\n".join(items["raw_item"].to_list()).encode())
+    flat = sequences["items"].explode().to_numpy().astype(np.int32)
+    lengths = sequences["items"].list.len().to_numpy().astype(np.int64)
+    h.update(flat.tobytes())
+    h.update(lengths.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _meta(cfg: PrepareConfig, sequences: pl.DataFrame, items: pl.DataFrame, sources: list[dict]) -> dict:
+    lengths = sequences["items"].list.len()
+    num_users, num_items, num_interactions = sequences.height, items.height, int(lengths.sum())
+    num_titles = int(items["title"].is_not_null().sum())
+    return {
+        "format_version": FORMAT_VERSION,
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_interactions": num_interactions,
+        "mean_length": round(float(lengths.mean()), 3),
+        "median_length": float(lengths.median()),
+        "density": num_interactions / (num_users * num_items),
+        "has_titles": num_titles > 0,
+        "num_titles": num_titles,
+        "fingerprint": fingerprint(sequences, items),
+        "split": "leave-one-out: train items[:-2], valid target items[-2], test target items[-1]",
+        "filters": {
+            "min_user_interactions": cfg.min_user_interactions,
+            "min_item_interactions": cfg.min_item_interactions,
+        },
+        "sources": sources,
+        "config": to_dict(cfg),
+    }
+
+
+def _write_atomically(out: Path, sequences: pl.DataFrame, items: pl.DataFrame, meta: dict, overwrite: bool) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        sequences.write_parquet(tmp / "sequences.parquet")
+        items.write_parquet(tmp / "items.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            if not overwrite:
+                raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary(meta: dict) -> str:
+    """The lines ``distill prepare`` prints."""
+    return (
+        f"users {meta['num_users']:,}  items {meta['num_items']:,}  interactions {meta['num_interactions']:,}\n"
+        f"length mean {meta['mean_length']:.1f}  median {meta['median_length']:.0f}  "
+        f"density {meta['density']:.4%}  titles {meta['num_titles']:,}/{meta['num_items']:,}\n"
+        f"fingerprint {meta['fingerprint']}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,212 @@
+"""Plumbing every training stage shares: seed, device, run directories, checkpoints, logging.
+
+A run directory looks like::
+
+    RUN/config.json     what the run is ("kind") and the resolved config that rebuilds it
+    RUN/metrics.json    best validation epoch, validation and test metrics at that epoch
+    RUN/best/           checkpoint of the best validation epoch (what later stages load)
+    RUN/last/           checkpoint of the latest epoch (what --resume continues from)
+    RUN/tb/             TensorBoard scalars
+
+A checkpoint directory holds ``model.safetensors`` (only what was trained), ``config.json`` (the
+run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch, optimizer,
+scheduler, early-stopping and RNG state: plain tensors and numbers, loadable with
+``weights_only=True``). Checkpoints are written to a temporary directory and renamed when whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from distill.errors import DistillError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE = "state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` are taken as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DistillError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistillError(f"device {spec!r} requested but CUDA is not available here")
+    return device
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DistillError(f"{what}: {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
+    """Create a run directory, refusing to clobber one unless resuming or told to overwrite."""
+    run = Path(path)
+    if run.exists() and any(run.iterdir()):
+        if resume:
+            if not (run / "last" / STATE).is_file():
+                raise DistillError(f"cannot resume: {run} has no checkpoint at {run / 'last'}")
+            return run
+        if not overwrite:
+            raise DistillError(f"run directory {run} already exists (use --resume to continue it, or another --output)")
+        shutil.rmtree(run)
+    elif resume:
+        raise DistillError(f"cannot resume: run directory {run} does not exist")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def save_checkpoint(
+    path: Path, weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], state: Mapping[str, Any] | None = None
+) -> None:
+    """Write weights, config and (optionally) trainer state to ``path``, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if state is not None:
+        torch.save(_to_cpu(state), tmp / STATE)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, *, with_state: bool = False) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a missing or corrupt one is a DistillError."""
+    if not (path / WEIGHTS).is_file():
+        raise DistillError(f"no checkpoint at {path} (missing {WEIGHTS})")
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DistillError(f"checkpoint {path / WEIGHTS} is corrupt: {e}") from None
+    config = read_json(path / CONFIG, "checkpoint config")
+    state = None
+    if with_state:
+        try:
+            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DistillError(f"checkpoint {path} has no trainer state ({STATE})") from None
+        except Exception as e:  # torch raises many types for a damaged pickle
+            raise DistillError(f"trainer state {path / STATE} is corrupt: {str(e).splitlines()[0]}") from None
+    return weights, config, state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's RNG state (training draws all randomness from torch), for exact resumption."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class EarlyStopping:
+    """Tracks the best value of a validation metric (higher is better) and when to stop."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.bad_evals = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record an evaluation; True when it is a new best."""
+        if value > self.best:
+            self.best, self.best_epoch, self.bad_evals = value, epoch, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_evals = float(state["best"]), int(state["best_epoch"]), int(state["bad_evals"])
+
+
+class Logger:
+    """TensorBoard scalars under ``RUN/tb`` on the main process; a no-op elsewhere."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self._writer = None
+        if enabled and is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(run_dir / "tb"))
+
+    def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(f"{prefix}{name}", value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def progress(total: int, desc: str, enabled: bool = True):
+    """A tqdm progress bar (on stderr, main process only)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (enabled and is_main_process()), leave=False, dynamic_ncols=True)
