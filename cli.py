@@ -7,10 +7,10 @@ overrides the config dataclass's defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -116,8 +116,72 @@ def prepare(inputs: tuple[str, ...], config_file: str | None, sets: tuple[str, .
     click.echo(stage.summary(meta))
 
 
-def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+# ---------------------------------------------------------------------------------------------- student
+from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
+
+
+@main.command("student-train")
+@_option(StudentTrainConfig, "data", "--data", help="Dataset directory from `distill prepare`.")
+@_option(StudentTrainConfig, "output", "--output", "-o", help="Run directory to write.")
+@_option(StudentTrainConfig, "epochs", "--epochs", type=int, help="Maximum number of epochs.")
+@_option(StudentTrainConfig, "batch_size", "--batch-size", type=int, help="Sequences per batch.")
+@_option(StudentTrainConfig, "max_len", "--max-len", type=int, help="Longest history the model reads.")
+@_option(StudentTrainConfig, "hidden", "--hidden", type=int, help="Embedding and state width.")
+@_option(StudentTrainConfig, "blocks", "--blocks", type=int, help="Transformer blocks.")
+@_option(StudentTrainConfig, "heads", "--heads", type=int, help="Attention heads (must divide --hidden).")
+@_option(StudentTrainConfig, "dropout", "--dropout", type=float, help="Dropout rate.")
+@_option(StudentTrainConfig, "lr", "--lr", type=float, help="Adam learning rate.")
+@_option(StudentTrainConfig, "weight_decay", "--weight-decay", type=float, help="Adam weight decay.")
+@_option(StudentTrainConfig, "loss", "--loss", type=_choices(StudentTrainConfig, "loss"),
+         help="ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives.")
+@_option(StudentTrainConfig, "negatives", "--negatives", type=int, help="Negatives per position for --loss bce.")
+@_option(StudentTrainConfig, "patience", "--patience", type=int,
+         help="Stop after this many evaluations without a better validation NDCG@10 (0: never).")
+@_option(StudentTrainConfig, "eval_every", "--eval-every", type=int, help="Validate every N epochs.")
+@_option(StudentTrainConfig, "seed", "--seed", type=int, help="Random seed.")
+@_option(StudentTrainConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
+@_option(StudentTrainConfig, "resume", "--resume", is_flag=True, help="Continue the run in --output from its last epoch.")
+@_config_options
+@_user_errors
+def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
+    """Train a SASRec student on next-item labels; select on validation NDCG@10, report test."""
+    from distill.metrics import format_table
+    from student.train import run
+
+    cfg = _resolve(StudentTrainConfig, config_file, sets, options)
+    results = run(cfg)
+    click.echo(f"best epoch {results['best_epoch']} (selected on {results['selected_on']})")
+    click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="A run directory (student or teacher).")
+@click.option("--data", required=True, type=click.Path(), help="The dataset directory the run was trained on.")
+@click.option("--split", type=click.Choice(["valid", "test", "both"]), default="both", show_default=True,
+              help="Which held-out target to rank.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Users per scoring batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_user_errors
+def evaluate(run_dir: str, data: str, split: str, batch_size: int, device: str) -> None:
+    """Print full-ranking metrics of a saved run (the run directory says what model it holds)."""
+    from distill.data import Dataset
+    from distill.metrics import MASKING_NOTE, format_table
+    from distill.training import read_json, resolve_device
+
+    kind = read_json(Path(run_dir) / "config.json", "run").get("kind")
+    dataset = Dataset(data)
+    dev = resolve_device(device)
+    if kind == "student":
+        from student.train import evaluate_model, load_run
+
+        model = load_run(run_dir, dataset, dev)
+        score = functools.partial(evaluate_model, model, dataset, batch_size=batch_size, device=dev)
+    else:
+        raise click.ClickException(f"{run_dir}: unknown run kind {kind!r}")
+    splits = ["valid", "test"] if split == "both" else [split]
+    click.echo(f"{run_dir} ({kind}); {MASKING_NOTE}")
+    click.echo(format_table({s: score(split=s) for s in splits}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ MRR = 1 / (r + 1) (untruncated).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -66,6 +66,18 @@ class RankingMetrics:
         if self.count == 0:
             return {name: math.nan for name in self._sums}
         return {name: total / self.count for name, total in self._sums.items()}
+
+
+@torch.no_grad()
+def evaluate(score: Callable[[object], torch.Tensor], batches: Iterable, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Rank every batch's targets with ``score(batch) -> (B, num_items + 1)`` and average the metrics.
+
+    ``batches`` yield :class:`distill.data.EvalBatch`-like objects with ``targets`` and ``seen``.
+    """
+    metrics = RankingMetrics(ks)
+    for batch in batches:
+        metrics.update(full_ranks(score(batch), batch.targets, batch.seen))
+    return metrics.compute()
 
 
 def format_table(results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS) -> str:

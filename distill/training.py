@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,11 @@ def progress(total: int, desc: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not (enabled and is_main_process()), leave=False, dynamic_ncols=True)
+
+
+def log(message: str) -> None:
+    """One line on stderr from the main process, without breaking a progress bar."""
+    if is_main_process():
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)

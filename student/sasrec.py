@@ -1,0 +1,196 @@
+"""SASRec: a small causal transformer over item-id sequences (Kang & McAuley, 2018).
+
+Choices that differ between public SASRec implementations, fixed here:
+
+- Pre-LN blocks (LayerNorm before attention and before the feed-forward, a final LayerNorm), as in the
+  original TensorFlow code and pmixer's PyTorch port; queries, keys and values all read the normalised
+  state.
+- The feed-forward is Linear(d→d) → ReLU → Linear(d→d): the paper's two 1x1 convolutions with ReLU.
+- Item embeddings are not scaled by sqrt(d). With normal(0, 0.02) init (RecBole's, shared by every
+  weight matrix and embedding here) item and positional embeddings start on the same scale, and the
+  output is tied to the same table, so an unscaled sum keeps the two roles balanced.
+- Positions are right-aligned: the last column of a length-L input uses position ``max_len - 1`` and
+  column j uses ``max_len - L + j``. Sequences are left-padded, so the most recent item always gets the
+  same position, and adding left padding (or trimming the input width) leaves every real state
+  unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from student.config import SASRecConfig
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention that ignores padding keys.
+
+    Args:
+        hidden: Model width d.
+        heads: Number of heads; divides ``hidden``.
+        dropout: Dropout on attention weights (training only) and on the output projection.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.out_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        """Attend over earlier non-pad positions.
+
+        Args:
+            x: Normalised states, ``(B, L, d)``.
+            attn_mask: Boolean ``(B, 1, L, L)``; True where query i may attend to key j.
+
+        Returns:
+            Attention output after projection and dropout, ``(B, L, d)``.
+        """
+        B, L, d = x.shape
+        # (B, L, 3, H, d/H) -> three (B, H, L, d/H)
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, d/H)
+        y = y.transpose(1, 2).reshape(B, L, d)
+        return self.out_dropout(self.out(y))
+
+
+class FeedForward(nn.Module):
+    """Point-wise feed-forward d → d → d with ReLU, SASRec's pair of 1x1 convolutions.
+
+    Args:
+        hidden: Model width d.
+        dropout: Dropout after the activation and on the output.
+    """
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the feed-forward to every position, ``(B, L, d) -> (B, L, d)``."""
+        return self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + FFN(LN(x)).
+
+    Args:
+        hidden: Model width d.
+        heads: Attention heads.
+        dropout: Dropout probability used throughout the block.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(hidden)
+        self.attn = CausalSelfAttention(hidden, heads, dropout)
+        self.ln_ffn = nn.LayerNorm(hidden)
+        self.ffn = FeedForward(hidden, dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        """Run the block, ``(B, L, d) -> (B, L, d)``; ``attn_mask`` as in :class:`CausalSelfAttention`."""
+        x = x + self.attn(self.ln_attn(x), attn_mask)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommender with a tied item embedding.
+
+    Inputs are item-id sequences left-padded with 0 to a common width ``L <= max_len``. The state at
+    column j summarises items up to and including column j and is scored against every item with
+    :meth:`score` to predict the item that follows.
+
+    Args:
+        config: Architecture; see :class:`student.config.SASRecConfig`.
+    """
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden
+        self.item_emb = nn.Embedding(config.num_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, d)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
+        self.ln_final = nn.LayerNorm(d)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # RecBole's SASRec init: normal(0, 0.02) weights, zero biases, identity LayerNorms.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                # normal_ overwrote the padding row; the tied output relies on it being zero.
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, seq: Tensor) -> Tensor:
+        """Encode left-padded item sequences.
+
+        Args:
+            seq: Item ids, ``(B, L)`` long, 0 = padding, ``L <= max_len``.
+
+        Returns:
+            Per-position states after the final LayerNorm, ``(B, L, d)``; zero at padding positions.
+        """
+        B, L = seq.shape
+        if L > self.config.max_len:
+            raise ValueError(f"sequence width {L} exceeds SASRecConfig.max_len={self.config.max_len}")
+        keep = seq != 0  # (B, L)
+        # Right-aligned positions: the last column always uses the last positional embedding.
+        x = self.item_emb(seq) + self.pos_emb.weight[self.config.max_len - L :]  # (B, L, d)
+        x = self.emb_dropout(x * keep.unsqueeze(-1))
+
+        # Query i sees keys j <= i that are not padding. Padding queries would then see nothing, and a
+        # fully masked softmax row is NaN, so every query may also see itself; padding outputs are
+        # zeroed below and padding keys are never visible to real queries, so this changes nothing real.
+        idx = torch.arange(L, device=seq.device)
+        causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # (L, L)
+        diagonal = idx.unsqueeze(1) == idx.unsqueeze(0)  # (L, L)
+        attn_mask = (causal & keep[:, None, None, :]) | diagonal  # (B, 1, L, L)
+
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_final(x) * keep.unsqueeze(-1)  # (B, L, d)
+
+    def score(self, h: Tensor) -> Tensor:
+        """Score states against every item with the tied embedding table.
+
+        Args:
+            h: States, ``(..., d)``.
+
+        Returns:
+            Dot-product scores, ``(..., num_items + 1)``. Column 0 is padding; callers mask it.
+        """
+        return h @ self.item_emb.weight.T
+
+    def user_embedding(self, seq: Tensor) -> Tensor:
+        """State at the last column of left-padded sequences.
+
+        Args:
+            seq: Item ids, ``(B, L)`` long, left-padded with 0.
+
+        Returns:
+            ``(B, d)``: the representation that predicts each user's next item.
+        """
+        return self.forward(seq)[:, -1]
+
+    def item_embeddings(self) -> Tensor:
+        """The tied item table, ``(num_items + 1, d)``; row 0 is padding."""
+        return self.item_emb.weight

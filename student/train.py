@@ -1,0 +1,176 @@
+"""``distill student-train``: SASRec on next-item labels, early-stopped on validation NDCG@10.
+
+Readable top to bottom: setup, the epoch loop (train, validate, checkpoint), then the test metrics of
+the best validation checkpoint. The run directory layout is :mod:`distill.training`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from distill.config import from_dict, to_dict
+from distill.data import Dataset
+from distill.errors import DistillError
+from distill.metrics import MASKING_NOTE, evaluate
+from distill.training import (
+    EarlyStopping,
+    Logger,
+    load_checkpoint,
+    log,
+    prepare_run_dir,
+    progress,
+    read_json,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_json,
+)
+from student.config import SASRecConfig, StudentTrainConfig
+from student.losses import bce_loss, ce_loss, sample_negatives
+from student.sasrec import SASRec
+
+KIND = "student"
+SELECT_ON = "ndcg@10"
+
+
+def run(cfg: StudentTrainConfig) -> dict:
+    """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
+    data = Dataset(cfg.data)
+    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    model_cfg = cfg.sasrec(data.num_items)
+    model = SASRec(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    stopper = EarlyStopping(cfg.patience)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    run_config = {
+        "kind": KIND,
+        "dataset": {"path": str(data.path), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "model": to_dict(model_cfg),
+        "train": to_dict(cfg),
+    }
+    first_epoch = 1
+    if cfg.resume:
+        weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
+        _check_compatible(saved, run_config, run_dir)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        stopper.load_state_dict(state["early_stopping"])
+        shuffle.set_state(state["shuffle"])
+        set_rng_state(state["rng"])
+        first_epoch = int(state["epoch"]) + 1
+        log(f"resuming {run_dir} after epoch {state['epoch']}")
+    write_json(run_dir / "config.json", run_config)
+
+    logger = Logger(run_dir)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if stopper.should_stop:
+            break
+        model.train()
+        started, total_loss, steps, sequences = time.perf_counter(), 0.0, 0, 0
+        batches = data.train_batches(cfg.batch_size, cfg.max_len, generator=shuffle)
+        with progress(total=-(-data.num_users // cfg.batch_size), desc=f"epoch {epoch}") as bar:
+            for inputs, targets in batches:
+                inputs, targets = inputs.to(device), targets.to(device)
+                h = model(inputs)  # (B, L, d)
+                if cfg.loss == "ce":
+                    loss = ce_loss(model, h, targets)
+                else:
+                    negatives = sample_negatives(targets.cpu(), data.num_items, cfg.negatives, shuffle).to(device)
+                    loss = bce_loss(model, h, targets, negatives)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss, steps, sequences = total_loss + loss.item(), steps + 1, sequences + len(inputs)
+                bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+                bar.update()
+        seconds = time.perf_counter() - started
+        train_stats = {"loss": total_loss / max(steps, 1), "lr": cfg.lr, "sequences_per_s": sequences / seconds}
+        logger.scalars(train_stats, epoch, prefix="train/")
+        line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
+
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            valid = evaluate_model(model, data, "valid", cfg.eval_batch_size, device)
+            logger.scalars(valid, epoch, prefix="valid/")
+            line += f"  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
+            if stopper.step(valid[SELECT_ON], epoch):
+                save_checkpoint(run_dir / "best", model.state_dict(), run_config)
+                line += "  (best)"
+        save_checkpoint(
+            run_dir / "last",
+            model.state_dict(),
+            run_config,
+            {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "early_stopping": stopper.state_dict(),
+                "shuffle": shuffle.get_state(),
+                "rng": rng_state(),
+            },
+        )
+        log(line)
+    logger.close()
+
+    if stopper.best_epoch < 0:
+        raise DistillError(f"no validation ran in {run_dir}: set --eval-every to at most --epochs")
+    best = load_run(run_dir, data, device)
+    results = {
+        "best_epoch": stopper.best_epoch,
+        "selected_on": f"valid {SELECT_ON}",
+        "valid": evaluate_model(best, data, "valid", cfg.eval_batch_size, device),
+        "test": evaluate_model(best, data, "test", cfg.eval_batch_size, device),
+        "ranking": MASKING_NOTE,
+    }
+    write_json(run_dir / "metrics.json", results)
+    return results
+
+
+def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:
+    """Full-ranking metrics of ``model`` on the ``split`` targets of every user."""
+    model.eval()
+    max_len = model.config.max_len
+
+    def score(batch) -> torch.Tensor:
+        return model.score(model.user_embedding(batch.inputs.to(device)))  # (B, num_items + 1)
+
+    return evaluate(score, data.eval_batches(split, batch_size, max_len))
+
+
+def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> SASRec:
+    """The best-validation SASRec of a ``student-train`` run, checked against ``data``."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", "student run")
+    if config.get("kind") != KIND:
+        raise DistillError(f"{run_dir} is not a student run (kind {config.get('kind')!r})")
+    check_dataset(config, data, run_dir)
+    weights, _, _ = load_checkpoint(run_dir / "best")
+    model = SASRec(from_dict(SASRecConfig, config["model"], f"{run_dir}/config.json"))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise DistillError(f"checkpoint {run_dir / 'best'} does not fit its config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def check_dataset(config: dict, data: Dataset, run_dir: Path) -> None:
+    """A run only scores the dataset it was trained on: the fingerprints must agree."""
+    trained_on = config.get("dataset", {}).get("fingerprint")
+    if trained_on != data.fingerprint:
+        raise DistillError(
+            f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "
+            f"(fingerprint {data.fingerprint})"
+        )
+
+
+def _check_compatible(saved: dict, current: dict, run_dir: Path) -> None:
+    if saved.get("dataset", {}).get("fingerprint") != current["dataset"]["fingerprint"]:
+        raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
+    if saved.get("model") != current["model"]:
+        raise DistillError(f"cannot resume {run_dir}: the model options differ from the checkpoint's")
