@@ -88,16 +88,22 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
                 raise DistillError(f"cannot resume: {run} has no checkpoint at {run / 'last'}")
             return run
         if not overwrite:
-            raise DistillError(f"run directory {run} already exists (use --resume to continue it, or another --output)")
+            raise DistillError(
+                f"run directory {run} already exists (use --resume to continue it, or another --output)"
+            )
         shutil.rmtree(run)
     elif resume:
-        raise DistillError(f"cannot resume: run directory {run} does not exist")
+        state = "is empty" if run.exists() else "does not exist"
+        raise DistillError(f"cannot resume: run directory {run} {state}")
     run.mkdir(parents=True, exist_ok=True)
     return run
 
 
 def save_checkpoint(
-    path: Path, weights: Mapping[str, torch.Tensor], config: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    path: Path,
+    weights: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    state: Mapping[str, Any] | None = None,
 ) -> None:
     """Write weights, config and (optionally) trainer state to ``path``, atomically."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -114,7 +120,9 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, *, with_state: bool = False) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+def load_checkpoint(
+    path: Path, *, with_state: bool = False
+) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
     """Read a checkpoint written by :func:`save_checkpoint`; a missing or corrupt one is a DistillError."""
     if not (path / WEIGHTS).is_file():
         raise DistillError(f"no checkpoint at {path} (missing {WEIGHTS})")
@@ -183,7 +191,9 @@ class EarlyStopping:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_evals = float(state["best"]), int(state["best_epoch"]), int(state["bad_evals"])
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_evals = int(state["bad_evals"])
 
 
 class Logger:
@@ -210,7 +220,8 @@ def progress(total: int, desc: str, enabled: bool = True):
     """A tqdm progress bar (on stderr, main process only)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not (enabled and is_main_process()), leave=False, dynamic_ncols=True)
+    disable = not (enabled and is_main_process())
+    return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
 
 
 def log(message: str) -> None:
