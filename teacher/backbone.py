@@ -1,0 +1,314 @@
+"""Loading the teacher's frozen decoder backbone and its tokenizer.
+
+A backbone spec is one of:
+
+- ``"tiny"``: a small random Llama built in code (deterministic from ``seed``) with a word-level
+  tokenizer over a fixed English vocabulary, for tests and the quickstart;
+- a path to a ``.gguf`` file, which transformers dequantizes (needs the ``gguf`` package);
+- a local directory holding a Hugging Face config, weights and tokenizer;
+- anything else is taken as a hub id, which only loads where the hub is reachable (or cached).
+
+The backbone is the base model without the LM head (``AutoModel``, e.g. ``LlamaModel``), frozen and in
+eval mode: teachers train adapters, projectors and heads around it, never its own weights.
+
+Padding is on the right. With left padding, Llama's default position ids (``0..T-1`` per column) would
+shift every real token of a short prompt; with right padding the real tokens of every row sit at
+positions ``0..len-1``, exactly as unpadded, and causal attention keeps them blind to the padding that
+follows. Read the last real token of row b at ``attention_mask[b].sum() - 1``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+import transformers
+from packaging.version import Version
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from distill.errors import DistillError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Exceptions from_pretrained raises for a spec it cannot load (missing files, unreachable hub, bad
+# config, unsupported GGUF architecture, mismatched shapes). Anything else is a bug and propagates.
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError)
+
+# `org/name` or `name`: the only shapes a hub id can take. Anything else that does not exist locally is
+# a mistyped path, reported without a pointless round trip to the hub.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+_SPECIAL = ["<unk>", "<pad>", "<s>", "</s>"]
+
+# The tiny tokenizer's vocabulary: what prompts are made of (instructions, connectives, digits and
+# punctuation of titles such as "Toy Story (1995)"), plus common words that appear in item titles.
+# Lowercased; unknown words become <unk>, which is harmless for a random test model.
+_WORDS = """
+. , ; : ! ? ' " ( ) [ ] { } - _ / & + * # @ % $ = < > | ~ ^ `
+0 1 2 3 4 5 6 7 8 9
+a an the this that these those it its he she they them their his her you your we our i me my
+is are was were be been being has have had do does did will would can could should may might must
+and or but not no nor so if then than as of in on at by for with from to into onto over under
+about after before between through during without within up down out off again more most less
+user users item items history sequence next previous last first second third following
+watched watch watching viewed view bought buy purchased purchase read reading played play listened
+listen rated rate liked like clicked click visited visit interacted interact interaction
+interactions reviewed review ordered order chose choose selected select
+predict prediction recommend recommendation recommended given based candidate candidates answer
+question response instruction input output title titles movie movies film films book books song
+songs music album game games product products restaurant restaurants business businesses place
+places what which who whom whose when where why how all any each every some many much few one two
+three four five six seven eight nine ten new old good best great little big small long short high
+low own same other another such only also just very too well still even ever never always often
+here there now time year years day days world life man men woman women people love story stories
+part volume edition collection series season episode vol complete special deluxe official original
+version remastered edition live greatest hits best of
+night day home house city country war star stars king queen lord lady girl boy girls boys child
+children family friend friends man dark light black white red blue green gold silver blood fire
+water ice heart mind dream dreams game last lost secret return back death dead life live alive
+american english french german italian spanish japanese chinese new york london paris
+mr mrs dr st ii iii iv v vi vii viii ix x
+""".split()
+
+
+def _tiny_vocab() -> list[str]:
+    """Special tokens first (ids 0-3), then each word once, in a fixed order."""
+    vocab: list[str] = list(_SPECIAL)
+    for word in _WORDS:
+        if word not in vocab:
+            vocab.append(word)
+    return vocab
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A lowercasing word-level tokenizer: words, single digits and single punctuation marks."""
+    vocab = {token: i for i, token in enumerate(_tiny_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    # Whitespace alone keeps runs such as ")," or "1995" together; isolating punctuation and digits maps
+    # them onto the small vocabulary instead of <unk>.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Whitespace(),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    # Llama tokenizers prepend BOS; doing the same keeps prompt code identical across backbones.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="right",
+        model_max_length=2048,
+    )
+
+
+def _tiny_model(vocab_size: int, pad_token_id: int, seed: int) -> LlamaModel:
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        pad_token_id=pad_token_id,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    # A forked RNG makes the weights a function of `seed` alone without reseeding the caller's stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaModel(config)
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    # transformers renamed `torch_dtype` to `dtype` in 4.56 and warns on the old name since.
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
+def _gguf_kwargs(name: str) -> dict:
+    kwargs: dict = {"gguf_file": name}
+    # Since transformers 5, GGUF weights stay packed in their quantized blocks whenever the `kernels`
+    # package offers a matmul for them; those layers are not `nn.Linear` and cannot be trained through or
+    # wrapped by adapters. Dequantizing always gives a plain dense model, whatever is installed.
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    if gguf_config is not None:
+        kwargs["quantization_config"] = gguf_config(gguf_file=name, dequantize=True)
+    return kwargs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def _from_pretrained(
+    where: str, dtype: torch.dtype, **kwargs: object
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    # The config is the cheapest file: an unreachable hub or a wrong id fails here, once, rather than
+    # after a second round of retries for the tokenizer.
+    config = AutoConfig.from_pretrained(where, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModel.from_pretrained(where, config=config, **kwargs, **_dtype_kwargs(dtype))
+    return model, tokenizer
+
+
+def _decoder_layers(model: PreTrainedModel) -> tuple[torch.nn.Module, str]:
+    """The ModuleList of decoder blocks and its attribute name (`layers` for Llama-likes, `h` for GPT-2)."""
+    for name in ("layers", "h"):
+        layers = getattr(model, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers, name
+    raise AttributeError(f"{type(model).__name__} has no `layers` or `h` ModuleList")
+
+
+def _truncate(model: PreTrainedModel, layers: int, spec: str) -> None:
+    try:
+        blocks, name = _decoder_layers(model)
+    except AttributeError as exc:
+        raise DistillError(f"cannot truncate backbone {spec!r}: {exc}") from exc
+    if not 1 <= layers <= len(blocks):
+        raise DistillError(
+            f"cannot truncate backbone {spec!r} to {layers} layers: it has {len(blocks)} "
+            f"(layers must be between 1 and {len(blocks)})"
+        )
+    setattr(model, name, blocks[:layers])
+    model.config.num_hidden_layers = layers
+    # Newer configs carry per-layer lists (attention type per layer); keep them the same length.
+    layer_types = getattr(model.config, "layer_types", None)
+    if isinstance(layer_types, list):
+        model.config.layer_types = layer_types[:layers]
+
+
+def _freeze(model: PreTrainedModel) -> None:
+    model.eval()
+    model.requires_grad_(False)
+
+
+def load_backbone(
+    spec: str, *, layers: int | None = None, dtype: str = "float32", seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen decoder backbone (no LM head) and its tokenizer.
+
+    Args:
+        spec: ``"tiny"``, a ``.gguf`` file, a local model directory, or a hub id (see the module
+            docstring).
+        layers: Keep only the first ``layers`` decoder blocks (``None`` keeps all); must lie in
+            ``[1, available]``.
+        dtype: ``"float32"`` or ``"bfloat16"``: the dtype of every backbone weight.
+        seed: Seed of the random weights of ``"tiny"``; ignored for pretrained backbones.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode with ``requires_grad=False`` on every parameter;
+        the tokenizer with a pad token and right padding.
+
+    Raises:
+        DistillError: (one line, naming the spec) for an unknown dtype, a missing path, a model that
+            cannot be loaded, a missing ``gguf`` package, or an out-of-range ``layers``.
+    """
+    if dtype not in DTYPES:
+        raise DistillError(
+            f"cannot load backbone {spec!r}: unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})"
+        )
+    torch_dtype = DTYPES[dtype]
+    path = Path(spec).expanduser()
+
+    if spec == "tiny":
+        tokenizer = _tiny_tokenizer()
+        model = _tiny_model(len(tokenizer), tokenizer.pad_token_id, seed)
+    else:
+        if spec.endswith(".gguf"):
+            if not path.is_file():
+                raise DistillError(f"cannot load backbone {spec!r}: no such .gguf file")
+            if importlib.util.find_spec("gguf") is None:
+                raise DistillError(
+                    f"cannot load backbone {spec!r}: reading .gguf files needs the 'gguf' "
+                    "package (pip install gguf)"
+                )
+            where, kwargs, why = str(path.parent), _gguf_kwargs(path.name), ""
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise DistillError(f"cannot load backbone {spec!r}: directory has no config.json")
+            where, kwargs, why = str(path), {}, ""
+        elif path.exists() or not _HUB_ID.match(spec):
+            raise DistillError(
+                f"cannot load backbone {spec!r}: no such local path (expected 'tiny', a "
+                ".gguf file, a model directory or a hub id)"
+            )
+        else:
+            where, kwargs = spec, {}
+            why = "no such local path and the hub is unreachable or has no such model: "
+        try:
+            model, tokenizer = _from_pretrained(where, torch_dtype, **kwargs)
+        except _LOAD_ERRORS as exc:
+            raise DistillError(f"cannot load backbone {spec!r}: {why}{_first_line(exc)}") from exc
+
+    if layers is not None:
+        _truncate(model, layers, spec)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise DistillError(f"cannot load backbone {spec!r}: its tokenizer has no pad, eos or unk token")
+    tokenizer.padding_side = "right"
+    model = model.to(torch_dtype)
+    _freeze(model)
+    return model, tokenizer
+
+
+def add_special_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: list[str]
+) -> list[int]:
+    """Make each of ``tokens`` (e.g. ``"[HistoryEmb]"``) a single special token and return its id.
+
+    Tokens already known keep their ids. When the vocabulary outgrows the input embedding table, the
+    table is resized and the new rows are set to the mean of the existing rows: teachers overwrite
+    these positions with projected item embeddings at run time, so the rows only need to be harmless
+    when a prompt is run without replacement. The backbone stays frozen.
+
+    Args:
+        model: A backbone from :func:`load_backbone` (modified in place when it is resized).
+        tokenizer: Its tokenizer (modified in place).
+        tokens: Token strings; matched verbatim, never split or lowercased.
+
+    Returns:
+        The id of each token, in the order given.
+    """
+    vocab = tokenizer.get_vocab()
+    new = [AddedToken(t, special=True, normalized=False) for t in tokens if t not in vocab]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    embeddings = model.get_input_embeddings()
+    old_rows = embeddings.num_embeddings
+    if len(tokenizer) > old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        weight = model.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+        _freeze(model)
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    """Width of the backbone's token embeddings and hidden states."""
+    return model.get_input_embeddings().embedding_dim
