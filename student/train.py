@@ -56,7 +56,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
     }
-    first_epoch = 1
+    first_epoch, history = 1, []
     if cfg.resume:
         weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
         _check_compatible(saved, run_config, run_dir)
@@ -65,7 +65,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         stopper.load_state_dict(state["early_stopping"])
         shuffle.set_state(state["shuffle"])
         set_rng_state(state["rng"])
-        first_epoch = int(state["epoch"]) + 1
+        first_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
 
@@ -95,14 +95,17 @@ def run(cfg: StudentTrainConfig) -> dict:
         train_stats = {"loss": total_loss / max(steps, 1), "lr": cfg.lr, "sequences_per_s": sequences / seconds}
         logger.scalars(train_stats, epoch, prefix="train/")
         line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
+        record = {"epoch": epoch, "seconds": seconds, **train_stats}
 
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             valid = evaluate_model(model, data, "valid", cfg.eval_batch_size, device)
             logger.scalars(valid, epoch, prefix="valid/")
             line += f"  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
+            record.update({f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")})
             if stopper.step(valid[SELECT_ON], epoch):
                 save_checkpoint(run_dir / "best", model.state_dict(), run_config)
                 line += "  (best)"
+        history.append(record)
         save_checkpoint(
             run_dir / "last",
             model.state_dict(),
@@ -113,6 +116,7 @@ def run(cfg: StudentTrainConfig) -> dict:
                 "early_stopping": stopper.state_dict(),
                 "shuffle": shuffle.get_state(),
                 "rng": rng_state(),
+                "history": history,
             },
         )
         log(line)
@@ -127,6 +131,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         "valid": evaluate_model(best, data, "valid", cfg.eval_batch_size, device),
         "test": evaluate_model(best, data, "test", cfg.eval_batch_size, device),
         "ranking": MASKING_NOTE,
+        "history": history,
     }
     write_json(run_dir / "metrics.json", results)
     return results

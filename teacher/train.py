@@ -180,7 +180,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),
     }
-    first_epoch = 1
+    first_epoch, history = 1, []
     if cfg.resume:
         weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
         if saved.get("dataset") != run_config["dataset"] or saved.get("kind") != run_config["kind"]:
@@ -191,7 +191,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         stopper.load_state_dict(state["early_stopping"])
         shuffle.set_state(state["shuffle"])
         set_rng_state(state["rng"])
-        first_epoch = int(state["epoch"]) + 1
+        first_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
     log(f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
@@ -231,6 +231,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
         if stopper.step(valid[SELECT_ON], epoch):
             save_checkpoint(run_dir / "best", trainable_state(model), run_config)
             line += "  (best)"
+        history.append({"epoch": epoch, "seconds": seconds, **stats,
+                        **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")}})
         save_checkpoint(
             run_dir / "last",
             trainable_state(model),
@@ -242,6 +244,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
                 "early_stopping": stopper.state_dict(),
                 "shuffle": shuffle.get_state(),
                 "rng": rng_state(),
+                "history": history,
             },
         )
         log(line)
@@ -255,6 +258,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         "valid": evaluate_teacher(teacher, data, "valid", cfg.eval_batch_size),
         "test": evaluate_teacher(teacher, data, "test", cfg.eval_batch_size),
         "ranking": MASKING_NOTE,
+        "history": history,
     }
     write_json(run_dir / "metrics.json", results)
     return results

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from cli import main
 from distill.config import PrepareConfig
-from student.config import StudentTrainConfig
 from distill.prepare import run as prepare
+from student.config import StudentTrainConfig
 
 TINY = ["--max-len", "20", "--hidden", "16", "--batch-size", "64", "--device", "cpu", "--eval-every", "1"]
 
@@ -50,7 +50,9 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
     full = train(runner, dataset, tmp_path / "full", "--epochs", "4")
     train(runner, dataset, tmp_path / "cut", "--epochs", "2")
     resumed = train(runner, dataset, tmp_path / "cut", "--epochs", "4", "--resume")
-    assert resumed == full
+    for key in ("best_epoch", "valid", "test"):
+        assert resumed[key] == full[key]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
 
 
 def test_bce_loss_trains(dataset, tmp_path):
