@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from distill.errors import DistillError
 
@@ -101,7 +106,8 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return out
 
 
-def _build(cls: type[C], updates: dict[str, tuple[Any, str]], prefix: str) -> C:
+def _build(cls: type[C], updates: dict[str, tuple[Any, str]], prefix: str, base: Any = None) -> C:
+    """``cls`` from the ``updates`` under ``prefix``; fields not updated keep ``base``'s values."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     mine = {k[len(prefix):]: v for k, v in updates.items() if k.startswith(prefix)}
@@ -110,24 +116,40 @@ def _build(cls: type[C], updates: dict[str, tuple[Any, str]], prefix: str) -> C:
         if head not in fields or ("." in key and not dataclasses.is_dataclass(hints[head])):
             known = ", ".join(prefix + name for name in fields)
             raise ConfigError(f"unknown config key '{prefix}{key}' (from {source}); known keys: {known}")
+        if "." not in key and dataclasses.is_dataclass(hints[head]):
+            raise ConfigError(
+                f"config key '{prefix}{key}' (from {source}) is a table: "
+                f"set its fields as '{prefix}{key}.NAME'"
+            )
     kwargs = {}
     for name, f in fields.items():
         typ = hints[name]
         if dataclasses.is_dataclass(typ):
-            if any(k.startswith(name + ".") for k in mine) or name not in mine:
-                kwargs[name] = _build(typ, updates, prefix=f"{prefix}{name}.")
+            # A nested config nobody touched keeps the parent's default for it (its default_factory, not
+            # typ()); a touched one starts from that default; one without a default is built from typ's.
+            sub_base = getattr(base, name) if base is not None else _field_default(f)
+            if any(k.startswith(name + ".") for k in mine) or sub_base is None:
+                kwargs[name] = _build(typ, updates, prefix=f"{prefix}{name}.", base=sub_base)
             continue
         if name in mine:
             value, source = mine[name]
             kwargs[name] = _coerce(value, typ, f"{prefix}{name}", source)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"incomplete config for {cls.__name__}: {e}") from None
     except ConfigError:
         raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
@@ -200,7 +222,9 @@ class PrepareConfig:
 
     inputs: tuple[str, ...] = ()
     output: str = ""
-    format: typing.Literal["auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"] = "auto"
+    format: typing.Literal[
+        "auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"
+    ] = "auto"
     items: str | None = None
     user_col: str | None = None
     item_col: str | None = None
@@ -229,5 +253,6 @@ class PrepareConfig:
             raise ValueError(f"min_item_interactions must be at least 1, got {self.min_item_interactions}")
         if self.synthetic and (self.num_users < 1 or self.num_items < 10):
             raise ValueError(
-                f"synthetic data needs num_users >= 1 and num_items >= 10, got {self.num_users}, {self.num_items}"
+                "synthetic data needs num_users >= 1 and num_items >= 10, "
+                f"got {self.num_users}, {self.num_items}"
             )

@@ -51,7 +51,9 @@ class Dataset:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not self.path.is_dir():
-            raise DistillError(f"dataset directory {self.path} does not exist (create it with `distill prepare`)")
+            raise DistillError(
+                f"dataset directory {self.path} does not exist (create it with `distill prepare`)"
+            )
         try:
             self.meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
@@ -68,7 +70,8 @@ class Dataset:
             sequences = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "items"])
             items = pl.read_parquet(self.path / "items.parquet", columns=["item", "raw_item", "title"])
         except Exception as e:  # missing or corrupt parquet: polars raises several types
-            raise DistillError(f"{self.path}: cannot read the dataset files: {str(e).splitlines()[0]}") from None
+            first_line = str(e).splitlines()[0]
+            raise DistillError(f"{self.path}: cannot read the dataset files: {first_line}") from None
         self.num_users = int(self.meta["num_users"])
         self.num_items = int(self.meta["num_items"])
         self.fingerprint = str(self.meta["fingerprint"])

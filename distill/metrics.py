@@ -1,10 +1,10 @@
 """Full-ranking metrics over the whole catalogue.
 
 The rank of the target counts every item scoring strictly higher plus every item tied with it
-(pessimistic ties, so a constant scorer ranks last and scores zero). Items already in the user's
-history are masked out (the target itself is never masked, even when it was seen before), as is
-the padding id 0. With a 0-based rank r: HR@K = [r < K], NDCG@K = [r < K] / log2(r + 2),
-MRR = 1 / (r + 1) (untruncated).
+(pessimistic ties, so a constant scorer ranks last and scores zero; NaN scores count against the
+target too). Items already in the user's history are masked out (the target itself is never
+masked, even when it was seen before), as is the padding id 0. With a 0-based rank r:
+HR@K = [r < K], NDCG@K = [r < K] / log2(r + 2), MRR = 1 / (r + 1) (untruncated).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 DEFAULT_KS = (5, 10, 20)
-MASKING_NOTE = "full ranking over all items; items in the user's history masked; ties count against the target"
+MASKING_NOTE = (
+    "full ranking over all items; items in the user's history masked; ties count against the target"
+)
 
 
 def full_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,15 +31,18 @@ def full_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor |
     Returns:
         ``(B,)`` int64 ranks.
     """
-    scores = scores.detach().float().clone()
+    scores = scores.detach()
     rows = torch.arange(scores.shape[0], device=scores.device)
-    target_scores = scores[rows, targets].clone()  # (B,)
+    targets = targets.to(scores.device)
+    competes = torch.ones_like(scores, dtype=torch.bool)  # (B, N + 1)
     if seen is not None:
-        scores.scatter_(1, seen.to(scores.device), float("-inf"))
-    scores[:, 0] = float("-inf")
-    scores[rows, targets] = float("-inf")  # the target does not compete with itself
-    t = target_scores[:, None]
-    return ((scores > t).sum(1) + (scores == t).sum(1)).long()
+        competes.scatter_(1, seen.to(scores.device), False)
+    competes[:, 0] = False
+    competes[rows, targets] = False  # the target does not compete with itself, even when seen
+    t = scores[rows, targets][:, None]  # (B, 1)
+    # NaN compares false: without the isnan terms a diverged model (NaN scores) would rank first.
+    ahead = (scores >= t) | scores.isnan() | t.isnan()
+    return (ahead & competes).sum(1)
 
 
 class RankingMetrics:
@@ -69,7 +74,9 @@ class RankingMetrics:
 
 
 @torch.no_grad()
-def evaluate(score: Callable[[object], torch.Tensor], batches: Iterable, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def evaluate(
+    score: Callable[[object], torch.Tensor], batches: Iterable, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
     """Rank every batch's targets with ``score(batch) -> (B, num_items + 1)`` and average the metrics.
 
     ``batches`` yield :class:`distill.data.EvalBatch`-like objects with ``targets`` and ``seen``.

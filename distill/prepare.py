@@ -35,6 +35,8 @@ def run(cfg: PrepareConfig) -> dict:
         The ``meta.json`` content (also written to the directory).
     """
     out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"output {out} exists and is not a directory")
     if out.exists() and not cfg.overwrite:
         raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
 
@@ -58,7 +60,9 @@ def run(cfg: PrepareConfig) -> dict:
         items_file = Path(cfg.items) if cfg.items else _companion_items_file(paths[0], fmt)
         if items_file is not None:
             titles = read_titles(items_file)
-            sources.append({"path": str(items_file.resolve()), "role": "items", "sha256": _sha256(items_file)})
+            sources.append(
+                {"path": str(items_file.resolve()), "role": "items", "sha256": _sha256(items_file)}
+            )
 
     frame = k_core(frame, cfg.min_user_interactions, cfg.min_item_interactions)
     if frame.height == 0:
@@ -103,7 +107,8 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
             raise DistillError(f"{path} is not a readable Parquet file: {_first_line(e)}") from None
     else:
         separator = "," if fmt == "csv" else "\t"
-        lf = pl.scan_csv(path, separator=separator, infer_schema=False, quote_char='"' if fmt == "csv" else None)
+        quote_char = '"' if fmt == "csv" else None
+        lf = pl.scan_csv(path, separator=separator, infer_schema=False, quote_char=quote_char)
         try:
             columns = lf.collect_schema().names()
         except Exception as e:
@@ -119,7 +124,7 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     lf = lf.select(
         user=pl.col(user).cast(pl.String),
         item=pl.col(item).cast(pl.String),
-        time=_time_expr(pl.col(time)) if time else pl.lit(None, pl.Float64),
+        time=_time_expr(pl.col(time), lf.collect_schema()[time]) if time else pl.lit(None, pl.Float64),
     ).with_row_index("lineno", offset=2 if fmt != "parquet" else 1)
     try:
         frame = lf.collect()
@@ -131,14 +136,22 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     if time is not None:
         bad = frame.filter(pl.col("time").is_null())
         if bad.height:
-            raise DistillError(f"{path}, line {bad['lineno'][0]}: timestamp in column '{time}' is not a number or date")
+            raise DistillError(
+                f"{path}, line {bad['lineno'][0]}: timestamp in column '{time}' is not a number or date"
+            )
     return frame.drop("lineno")
 
 
-def _time_expr(col: pl.Expr) -> pl.Expr:
-    """Numbers as they are; ISO dates and datetimes as seconds since the epoch."""
+def _time_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Numbers as they are; dates and datetimes (typed, or ISO strings) as seconds since the epoch."""
+    if dtype == pl.Date or dtype == pl.Datetime:  # typed Parquet columns
+        return col.dt.epoch("s").cast(pl.Float64)
     as_number = col.cast(pl.Float64, strict=False)
-    as_date = col.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
+    if dtype != pl.String:
+        return as_number
+    # Date parsing is slow per value, so only the strings that are not numbers go through it.
+    not_numbers = pl.when(as_number.is_null()).then(col)
+    as_date = not_numbers.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
     return pl.coalesce(as_number, as_date)
 
 
@@ -183,16 +196,21 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
         bad = frame.filter(pl.col(column).cast(pl.Int64, strict=False).is_null())
         if bad.height:
             raise DistillError(
-                f"{path}, line {bad['lineno'][0]}: {column} id {bad[column][0]!r} is not an integer ({fmt} format)"
+                f"{path}, line {bad['lineno'][0]}: {column} id {bad[column][0]!r} is not an integer "
+                f"({fmt} format)"
             )
     if fmt == "movielens":
         bad = frame.filter(pl.col("time_raw").is_not_null() & time.is_null())
         if bad.height:
-            raise DistillError(f"{path}, line {bad['lineno'][0]}: timestamp {bad['time_raw'][0]!r} is not a number")
+            raise DistillError(
+                f"{path}, line {bad['lineno'][0]}: timestamp {bad['time_raw'][0]!r} is not a number"
+            )
     return frame.select("user", "item", time=time)
 
 
-def _pick_column(path: Path, columns: list[str], given: str | None, known: tuple[str, ...], what: str, flag: str) -> str:
+def _pick_column(
+    path: Path, columns: list[str], given: str | None, known: tuple[str, ...], what: str, flag: str
+) -> str:
     if given is not None:
         if given not in columns:
             raise DistillError(f"{path}: no column '{given}' (columns: {', '.join(columns)})")
@@ -230,7 +248,9 @@ def read_titles(path: Path) -> pl.DataFrame:
     first = text.split("\n", 1)[0]
     if "::" in first:
         rows = pl.Series("line", text.splitlines()).str.split("::")
-        frame = pl.DataFrame({"raw_item": rows.list.get(0, null_on_oob=True), "title": rows.list.get(1, null_on_oob=True)})
+        frame = pl.DataFrame(
+            {"raw_item": rows.list.get(0, null_on_oob=True), "title": rows.list.get(1, null_on_oob=True)}
+        )
         return frame.filter(pl.col("raw_item").is_not_null() & (pl.col("raw_item") != ""))
     separator = "\t" if "\t" in first else ","
     try:
@@ -249,7 +269,8 @@ def read_titles(path: Path) -> pl.DataFrame:
     title = pl.col(title_col).str.strip_chars()
     if "release_year" in columns:  # RecBole's MovieLens files keep the year apart
         year = pl.col("release_year").str.strip_chars()
-        title = pl.when(year.is_not_null() & (year != "")).then(pl.format("{} ({})", title, year)).otherwise(title)
+        has_year = year.is_not_null() & (year != "")
+        title = pl.when(has_year).then(pl.format("{} ({})", title, year)).otherwise(title)
     return frame.select(raw_item=pl.col(id_col).str.strip_chars(), title=title)
 
 
@@ -297,7 +318,9 @@ def _vocabulary(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     vocab = first_seen.with_columns(_key=key).sort("_key")
     new_id = "uid" if column == "user" else "iid"
     start = 0 if column == "user" else 1  # item 0 is padding
-    return vocab.select(pl.col(column).alias(f"raw_{column}"), pl.int_range(start, start + vocab.height).alias(new_id))
+    return vocab.select(
+        pl.col(column).alias(f"raw_{column}"), pl.int_range(start, start + vocab.height).alias(new_id)
+    )
 
 
 def fingerprint(sequences: pl.DataFrame, items: pl.DataFrame) -> str:
@@ -336,7 +359,9 @@ def _meta(cfg: PrepareConfig, sequences: pl.DataFrame, items: pl.DataFrame, sour
     }
 
 
-def _write_atomically(out: Path, sequences: pl.DataFrame, items: pl.DataFrame, meta: dict, overwrite: bool) -> None:
+def _write_atomically(
+    out: Path, sequences: pl.DataFrame, items: pl.DataFrame, meta: dict, overwrite: bool
+) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -361,7 +386,8 @@ def _write_atomically(out: Path, sequences: pl.DataFrame, items: pl.DataFrame, m
 def summary(meta: dict) -> str:
     """The lines ``distill prepare`` prints."""
     return (
-        f"users {meta['num_users']:,}  items {meta['num_items']:,}  interactions {meta['num_interactions']:,}\n"
+        f"users {meta['num_users']:,}  items {meta['num_items']:,}  "
+        f"interactions {meta['num_interactions']:,}\n"
         f"length mean {meta['mean_length']:.1f}  median {meta['median_length']:.0f}  "
         f"density {meta['density']:.4%}  titles {meta['num_titles']:,}/{meta['num_items']:,}\n"
         f"fingerprint {meta['fingerprint']}"

@@ -46,14 +46,15 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
 
     next_cluster = rng.integers(0, num_clusters, size=(num_clusters, 2))
     # Successors come from the item's own cluster or from one it leads to.
-    succ_cluster = np.where(
-        rng.random((num_items, 3)) < 0.5, cluster_of[:, None], next_cluster[cluster_of, rng.integers(0, 2, num_items)][:, None]
-    )
+    own = rng.random((num_items, 3)) < 0.5  # (N, 3)
+    led_to = next_cluster[cluster_of, rng.integers(0, 2, num_items)]  # (N,)
+    succ_cluster = np.where(own, cluster_of[:, None], led_to[:, None])
     successors = _popular_item(members, cum_pop, size, succ_cluster.ravel(), rng).reshape(num_items, 3)
 
     interest = rng.dirichlet(np.full(num_clusters, 0.2), size=num_users)  # (U, C)
     cum_interest = np.cumsum(interest, axis=1)
-    lengths = np.clip(MIN_LENGTH + rng.geometric(1 / MEAN_EXTRA_LENGTH, num_users) - 1, MIN_LENGTH, MAX_LENGTH)
+    extra = rng.geometric(1 / MEAN_EXTRA_LENGTH, num_users) - 1
+    lengths = np.clip(MIN_LENGTH + extra, MIN_LENGTH, MAX_LENGTH)
 
     seqs = np.zeros((num_users, lengths.max()), dtype=np.int64)
     seen = np.zeros((num_users, num_items), dtype=bool)
@@ -72,9 +73,8 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
                 members, cum_pop, size, next_cluster[cluster_of[current], rng.integers(0, 2, num_users)], rng
             )
             r = rng.random(num_users)
-            current = np.where(
-                r < P_SUCCESSOR, by_successor, np.where(r < P_SUCCESSOR + P_TRANSITION, by_transition, from_interest())
-            )
+            otherwise = np.where(r < P_SUCCESSOR + P_TRANSITION, by_transition, from_interest())
+            current = np.where(r < P_SUCCESSOR, by_successor, otherwise)
             # Real logs rarely repeat an item: one redraw from the user's interests on a repeat.
             repeat = seen[rows, current]
             current = np.where(repeat, from_interest(), current)

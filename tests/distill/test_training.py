@@ -1,0 +1,184 @@
+"""Training plumbing: checkpoints, early stopping, run directories."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.errors import DistillError
+from distill.training import (
+    CONFIG,
+    STATE,
+    WEIGHTS,
+    EarlyStopping,
+    load_checkpoint,
+    prepare_run_dir,
+    read_json,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
+
+
+def trained_linear() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, opt = trained_linear()
+    stopper = EarlyStopping(patience=3)
+    stopper.step(0.25, epoch=2)
+    config = {"kind": "student", "fingerprint": "abc", "config": {"hidden": 8, "ks": [5, 10]}}
+    state = {
+        "epoch": 4,
+        "optimizer": opt.state_dict(),
+        "early_stopping": stopper.state_dict(),
+        "rng": rng_state(),
+    }
+    path = tmp_path / "run" / "best"
+    path.parent.mkdir()
+    save_checkpoint(path, model.state_dict(), config, state)
+    assert sorted(p.name for p in path.iterdir()) == sorted([WEIGHTS, CONFIG, STATE])
+
+    weights, loaded_config, loaded_state = load_checkpoint(path, with_state=True)
+    assert weights.keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(weights[name], tensor)
+    assert loaded_config == config
+    assert loaded_state["epoch"] == 4
+    assert loaded_state["early_stopping"] == stopper.state_dict()
+
+    fresh, fresh_opt = trained_linear()
+    fresh.load_state_dict(weights)
+    fresh_opt.load_state_dict(loaded_state["optimizer"])
+    exp_avg = opt.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], exp_avg)
+
+    set_rng_state(loaded_state["rng"])
+    a = torch.rand(3)
+    set_rng_state(state["rng"])
+    assert torch.equal(a, torch.rand(3))
+
+    _, _, no_state = load_checkpoint(path)
+    assert no_state is None
+
+
+def test_checkpoint_overwrite_is_whole(tmp_path):
+    path = tmp_path / "last"
+    save_checkpoint(path, {"w": torch.zeros(2)}, {"step": 1}, {"epoch": 1})
+    save_checkpoint(path, {"w": torch.ones(2)}, {"step": 2})
+    weights, config, _ = load_checkpoint(path)
+    assert torch.equal(weights["w"], torch.ones(2)) and config == {"step": 2}
+    assert not (path / STATE).exists()  # the old directory was replaced, not merged into
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(DistillError, match=f"no checkpoint at {tmp_path / 'nope'}"):
+        load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_safetensors(tmp_path, damage):
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, {"w": torch.arange(100, dtype=torch.float32)}, {"kind": "student"})
+    data = (path / WEIGHTS).read_bytes()
+    broken = {
+        "garbage": b"\x00\x01not a safetensors file" * 10,
+        "truncated": data[: len(data) - 50],
+        "empty": b"",
+    }
+    (path / WEIGHTS).write_bytes(broken[damage])
+    with pytest.raises(DistillError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_or_corrupt_state_and_config(tmp_path):
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, {"w": torch.zeros(1)}, {"kind": "student"})
+    with pytest.raises(DistillError, match="no trainer state"):
+        load_checkpoint(path, with_state=True)
+    (path / STATE).write_bytes(b"garbage")
+    with pytest.raises(DistillError, match="trainer state .* is corrupt"):
+        load_checkpoint(path, with_state=True)
+    (path / CONFIG).write_text("{not json")
+    with pytest.raises(DistillError, match="not valid JSON"):
+        load_checkpoint(path)
+
+
+def test_json_helpers(tmp_path):
+    write_json(tmp_path / "m.json", {"a": [1, 2]})
+    assert read_json(tmp_path / "m.json", "metrics") == {"a": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    with pytest.raises(DistillError, match="metrics: .* does not exist"):
+        read_json(tmp_path / "x.json", "metrics")
+
+
+def test_early_stopping():
+    stopper = EarlyStopping(patience=2)
+    assert stopper.step(0.1, epoch=0) is True
+    assert stopper.step(0.2, epoch=1) is True
+    assert stopper.step(0.2, epoch=2) is False  # equal is not better
+    assert not stopper.should_stop
+    assert stopper.step(0.15, epoch=3) is False
+    assert stopper.should_stop
+    assert (stopper.best, stopper.best_epoch) == (0.2, 1)
+    assert stopper.step(0.3, epoch=4) is True and not stopper.should_stop
+
+    restored = EarlyStopping(patience=2)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.state_dict() == stopper.state_dict() == {"best": 0.3, "best_epoch": 4, "bad_evals": 0}
+
+
+def test_early_stopping_patience_zero_never_stops():
+    stopper = EarlyStopping(patience=0)
+    stopper.step(1.0, 0)
+    for epoch in range(1, 20):
+        stopper.step(0.0, epoch)
+    assert not stopper.should_stop and stopper.best_epoch == 0
+
+
+def test_early_stopping_nan_is_not_an_improvement():
+    stopper = EarlyStopping(patience=1)
+    assert stopper.step(math.nan, 0) is False
+    assert stopper.should_stop and stopper.best_epoch == -1
+
+
+def test_prepare_run_dir_new_and_empty(tmp_path):
+    run = prepare_run_dir(tmp_path / "a" / "b", resume=False)
+    assert run.is_dir()
+    assert prepare_run_dir(run, resume=False) == run  # an empty directory is free to use
+
+
+def test_prepare_run_dir_refuses_existing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(DistillError, match="already exists.*--resume"):
+        prepare_run_dir(run, resume=False)
+    assert (run / "metrics.json").exists()
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert list(run.iterdir()) == []
+
+
+def test_prepare_run_dir_resume_rules(tmp_path):
+    with pytest.raises(DistillError, match="cannot resume: run directory .* does not exist"):
+        prepare_run_dir(tmp_path / "missing", resume=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(DistillError, match="cannot resume: run directory .* is empty"):
+        prepare_run_dir(run, resume=True)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(DistillError, match="cannot resume: .* no checkpoint"):
+        prepare_run_dir(run, resume=True)
+    save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 0})
+    assert prepare_run_dir(run, resume=True) == run
+    assert (run / "config.json").exists() and (run / "last" / STATE).exists()
