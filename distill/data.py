@@ -142,7 +142,7 @@ class Dataset:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         starts, ends = self.history_bounds(split)
-        users = self.eval_users() if users is None else users
+        users = self.eval_users() if users is None else np.asarray(users, dtype=np.int64)
         for i in range(0, len(users), batch_size):
             u = users[i : i + batch_size]
             longest = int((ends[u] - starts[u]).max())

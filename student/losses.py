@@ -21,15 +21,17 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     Autograd through ``F.cross_entropy`` keeps the whole ``(N, V)`` log-softmax alive until backward and
     then walks it several more times. Here each chunk of rows computes its logits, loss and the gradients
     w.r.t. ``h`` and ``E`` at once while the chunk is still in cache, so only ``(chunk, V)`` floats ever
-    exist and backward is a scalar multiply. The price is that forward does the backward's matmuls even
-    if backward is never called, so callers use it only when a gradient is wanted.
+    exist and backward is a scalar multiply (first-order only). The price is that forward does the
+    backward's matmuls even if backward is never called, so callers use it only when a gradient is
+    wanted.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
         # h: (N, d) float32; E: (V, d) float32; targets: (N,) long in [0, V)
-        grad_h = torch.empty_like(h)  # (N, d)
-        grad_E = torch.zeros_like(E)  # (V, d)
+        want_h, want_E = ctx.needs_input_grad[:2]
+        grad_h = torch.empty_like(h) if want_h else None  # (N, d)
+        grad_E = torch.zeros_like(E) if want_E else None  # (V, d)
         total = h.new_zeros(())
         for start in range(0, h.shape[0], chunk_size):
             h_c = h[start : start + chunk_size]  # (C, d)
@@ -39,15 +41,22 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             # d(sum CE)/d(logits) = softmax - onehot, built in place over the log-probabilities.
             probs = logp.exp_()
             probs[torch.arange(t_c.shape[0], device=t_c.device), t_c] -= 1.0
-            torch.mm(probs, E, out=grad_h[start : start + chunk_size])
-            grad_E.addmm_(probs.T, h_c)
+            if grad_h is not None:
+                torch.mm(probs, E, out=grad_h[start : start + chunk_size])
+            if grad_E is not None:
+                grad_E.addmm_(probs.T, h_c)
         ctx.save_for_backward(grad_h, grad_E)
         return total
 
     @staticmethod
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None]:
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         grad_h, grad_E = ctx.saved_tensors
-        return grad_h * grad_out, grad_E * grad_out, None, None
+        return (
+            None if grad_h is None else grad_h * grad_out,
+            None if grad_E is None else grad_E * grad_out,
+            None,
+            None,
+        )
 
 
 def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
@@ -59,25 +68,33 @@ def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -
     return total
 
 
-def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
+# Rows of logits per chunk. On CPU, 256 rows x a few thousand items stay in L2 cache (fastest on ML-1M,
+# 2 threads, see bench/sasrec_loss_speed.py); accelerators prefer fewer, larger kernels.
+CPU_CHUNK_SIZE = 256
+ACCELERATOR_CHUNK_SIZE = 4096
+
+
+def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None = None) -> Tensor:
     """Full-softmax cross-entropy over the whole catalogue at every non-pad position.
 
     Item 0 (padding) is left out of the softmax: logits are taken against items ``1..num_items`` only,
     so no probability mass can land on it and its embedding gets no gradient from this loss. Only the
-    non-pad rows of ``h`` are scored, in chunks of ``chunk_size`` rows with a fused forward/backward, so
-    the ``(N, num_items)`` logit matrix never exists whole. On ML-1M-sized batches (N ≈ 20k, 3416 items,
-    d = 64, 2 CPU threads) this is about 2x faster than autograd through ``F.cross_entropy`` on the full
-    logit matrix; ``bench/sasrec_loss_speed.py`` measures it.
+    non-pad rows of ``h`` are scored, in chunks of ``chunk_size`` rows whose gradients are computed
+    during the forward pass, so the ``(N, num_items)`` logit matrix never exists whole. On ML-1M-sized
+    batches (N ≈ 20k, 3416 items, d = 64, 2 CPU threads) this takes about 0.2 s and 36 MB, against about
+    0.5 s and 820 MB for autograd through ``F.cross_entropy`` on the whole logit matrix.
 
     Args:
         model: The student; only its item table is used.
         h: States from ``model(seq)``, ``(B, L, d)``.
         targets: Next-item ids, ``(B, L)`` long; 0 marks positions to ignore.
-        chunk_size: Rows of logits computed at a time.
+        chunk_size: Rows of logits computed at a time; by default 256 on CPU and 4096 elsewhere.
 
     Returns:
         Scalar float32 mean cross-entropy over non-pad positions (0 if there are none).
     """
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     mask = targets != 0  # (B, L)
@@ -87,11 +104,13 @@ def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int = 1024) -
     count = h_sel.shape[0]
     if count == 0:
         # Keep the graph connected so backward() still works on an all-padding batch.
-        return h.sum() * 0.0
-    if torch.is_grad_enabled() and (h_sel.requires_grad or items.requires_grad):
-        total = _ChunkedSoftmaxCE.apply(h_sel, items, labels, chunk_size)
-    else:
-        total = _summed_ce_no_grad(h_sel, items, labels, chunk_size)
+        return h.sum().float() * 0.0
+    # Under autocast the logit matmuls would otherwise run in half precision.
+    with torch.autocast(h.device.type, enabled=False):
+        if torch.is_grad_enabled() and (h_sel.requires_grad or items.requires_grad):
+            total = _ChunkedSoftmaxCE.apply(h_sel, items, labels, chunk_size)
+        else:
+            total = _summed_ce_no_grad(h_sel, items, labels, chunk_size)
     return total / count
 
 
@@ -144,9 +163,10 @@ def bce_loss(model: SASRec, h: Tensor, targets: Tensor, negatives: Tensor) -> Te
     h_sel = h[mask].float()  # (N, d)
     count = h_sel.shape[0]
     if count == 0:
-        return h.sum() * 0.0
+        return h.sum().float() * 0.0
     items = model.item_embeddings().float()  # (num_items + 1, d)
-    pos = (h_sel * items[targets[mask]]).sum(-1)  # (N,)
-    neg = torch.einsum("nd,nkd->nk", h_sel, items[negatives[mask]])  # (N, n)
+    with torch.autocast(h.device.type, enabled=False):
+        pos = (h_sel * items[targets[mask]]).sum(-1)  # (N,)
+        neg = torch.einsum("nd,nkd->nk", h_sel, items[negatives[mask]])  # (N, n)
     # -log σ(x) = softplus(-x) and -log(1 - σ(x)) = softplus(x), both stable for large |x|.
     return (F.softplus(-pos).sum() + F.softplus(neg).sum()) / count

@@ -1,0 +1,171 @@
+"""The student's label losses against naive references, and a tiny end-to-end training check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from student.config import SASRecConfig
+from student.losses import bce_loss, ce_loss, sample_negatives
+from student.sasrec import SASRec
+
+NUM_ITEMS = 11
+HIDDEN = 8
+
+
+def make_model() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=8, hidden=HIDDEN, blocks=1, heads=2, dropout=0.0))
+
+
+def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded inputs and next-item targets with padding at different depths."""
+    seq = torch.tensor([[0, 0, 0, 3, 5, 7, 2, 4], [0, 0, 0, 0, 0, 0, 9, 1], [1, 2, 3, 4, 5, 6, 7, 8]])
+    targets = torch.tensor([[0, 0, 0, 5, 7, 2, 4, 6], [0, 0, 0, 0, 0, 0, 1, 11], [2, 3, 4, 5, 6, 7, 8, 9]])
+    return seq, targets
+
+
+def grads(loss: torch.Tensor, model: SASRec) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def naive_ce_of_states(model: SASRec, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Reference: the whole (B, L, V + 1) logit tensor, padding item excluded, padding rows ignored."""
+    logits = model.score(h)  # (B, L, V + 1)
+    logits[..., 0] = float("-inf")
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+
+
+def naive_ce(model: SASRec, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return naive_ce_of_states(model, model(seq), targets)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
+def test_ce_matches_naive_full_softmax_in_value_and_gradient(chunk_size: int) -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    expected = naive_ce(model, seq, targets)
+    expected_grads = grads(expected, model)
+    loss = ce_loss(model, model(seq), targets, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, expected)
+    actual_grads = grads(loss, model)
+    assert actual_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(actual_grads[name], grad, msg=name)
+
+
+def test_ce_with_a_frozen_item_table_still_gives_state_gradients() -> None:
+    model = make_model()
+    model.item_emb.weight.requires_grad_(False)
+    seq, targets = make_batch()
+    h = model(seq).detach().requires_grad_()
+    expected = torch.autograd.grad(naive_ce_of_states(model, h, targets), h)[0]
+    actual = torch.autograd.grad(ce_loss(model, h, targets, chunk_size=3), h)[0]
+    torch.testing.assert_close(actual, expected)
+
+
+def test_ce_without_grad_gives_the_same_value() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    with torch.no_grad():
+        expected = naive_ce(model, seq, targets)
+        torch.testing.assert_close(ce_loss(model, model(seq), targets, chunk_size=4), expected)
+
+
+def test_losses_stay_float32_under_autocast() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    h = model(seq)
+    negatives = sample_negatives(targets, NUM_ITEMS, 2, torch.Generator().manual_seed(0))
+    expected_ce, expected_bce = ce_loss(model, h, targets), bce_loss(model, h, targets, negatives)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ce, bce = ce_loss(model, h, targets), bce_loss(model, h, targets, negatives)
+    assert ce.dtype == bce.dtype == torch.float32
+    torch.testing.assert_close(ce, expected_ce)
+    torch.testing.assert_close(bce, expected_bce)
+
+
+def test_ce_ignores_padding_and_never_rewards_item_zero() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    h = model(seq).detach().requires_grad_()
+    loss = ce_loss(model, h, targets)
+    loss.backward()
+    # Padding positions contribute nothing, and the padding row gets no gradient.
+    assert (h.grad[targets == 0] == 0).all()
+    assert (model.item_emb.weight.grad[0] == 0).all()
+    # Making item 0 score hugely higher everywhere changes nothing: it is not in the softmax.
+    with torch.no_grad():
+        model.item_emb.weight[0] = h.detach().reshape(-1, HIDDEN).sum(0) * 100.0
+        torch.testing.assert_close(ce_loss(model, h, targets), loss.detach())
+
+
+def test_ce_on_an_all_padding_batch_is_zero_and_differentiable() -> None:
+    model = make_model()
+    seq, _ = make_batch()
+    loss = ce_loss(model, model(seq), torch.zeros_like(seq))
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_sample_negatives_is_uniform_over_non_targets() -> None:
+    targets = torch.tensor([[0, 3, 11, 1]]).expand(500, 4)  # (500, 4)
+    negatives = sample_negatives(targets, NUM_ITEMS, 3, torch.Generator().manual_seed(0))
+    assert negatives.shape == (500, 4, 3)
+    assert (negatives[:, 0] == 0).all()
+    real = negatives[:, 1:]
+    assert (real != targets[:, 1:, None]).all()
+    assert real.min() >= 1 and real.max() <= NUM_ITEMS
+    # Every non-target item shows up for each target, so nothing is systematically skipped.
+    for column, target in enumerate([3, 11, 1]):
+        seen = set(real[:, column].unique().tolist())
+        assert seen == set(range(1, NUM_ITEMS + 1)) - {target}
+
+
+def test_bce_matches_naive_reference() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    negatives = sample_negatives(targets, NUM_ITEMS, 2, torch.Generator().manual_seed(0))  # (B, L, 2)
+    h = model(seq)
+    logits = model.score(h)  # (B, L, V + 1)
+    mask = targets != 0
+    pos = logits.gather(-1, targets.unsqueeze(-1))[mask]  # (N, 1)
+    neg = logits.gather(-1, negatives)[mask]  # (N, 2)
+    both = torch.cat([pos, neg], dim=-1)
+    labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)], dim=-1)
+    expected = F.binary_cross_entropy_with_logits(both, labels, reduction="sum") / mask.sum()
+    torch.testing.assert_close(bce_loss(model, h, targets, negatives), expected)
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "bce"])
+def test_training_a_few_steps_lowers_the_loss(loss_name: str) -> None:
+    # Deterministic cycles: the next item after i is (i % n) + 1, learnable from the last item alone.
+    n = 6
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=n, max_len=6, hidden=16, blocks=1, heads=1, dropout=0.0))
+    starts = torch.arange(12) % n  # (12,)
+    items = (starts[:, None] + torch.arange(7)) % n + 1  # (12, 7)
+    seq, targets = items[:, :-1].clone(), items[:, 1:].clone()
+    seq[::2, :2] = 0  # half the rows are shorter, left-padded
+    targets[::2, :2] = 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> float:
+        h = model(seq)
+        if loss_name == "ce":
+            loss = ce_loss(model, h, targets)
+        else:
+            loss = bce_loss(model, h, targets, sample_negatives(targets, n, 1, generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    first = step()
+    for _ in range(60):
+        last = step()
+    assert last < 0.5 * first

@@ -1,0 +1,108 @@
+"""Invariants of the SASRec student: shapes, causality, padding, tied output, config checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from student.config import SASRecConfig
+from student.sasrec import SASRec
+
+NUM_ITEMS = 20
+HIDDEN = 8
+
+
+def make_model(dropout: float = 0.0, heads: int = 2, max_len: int = 12) -> SASRec:
+    torch.manual_seed(0)
+    config = SASRecConfig(
+        num_items=NUM_ITEMS, max_len=max_len, hidden=HIDDEN, blocks=2, heads=heads, dropout=dropout
+    )
+    return SASRec(config).eval()
+
+
+def left_pad(items: list[int], width: int) -> list[int]:
+    return [0] * (width - len(items)) + items
+
+
+def test_shapes() -> None:
+    model = make_model()
+    seq = torch.tensor([left_pad([1, 2, 3], 6), left_pad([4, 5, 6, 7, 8, 9], 6)])  # (2, 6)
+    h = model(seq)
+    assert h.shape == (2, 6, HIDDEN)
+    assert model.score(h).shape == (2, 6, NUM_ITEMS + 1)
+    assert model.user_embedding(seq).shape == (2, HIDDEN)
+    assert model.item_embeddings().shape == (NUM_ITEMS + 1, HIDDEN)
+
+
+def test_causal_later_items_do_not_change_earlier_states() -> None:
+    model = make_model()
+    seq = torch.tensor([left_pad([1, 2, 3, 4, 5], 8)])
+    changed = seq.clone()
+    changed[0, 6] = 17
+    changed[0, 7] = 18
+    with torch.no_grad():
+        h, h_changed = model(seq), model(changed)
+    torch.testing.assert_close(h[:, :6], h_changed[:, :6])
+    assert not torch.allclose(h[:, 6:], h_changed[:, 6:])
+
+
+def test_left_padding_leaves_real_states_unchanged() -> None:
+    model = make_model()
+    items = [3, 1, 4, 1, 5]
+    short = torch.tensor([left_pad(items, 6)])
+    wide = torch.tensor([left_pad(items, 12)])
+    with torch.no_grad():
+        torch.testing.assert_close(model.user_embedding(short), model.user_embedding(wide))
+        torch.testing.assert_close(model(short)[:, 1:], model(wide)[:, 7:])
+
+
+def test_padding_gives_zero_states_and_no_nan_even_for_an_all_padding_row() -> None:
+    model = make_model(dropout=0.2).train()
+    seq = torch.tensor([left_pad([2, 3], 6), [0] * 6])
+    h = model(seq)
+    assert torch.isfinite(h).all()
+    assert (h[0, :4] == 0).all() and (h[1] == 0).all()
+    h.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_score_uses_the_tied_item_table() -> None:
+    model = make_model()
+    assert model.item_embeddings() is model.item_emb.weight
+    assert (model.item_emb.weight[0] == 0).all()
+    h = torch.randn(3, HIDDEN)
+    torch.testing.assert_close(model.score(h), h @ model.item_emb.weight.T)
+
+
+def test_rejects_sequences_longer_than_max_len() -> None:
+    model = make_model(max_len=4)
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.ones(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"num_items": 0}, "num_items"),
+        ({"max_len": 0}, "max_len"),
+        ({"hidden": 0}, "hidden"),
+        ({"blocks": 0}, "blocks"),
+        ({"heads": 0}, "heads"),
+        ({"hidden": 10, "heads": 3}, "divide"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SASRecConfig(**{"num_items": 5, **kwargs})
+
+
+def test_config_module_does_not_import_torch() -> None:
+    root = Path(__file__).resolve().parents[2]
+    code = "import sys, student.config; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
