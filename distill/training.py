@@ -217,10 +217,10 @@ class Logger:
 
 
 def progress(total: int, desc: str, enabled: bool = True):
-    """A tqdm progress bar (on stderr, main process only)."""
+    """A tqdm progress bar on stderr: main process only, and only on a terminal (logs get the epoch lines)."""
     from tqdm.auto import tqdm
 
-    disable = not (enabled and is_main_process())
+    disable = None if enabled and is_main_process() else True  # None: off when stderr is not a terminal
     return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
 
 
