@@ -83,20 +83,48 @@ from distill.config import PrepareConfig  # noqa: E402  (torch-free)
 @main.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
 @_option(PrepareConfig, "output", "--output", "-o", help="Dataset directory to write.")
-@_option(PrepareConfig, "format", "--format", type=_choices(PrepareConfig, "format"),
-         help="Input format; auto guesses from the extension and the first lines.")
-@_option(PrepareConfig, "items", "--items", help="Item metadata with titles (TSV/CSV with a header, "
-         "RecBole .item, MovieLens movies.dat).")
+@_option(
+    PrepareConfig,
+    "format",
+    "--format",
+    type=_choices(PrepareConfig, "format"),
+    help="Input format; auto guesses from the extension and the first lines.",
+)
+@_option(
+    PrepareConfig,
+    "items",
+    "--items",
+    help="Item metadata with titles (TSV/CSV with a header, RecBole .item, MovieLens movies.dat).",
+)
 @_option(PrepareConfig, "user_col", "--user-col", help="User column of a CSV/TSV/Parquet input.")
 @_option(PrepareConfig, "item_col", "--item-col", help="Item column of a CSV/TSV/Parquet input.")
-@_option(PrepareConfig, "time_col", "--time-col",
-         help="Timestamp column (numbers or ISO dates); file order if none.")
-@_option(PrepareConfig, "min_user_interactions", "--min-user-interactions", type=int,
-         help="Drop users with fewer interactions (iterated with the item bound: k-core).")
-@_option(PrepareConfig, "min_item_interactions", "--min-item-interactions", type=int,
-         help="Drop items with fewer interactions.")
-@_option(PrepareConfig, "synthetic", "--synthetic", is_flag=True,
-         help="Generate the embedded synthetic dataset instead of reading INPUTS.")
+@_option(
+    PrepareConfig,
+    "time_col",
+    "--time-col",
+    help="Timestamp column (numbers or ISO dates); file order if none.",
+)
+@_option(
+    PrepareConfig,
+    "min_user_interactions",
+    "--min-user-interactions",
+    type=int,
+    help="Drop users with fewer interactions (iterated with the item bound: k-core).",
+)
+@_option(
+    PrepareConfig,
+    "min_item_interactions",
+    "--min-item-interactions",
+    type=int,
+    help="Drop items with fewer interactions.",
+)
+@_option(
+    PrepareConfig,
+    "synthetic",
+    "--synthetic",
+    is_flag=True,
+    help="Generate the embedded synthetic dataset instead of reading INPUTS.",
+)
 @_option(PrepareConfig, "num_users", "--num-users", type=int, help="Synthetic: number of users.")
 @_option(PrepareConfig, "num_items", "--num-items", type=int, help="Synthetic: number of items.")
 @_option(PrepareConfig, "seed", "--seed", type=int, help="Synthetic: random seed.")
@@ -135,15 +163,33 @@ from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
 @_option(StudentTrainConfig, "dropout", "--dropout", type=float, help="Dropout rate.")
 @_option(StudentTrainConfig, "lr", "--lr", type=float, help="Adam learning rate.")
 @_option(StudentTrainConfig, "weight_decay", "--weight-decay", type=float, help="Adam weight decay.")
-@_option(StudentTrainConfig, "loss", "--loss", type=_choices(StudentTrainConfig, "loss"),
-         help="ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives.")
-@_option(StudentTrainConfig, "negatives", "--negatives", type=int, help="Negatives per position for --loss bce.")
-@_option(StudentTrainConfig, "patience", "--patience", type=int,
-         help="Stop after this many evaluations without a better validation NDCG@10 (0: never).")
+@_option(
+    StudentTrainConfig,
+    "loss",
+    "--loss",
+    type=_choices(StudentTrainConfig, "loss"),
+    help="ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives.",
+)
+@_option(
+    StudentTrainConfig, "negatives", "--negatives", type=int, help="Negatives per position for --loss bce."
+)
+@_option(
+    StudentTrainConfig,
+    "patience",
+    "--patience",
+    type=int,
+    help="Stop after this many evaluations without a better validation NDCG@10 (0: never).",
+)
 @_option(StudentTrainConfig, "eval_every", "--eval-every", type=int, help="Validate every N epochs.")
 @_option(StudentTrainConfig, "seed", "--seed", type=int, help="Random seed.")
 @_option(StudentTrainConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
-@_option(StudentTrainConfig, "resume", "--resume", is_flag=True, help="Continue the run in --output from its last epoch.")
+@_option(
+    StudentTrainConfig,
+    "resume",
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --output from its last epoch.",
+)
 @_config_options
 @_user_errors
 def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
@@ -163,44 +209,125 @@ from teacher.config import TeacherTrainConfig  # noqa: E402  (torch-free)
 
 @main.command("teacher-train")
 @_option(TeacherTrainConfig, "data", "--data", help="Dataset directory from `distill prepare`.")
-@_option(TeacherTrainConfig, "sasrec", "--sasrec", help="A `distill student-train` run: the teacher's ID encoder.")
-@_option(TeacherTrainConfig, "llm", "--llm", help="Backbone: 'tiny', a .gguf file, a model directory or a hub id.")
+@_option(
+    TeacherTrainConfig, "sasrec", "--sasrec", help="A `distill student-train` run: the teacher's ID encoder."
+)
+@_option(
+    TeacherTrainConfig, "llm", "--llm", help="Backbone: 'tiny', a .gguf file, a model directory or a hub id."
+)
 @_option(TeacherTrainConfig, "output", "--output", "-o", help="Run directory to write.")
-@_option(TeacherTrainConfig, "teacher", "--teacher", type=_choices(TeacherTrainConfig, "teacher"),
-         help="moe-lora: iLoRA-style gated LoRA experts; e4srec: peft LoRA with a linear item head.")
-@_option(TeacherTrainConfig, "llm_layers", "--llm-layers", type=int, help="Keep only the first N decoder layers.")
-@_option(TeacherTrainConfig, "dtype", "--dtype", type=_choices(TeacherTrainConfig, "dtype"), help="Backbone dtype.")
+@_option(
+    TeacherTrainConfig,
+    "teacher",
+    "--teacher",
+    type=_choices(TeacherTrainConfig, "teacher"),
+    help="moe-lora: iLoRA-style gated LoRA experts; e4srec: peft LoRA with a linear item head.",
+)
+@_option(
+    TeacherTrainConfig, "llm_layers", "--llm-layers", type=int, help="Keep only the first N decoder layers."
+)
+@_option(
+    TeacherTrainConfig, "dtype", "--dtype", type=_choices(TeacherTrainConfig, "dtype"), help="Backbone dtype."
+)
 @_option(TeacherTrainConfig, "max_len", "--max-len", type=int, help="History items in the prompt.")
-@_option(TeacherTrainConfig, "samples_per_user", "--samples-per-user", type=int,
-         help="Train on the last N targets of each training sequence.")
-@_option(TeacherTrainConfig, "titles", "--titles/--no-titles", help="MoE-LoRA: put item titles before their slots "
-         "when the dataset has titles.")
+@_option(
+    TeacherTrainConfig,
+    "samples_per_user",
+    "--samples-per-user",
+    type=int,
+    help="Train on the last N targets of each training sequence.",
+)
+@_option(
+    TeacherTrainConfig,
+    "titles",
+    "--titles/--no-titles",
+    help="MoE-LoRA: put item titles before their slots when the dataset has titles.",
+)
 @_option(TeacherTrainConfig, "experts", "--experts", type=int, help="MoE-LoRA: number of LoRA experts.")
-@_option(TeacherTrainConfig, "r", "--lora-r", type=int, help="LoRA rank (MoE-LoRA: total, split across experts). "
-         "Default 16.")
-@_option(TeacherTrainConfig, "lora_alpha", "--lora-alpha", type=float, help="LoRA alpha; the update is scaled by "
-         "alpha / r. Default 32 (moe-lora), 16 (e4srec).")
-@_option(TeacherTrainConfig, "lora_dropout", "--lora-dropout", type=float, help="Dropout on the adapter input. "
-         "Default 0.05.")
-@_option(TeacherTrainConfig, "target_modules", "--target-modules", type=str, help="Comma-separated Linear names to "
-         "adapt. Default: all q,k,v,o,gate,up,down projections (moe-lora); gate,up,down (e4srec).")
-@_option(TeacherTrainConfig, "train_sasrec", "--train-sasrec", is_flag=True, help="Fine-tune the SASRec encoder too.")
+@_option(
+    TeacherTrainConfig,
+    "r",
+    "--lora-r",
+    type=int,
+    help="LoRA rank (MoE-LoRA: total, split across experts). Default 16.",
+)
+@_option(
+    TeacherTrainConfig,
+    "lora_alpha",
+    "--lora-alpha",
+    type=float,
+    help="LoRA alpha; the update is scaled by alpha / r. Default 32 (moe-lora), 16 (e4srec).",
+)
+@_option(
+    TeacherTrainConfig,
+    "lora_dropout",
+    "--lora-dropout",
+    type=float,
+    help="Dropout on the adapter input. Default 0.05.",
+)
+@_option(
+    TeacherTrainConfig,
+    "target_modules",
+    "--target-modules",
+    type=str,
+    help="Comma-separated Linear names to "
+    "adapt. Default: all q,k,v,o,gate,up,down projections (moe-lora); gate,up,down (e4srec).",
+)
+@_option(
+    TeacherTrainConfig,
+    "train_sasrec",
+    "--train-sasrec",
+    is_flag=True,
+    help="Fine-tune the SASRec encoder too.",
+)
 @_option(TeacherTrainConfig, "epochs", "--epochs", type=int, help="Maximum number of epochs.")
 @_option(TeacherTrainConfig, "batch_size", "--batch-size", type=int, help="Samples per micro-batch.")
 @_option(TeacherTrainConfig, "grad_accum", "--grad-accum", type=int, help="Micro-batches per optimizer step.")
 @_option(TeacherTrainConfig, "lr", "--lr", type=float, help="Learning rate of the LoRA adapters.")
-@_option(TeacherTrainConfig, "projector_lr", "--projector-lr", type=float, help="Learning rate of the projector.")
+@_option(
+    TeacherTrainConfig, "projector_lr", "--projector-lr", type=float, help="Learning rate of the projector."
+)
 @_option(TeacherTrainConfig, "gate_lr", "--gate-lr", type=float, help="Learning rate of the gating MLP.")
-@_option(TeacherTrainConfig, "head_lr", "--head-lr", type=float, help="E4SRec: learning rate of input projection and head.")
-@_option(TeacherTrainConfig, "warmup", "--warmup", type=float, help="Fraction of steps of linear warmup before cosine decay.")
-@_option(TeacherTrainConfig, "patience", "--patience", type=int, help="Stop after N epochs without a better "
-         "validation NDCG@10 (0: never).")
-@_option(TeacherTrainConfig, "eval_users", "--eval-users", type=int, help="Validate on a fixed random subset of N "
-         "users (test always uses all).")
-@_option(TeacherTrainConfig, "eval_batch_size", "--eval-batch-size", type=int, help="Users per scoring batch.")
+@_option(
+    TeacherTrainConfig,
+    "head_lr",
+    "--head-lr",
+    type=float,
+    help="E4SRec: learning rate of input projection and head.",
+)
+@_option(
+    TeacherTrainConfig,
+    "warmup",
+    "--warmup",
+    type=float,
+    help="Fraction of steps of linear warmup before cosine decay.",
+)
+@_option(
+    TeacherTrainConfig,
+    "patience",
+    "--patience",
+    type=int,
+    help="Stop after N epochs without a better validation NDCG@10 (0: never).",
+)
+@_option(
+    TeacherTrainConfig,
+    "eval_users",
+    "--eval-users",
+    type=int,
+    help="Validate on a fixed random subset of N users (test always uses all).",
+)
+@_option(
+    TeacherTrainConfig, "eval_batch_size", "--eval-batch-size", type=int, help="Users per scoring batch."
+)
 @_option(TeacherTrainConfig, "seed", "--seed", type=int, help="Random seed.")
 @_option(TeacherTrainConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
-@_option(TeacherTrainConfig, "resume", "--resume", is_flag=True, help="Continue the run in --output from its last epoch.")
+@_option(
+    TeacherTrainConfig,
+    "resume",
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --output from its last epoch.",
+)
 @_config_options
 @_user_errors
 def teacher_train(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
@@ -216,12 +343,19 @@ def teacher_train(config_file: str | None, sets: tuple[str, ...], **options: Any
 
 # ---------------------------------------------------------------------------------------------- evaluate
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(),
-              help="A run directory (student or teacher).")
-@click.option("--data", required=True, type=click.Path(),
-              help="The dataset directory the run was trained on.")
-@click.option("--split", type=click.Choice(["valid", "test", "both"]), default="both", show_default=True,
-              help="Which held-out target to rank.")
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(), help="A run directory (student or teacher)."
+)
+@click.option(
+    "--data", required=True, type=click.Path(), help="The dataset directory the run was trained on."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test", "both"]),
+    default="both",
+    show_default=True,
+    help="Which held-out target to rank.",
+)
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Users per scoring batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_user_errors
@@ -242,7 +376,9 @@ def evaluate(run_dir: str, data: str, split: str, batch_size: int, device: str) 
     elif kind in ("teacher-moe-lora", "teacher-e4srec"):
         from teacher.train import evaluate_teacher, load_teacher
 
-        score = functools.partial(evaluate_teacher, load_teacher(run_dir, dataset, dev), dataset, batch_size=batch_size)
+        score = functools.partial(
+            evaluate_teacher, load_teacher(run_dir, dataset, dev), dataset, batch_size=batch_size
+        )
     else:
         raise click.ClickException(f"{run_dir}: unknown run kind {kind!r}")
     splits = ["valid", "test"] if split == "both" else [split]

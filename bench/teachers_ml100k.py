@@ -61,23 +61,62 @@ def main() -> None:
     commands.append(cmd)
     sasrec = OUT / "sasrec"
     if not (sasrec / "metrics.json").is_file():
-        seconds, cmd = distill("student-train", "--data", str(OUT / "data"), "--output", str(sasrec),
-                               "--max-len", "200", "--epochs", "200", "--patience", "10", "--device", "cpu")
+        seconds, cmd = distill(
+            "student-train",
+            "--data",
+            str(OUT / "data"),
+            "--output",
+            str(sasrec),
+            "--max-len",
+            "50",
+            "--epochs",
+            "100",
+            "--patience",
+            "5",
+            "--lr",
+            "0.002",
+            "--device",
+            "cpu",
+        )
         commands.append(cmd)
     else:
         seconds = float("nan")
     rows.append(("SASRec (ID encoder)", sasrec, seconds))
 
-    budget = ["--samples-per-user", args.samples_per_user, "--epochs", args.epochs, "--max-len", args.max_len,
-              "--eval-users", args.eval_users, "--batch-size", "8", "--device", "cpu", "--llm", str(gguf)]
+    budget = [
+        "--samples-per-user",
+        args.samples_per_user,
+        "--epochs",
+        args.epochs,
+        "--max-len",
+        args.max_len,
+        "--eval-users",
+        args.eval_users,
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--llm",
+        str(gguf),
+    ]
     for kind in ("moe-lora", "e4srec"):
         run = OUT / kind
         if run.exists():
             import shutil
 
             shutil.rmtree(run)
-        seconds, cmd = distill("teacher-train", "--teacher", kind, "--data", str(OUT / "data"), "--sasrec", str(sasrec),
-                               "--output", str(run), *budget)
+        seconds, cmd = distill(
+            "teacher-train",
+            "--teacher",
+            kind,
+            "--data",
+            str(OUT / "data"),
+            "--sasrec",
+            str(sasrec),
+            "--output",
+            str(run),
+            *budget,
+        )
         commands.append(cmd)
         rows.append((f"{kind} teacher", run, seconds))
 
@@ -87,14 +126,19 @@ def main() -> None:
         f"{datetime.date.today()}, 2 CPU cores. Full ranking over all 1,682 items, history items masked, "
         "test at the best validation epoch.",
         "",
-        "| model | test NDCG@10 | test HR@10 | valid NDCG@10 | best epoch | train samples/s | trainable params | wall |",
+        "| model | test NDCG@10 | test HR@10 | valid NDCG@10 | best epoch | train samples/s "
+        "| trainable params | wall |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, run, seconds in rows:
         metrics = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         history = metrics.get("history", [])
-        speed = sum(h["samples_per_s"] for h in history) / len(history) if history and "samples_per_s" in history[0] else None
+        speed = (
+            sum(h["samples_per_s"] for h in history) / len(history)
+            if history and "samples_per_s" in history[0]
+            else None
+        )
         params = config.get("trainable_parameters")
         lines.append(
             f"| {name} | {metrics['test']['ndcg@10']:.4f} | {metrics['test']['hr@10']:.4f} | "

@@ -110,7 +110,7 @@ def _build(cls: type[C], updates: dict[str, tuple[Any, str]], prefix: str, base:
     """``cls`` from the ``updates`` under ``prefix``; fields not updated keep ``base``'s values."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    mine = {k[len(prefix):]: v for k, v in updates.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in updates.items() if k.startswith(prefix)}
     for key, (_, source) in mine.items():
         head = key.split(".", 1)[0]
         if head not in fields or ("." in key and not dataclasses.is_dataclass(hints[head])):
@@ -222,9 +222,9 @@ class PrepareConfig:
 
     inputs: tuple[str, ...] = ()
     output: str = ""
-    format: typing.Literal[
-        "auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"
-    ] = "auto"
+    format: typing.Literal["auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"] = (
+        "auto"
+    )
     items: str | None = None
     user_col: str | None = None
     item_col: str | None = None

@@ -158,7 +158,11 @@ def _time_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
 def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
     """Whitespace formats (``user item`` / ``user i1 i2 …``) and MovieLens ``u::i::r::t``, integer ids."""
     lf = pl.scan_csv(
-        path, has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
+        path,
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        new_columns=["line"],
         schema_overrides={"line": pl.String},
     ).with_row_index("lineno", offset=1)
     if fmt == "movielens":
@@ -217,8 +221,10 @@ def _pick_column(
         return given
     found = next((c for c in columns if c.lower() in known), None)
     if found is None:
-        raise DistillError(f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
-                           f"(columns: {', '.join(columns)})")
+        raise DistillError(
+            f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
+            f"(columns: {', '.join(columns)})"
+        )
     return found
 
 
@@ -254,8 +260,12 @@ def read_titles(path: Path) -> pl.DataFrame:
         return frame.filter(pl.col("raw_item").is_not_null() & (pl.col("raw_item") != ""))
     separator = "\t" if "\t" in first else ","
     try:
-        frame = pl.read_csv(io.StringIO(text), separator=separator, infer_schema=False,
-                            quote_char='"' if separator == "," else None)
+        frame = pl.read_csv(
+            io.StringIO(text),
+            separator=separator,
+            infer_schema=False,
+            quote_char='"' if separator == "," else None,
+        )
     except Exception as e:
         raise DistillError(f"items file {path} is not readable: {_first_line(e)}") from None
     frame = frame.rename({c: c.split(":")[0] for c in frame.columns})

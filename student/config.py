@@ -41,9 +41,7 @@ class SASRecConfig:
         if self.heads < 1:
             raise ValueError(f"heads must be >= 1, got {self.heads}")
         if self.hidden % self.heads != 0:
-            raise ValueError(
-                f"heads ({self.heads}) must divide hidden ({self.hidden})"
-            )
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -95,6 +93,10 @@ class StudentTrainConfig:
     def sasrec(self, num_items: int) -> SASRecConfig:
         """The model config for a catalogue of ``num_items`` items."""
         return SASRecConfig(
-            num_items=num_items, max_len=self.max_len, hidden=self.hidden, blocks=self.blocks,
-            heads=self.heads, dropout=self.dropout,
+            num_items=num_items,
+            max_len=self.max_len,
+            hidden=self.hidden,
+            blocks=self.blocks,
+            heads=self.heads,
+            dropout=self.dropout,
         )

@@ -47,7 +47,9 @@ def run(cfg: StudentTrainConfig) -> dict:
 
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+    )
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
@@ -83,7 +85,9 @@ def run(cfg: StudentTrainConfig) -> dict:
                 if cfg.loss == "ce":
                     loss = ce_loss(model, h, targets)
                 else:
-                    negatives = sample_negatives(targets.cpu(), data.num_items, cfg.negatives, shuffle).to(device)
+                    negatives = sample_negatives(targets.cpu(), data.num_items, cfg.negatives, shuffle).to(
+                        device
+                    )
                     loss = bce_loss(model, h, targets, negatives)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -92,7 +96,11 @@ def run(cfg: StudentTrainConfig) -> dict:
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}")
                 bar.update()
         seconds = time.perf_counter() - started
-        train_stats = {"loss": total_loss / max(steps, 1), "lr": cfg.lr, "sequences_per_s": sequences / seconds}
+        train_stats = {
+            "loss": total_loss / max(steps, 1),
+            "lr": cfg.lr,
+            "sequences_per_s": sequences / seconds,
+        }
         logger.scalars(train_stats, epoch, prefix="train/")
         line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
         record = {"epoch": epoch, "seconds": seconds, **train_stats}
@@ -160,7 +168,9 @@ def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "c
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise DistillError(f"checkpoint {run_dir / 'best'} does not fit its config: {str(e).splitlines()[0]}") from None
+        raise DistillError(
+            f"checkpoint {run_dir / 'best'} does not fit its config: {str(e).splitlines()[0]}"
+        ) from None
     return model.to(device).eval()
 
 

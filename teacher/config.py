@@ -12,7 +12,12 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # Where the two teachers' papers differ, so do the defaults; a value given explicitly always wins.
 TEACHER_DEFAULTS = {
     "moe-lora": {"r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05, "target_modules": ALL_PROJECTIONS},
-    "e4srec": {"r": 16, "lora_alpha": 16.0, "lora_dropout": 0.05, "target_modules": ("gate_proj", "up_proj", "down_proj")},
+    "e4srec": {
+        "r": 16,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.05,
+        "target_modules": ("gate_proj", "up_proj", "down_proj"),
+    },
 }
 
 
@@ -68,8 +73,16 @@ class TeacherTrainConfig:
                 raise ValueError(f"{name} is required ({flag})")
         if self.teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {self.teacher!r}; expected one of {', '.join(TEACHERS)}")
-        positive = ("max_len", "samples_per_user", "experts", "r", "epochs", "batch_size", "grad_accum",
-                    "eval_batch_size")
+        positive = (
+            "max_len",
+            "samples_per_user",
+            "experts",
+            "r",
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "eval_batch_size",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -78,7 +91,9 @@ class TeacherTrainConfig:
         if self.eval_users is not None and self.eval_users < 1:
             raise ValueError(f"eval_users must be at least 1, got {self.eval_users}")
         if self.teacher == "moe-lora" and self.r % self.experts:
-            raise ValueError(f"r ({self.r}) must be divisible by experts ({self.experts}): each expert gets r / experts")
+            raise ValueError(
+                f"r ({self.r}) must be divisible by experts ({self.experts}): each expert gets r / experts"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.warmup < 1:

@@ -36,7 +36,9 @@ class E4SRecTeacher(nn.Module):
         target_modules: tuple[str, ...],
     ):
         super().__init__()
-        lora = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules))
+        lora = LoraConfig(
+            r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
+        )
         self.backbone = get_peft_model(backbone, lora)
         self.register_buffer("item_table", item_embeddings.detach().clone())  # (N + 1, d), frozen
         self.placeholder_id = placeholder_id
@@ -60,5 +62,7 @@ class E4SRecTeacher(nn.Module):
         if int(slots.sum()) != len(items):
             raise ValueError(f"{int(slots.sum())} slots for {len(items)} history items")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.input_proj(items).to(embeds.dtype))
-        out = self.backbone(inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids)
+        out = self.backbone(
+            inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids
+        )
         return self.head(out.last_hidden_state[:, -1].float())  # (B, N + 1)

@@ -39,7 +39,9 @@ class Prompts:
     position_ids: torch.Tensor  # (B, T) 0.. over real tokens
 
     def to(self, device: torch.device) -> Prompts:
-        return Prompts(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device))
+        return Prompts(
+            self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device)
+        )
 
 
 class PromptBuilder:

@@ -49,8 +49,14 @@ from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, Promp
 KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 SELECT_ON = "ndcg@10"
 # Parameter groups by name: the learning rate of each is a config field.
-GROUPS = (("lora_", "lr"), ("projector.", "projector_lr"), ("gate.", "gate_lr"), ("head.", "head_lr"),
-          ("input_proj.", "head_lr"), ("sasrec.", "sasrec_lr"))
+GROUPS = (
+    ("lora_", "lr"),
+    ("projector.", "projector_lr"),
+    ("gate.", "gate_lr"),
+    ("head.", "head_lr"),
+    ("input_proj.", "head_lr"),
+    ("sasrec.", "sasrec_lr"),
+)
 
 
 class Teacher:
@@ -69,11 +75,21 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
     """Load the backbone and wrap it as the configured teacher (fresh adapters and heads)."""
     backbone, tokenizer = load_backbone(cfg.llm, layers=cfg.llm_layers, dtype=cfg.dtype)
     [placeholder] = add_special_tokens(backbone, tokenizer, [HISTORY_TOKEN])
-    lora = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
-            "target_modules": tuple(cfg.target_modules)}
+    lora = {
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "target_modules": tuple(cfg.target_modules),
+    }
     if cfg.teacher == "moe-lora":
-        model = MoELoRATeacher(backbone, sasrec, placeholder_id=placeholder, experts=cfg.experts,
-                               train_sasrec=cfg.train_sasrec, **lora)
+        model = MoELoRATeacher(
+            backbone,
+            sasrec,
+            placeholder_id=placeholder,
+            experts=cfg.experts,
+            train_sasrec=cfg.train_sasrec,
+            **lora,
+        )
         titles = [None] + [data.title(i) for i in range(1, data.num_items + 1)]
         use_titles = cfg.titles and data.has_titles
         prompts = PromptBuilder(tokenizer, placeholder, MOE_LORA_PROMPT, titles if use_titles else None)
@@ -108,14 +124,16 @@ def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: P
     missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
     if missing or unexpected:
         raise DistillError(
-            f"checkpoint {where} does not fit its config: {len(missing)} missing weights (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            f"checkpoint {where} does not fit its config: {len(missing)} missing weights "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
     with torch.no_grad():
         for name, value in weights.items():
             if own[name].shape != value.shape:
-                raise DistillError(f"checkpoint {where}: {name} has shape {tuple(value.shape)}, "
-                                   f"the model expects {tuple(own[name].shape)}")
+                raise DistillError(
+                    f"checkpoint {where}: {name} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(own[name].shape)}"
+                )
             own[name].copy_(value)
 
 
@@ -137,7 +155,9 @@ def training_samples(data: Dataset, samples_per_user: int, max_len: int) -> tupl
 def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: int, users=None) -> dict:
     """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all)."""
     teacher.model.eval()
-    return evaluate(lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.max_len, users))
+    return evaluate(
+        lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.max_len, users)
+    )
 
 
 def run(cfg: TeacherTrainConfig) -> dict:
@@ -157,7 +177,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
             raise RuntimeError(f"trainable parameter {name} belongs to no learning-rate group")
         groups.setdefault(field, []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()], weight_decay=cfg.weight_decay
+        [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
+        weight_decay=cfg.weight_decay,
     )
     histories, targets = training_samples(data, cfg.samples_per_user, cfg.max_len)
     if len(targets) == 0:
@@ -165,13 +186,17 @@ def run(cfg: TeacherTrainConfig) -> dict:
     steps_per_epoch = math.ceil(math.ceil(len(targets) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, warmup_steps, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _warmup_cosine(s, warmup_steps, total_steps)
+    )
 
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     valid_users = data.eval_users()
     if cfg.eval_users is not None and cfg.eval_users < len(valid_users):
-        pick = torch.randperm(len(valid_users), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_users]
+        pick = torch.randperm(len(valid_users), generator=torch.Generator().manual_seed(cfg.seed))[
+            : cfg.eval_users
+        ]
         valid_users = np.sort(valid_users[pick.numpy()])
     run_config = {
         "kind": KINDS[cfg.teacher],
@@ -184,7 +209,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     if cfg.resume:
         weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
         if saved.get("dataset") != run_config["dataset"] or saved.get("kind") != run_config["kind"]:
-            raise DistillError(f"cannot resume {run_dir}: it holds a {saved.get('kind')} run on another dataset or teacher")
+            raise DistillError(
+                f"cannot resume {run_dir}: it holds a {saved.get('kind')} run on another dataset or teacher"
+            )
         _load_trainable(model, weights, run_dir / "last")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -194,8 +221,10 @@ def run(cfg: TeacherTrainConfig) -> dict:
         first_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
-    log(f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
-        f"{len(targets):,} samples, {total_steps:,} optimizer steps")
+    log(
+        f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
+        f"{len(targets):,} samples, {total_steps:,} optimizer steps"
+    )
 
     logger = Logger(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -217,8 +246,10 @@ def run(cfg: TeacherTrainConfig) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                 total_loss += loss.item()
                 bar.update(len(idx))
-                bar.set_postfix(loss=f"{total_loss / micro:.4f}",
-                                samples_per_s=f"{bar.n / (time.perf_counter() - started):.1f}")
+                bar.set_postfix(
+                    loss=f"{total_loss / micro:.4f}",
+                    samples_per_s=f"{bar.n / (time.perf_counter() - started):.1f}",
+                )
         seconds = time.perf_counter() - started
         stats = {"loss": total_loss / micro, "samples_per_s": len(order) / seconds}
         stats.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
@@ -226,13 +257,21 @@ def run(cfg: TeacherTrainConfig) -> dict:
 
         valid = evaluate_teacher(teacher, data, "valid", cfg.eval_batch_size, valid_users)
         logger.scalars(valid, epoch, prefix="valid/")
-        line = (f"epoch {epoch}: loss {stats['loss']:.4f} ({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)"
-                f"  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}")
+        line = (
+            f"epoch {epoch}: loss {stats['loss']:.4f} "
+            f"({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
+        )
         if stopper.step(valid[SELECT_ON], epoch):
             save_checkpoint(run_dir / "best", trainable_state(model), run_config)
             line += "  (best)"
-        history.append({"epoch": epoch, "seconds": seconds, **stats,
-                        **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")}})
+        history.append(
+            {
+                "epoch": epoch,
+                "seconds": seconds,
+                **stats,
+                **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")},
+            }
+        )
         save_checkpoint(
             run_dir / "last",
             trainable_state(model),

@@ -21,7 +21,9 @@ def dataset(tmp_path_factory):
 
 
 def train(runner, dataset, out, *extra):
-    result = runner.invoke(main, ["student-train", "--data", str(dataset), "--output", str(out), *TINY, *extra])
+    result = runner.invoke(
+        main, ["student-train", "--data", str(dataset), "--output", str(out), *TINY, *extra]
+    )
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())
 
@@ -56,14 +58,18 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
 
 
 def test_bce_loss_trains(dataset, tmp_path):
-    metrics = train(CliRunner(), dataset, tmp_path / "run", "--epochs", "2", "--loss", "bce", "--negatives", "3")
+    metrics = train(
+        CliRunner(), dataset, tmp_path / "run", "--epochs", "2", "--loss", "bce", "--negatives", "3"
+    )
     assert metrics["test"]["ndcg@10"] >= 0
 
 
 def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
     runner = CliRunner()
     metrics = train(runner, dataset, tmp_path / "run", "--epochs", "2")
-    result = runner.invoke(main, ["evaluate", "--run", str(tmp_path / "run"), "--data", str(dataset), "--split", "test"])
+    result = runner.invoke(
+        main, ["evaluate", "--run", str(tmp_path / "run"), "--data", str(dataset), "--split", "test"]
+    )
     assert result.exit_code == 0, result.output
     assert f"{metrics['test']['ndcg@10']:.4f}" in result.output
     assert "masked" in result.output
@@ -79,7 +85,9 @@ def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
     ],
 )
 def test_impossible_options_are_one_line_errors(dataset, tmp_path, args, message):
-    result = CliRunner().invoke(main, ["student-train", "--data", str(dataset), "--output", str(tmp_path / "r"), *args])
+    result = CliRunner().invoke(
+        main, ["student-train", "--data", str(dataset), "--output", str(tmp_path / "r"), *args]
+    )
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
@@ -109,7 +117,8 @@ def test_existing_run_is_not_clobbered(dataset, tmp_path):
     runner = CliRunner()
     train(runner, dataset, tmp_path / "run", "--epochs", "1")
     result = runner.invoke(
-        main, ["student-train", "--data", str(dataset), "--output", str(tmp_path / "run"), *TINY, "--epochs", "1"]
+        main,
+        ["student-train", "--data", str(dataset), "--output", str(tmp_path / "run"), *TINY, "--epochs", "1"],
     )
     assert result.exit_code != 0 and "already exists" in result.output
 
@@ -119,8 +128,17 @@ def test_config_file_and_set(dataset, tmp_path):
     config.write_text('epochs = 1\nhidden = 8\nmax_len = 10\ndevice = "cpu"\n')
     result = CliRunner().invoke(
         main,
-        ["student-train", "--data", str(dataset), "--output", str(tmp_path / "run"), "--config", str(config),
-         "--set", "heads=2"],
+        [
+            "student-train",
+            "--data",
+            str(dataset),
+            "--output",
+            str(tmp_path / "run"),
+            "--config",
+            str(config),
+            "--set",
+            "heads=2",
+        ],
     )
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

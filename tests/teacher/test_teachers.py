@@ -16,8 +16,20 @@ from teacher.config import TeacherTrainConfig
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT
 from teacher.train import build_teacher, load_teacher, trainable_state, training_samples
 
-TINY_TEACHER = ["--epochs", "1", "--samples-per-user", "1", "--max-len", "5", "--batch-size", "8",
-                "--device", "cpu", "--eval-batch-size", "32"]
+TINY_TEACHER = [
+    "--epochs",
+    "1",
+    "--samples-per-user",
+    "1",
+    "--max-len",
+    "5",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--eval-batch-size",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,26 +41,52 @@ def setup(tmp_path_factory):
     import polars as pl
 
     items = pl.read_parquet(root / "data" / "items.parquet")
-    items.with_columns(title=pl.format("the story of {}", pl.col("item"))).write_parquet(root / "data" / "items.parquet")
+    items.with_columns(title=pl.format("the story of {}", pl.col("item"))).write_parquet(
+        root / "data" / "items.parquet"
+    )
     meta = json.loads((root / "data" / "meta.json").read_text())
     meta.update(has_titles=True, num_titles=items.height)
     (root / "data" / "meta.json").write_text(json.dumps(meta))
 
-    result = CliRunner().invoke(main, ["student-train", "--data", str(root / "data"), "--output", str(root / "sasrec"),
-                                       "--epochs", "1", "--max-len", "10", "--hidden", "16", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "student-train",
+            "--data",
+            str(root / "data"),
+            "--output",
+            str(root / "sasrec"),
+            "--epochs",
+            "1",
+            "--max-len",
+            "10",
+            "--hidden",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root
 
 
 def config(setup, **changes):
-    return TeacherTrainConfig(data=str(setup / "data"), sasrec=str(setup / "sasrec"), output=str(setup / "unused"),
-                              max_len=5, device="cpu", **changes)
+    return TeacherTrainConfig(
+        data=str(setup / "data"),
+        sasrec=str(setup / "sasrec"),
+        output=str(setup / "unused"),
+        max_len=5,
+        device="cpu",
+        **changes,
+    )
 
 
 def make(setup, **changes):
     data = Dataset(setup / "data")
     torch.manual_seed(0)
-    return build_teacher(config(setup, **changes), data, load_run(setup / "sasrec", data), torch.device("cpu")), data
+    return build_teacher(
+        config(setup, **changes), data, load_run(setup / "sasrec", data), torch.device("cpu")
+    ), data
 
 
 def histories(data, n=6):
@@ -119,7 +157,9 @@ def test_only_adapters_and_new_modules_get_gradients(setup, changes, expected):
     randomize(teacher.model)
     teacher.model.train()
     teacher(histories(data)).logsumexp(-1).sum().backward()
-    with_grad = {n for n, p in teacher.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    with_grad = {
+        n for n, p in teacher.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert with_grad, "nothing received a gradient"
     for name in with_grad:
         assert any(key in name for key in expected), f"{name} should be frozen"
@@ -135,8 +175,12 @@ def test_save_load_round_trip_gives_identical_scores(setup, tmp_path, kind):
     randomize(teacher.model)
     teacher.model.eval()
     cfg = config(setup, teacher=kind, train_sasrec=kind == "moe-lora")
-    run_config = {"kind": f"teacher-{kind}", "dataset": {"fingerprint": data.fingerprint},
-                  "sasrec_run": str(setup / "sasrec"), "train": to_dict(cfg)}
+    run_config = {
+        "kind": f"teacher-{kind}",
+        "dataset": {"fingerprint": data.fingerprint},
+        "sasrec_run": str(setup / "sasrec"),
+        "train": to_dict(cfg),
+    }
     save_checkpoint(tmp_path / "best", trainable_state(teacher.model), run_config)
     write_json(tmp_path / "config.json", run_config)
     loaded = load_teacher(tmp_path, data)
@@ -172,8 +216,23 @@ def test_prompts_are_left_padded_with_real_positions(setup):
 def test_teacher_train_end_to_end(setup, tmp_path, kind):
     runner = CliRunner()
     run = tmp_path / kind
-    result = runner.invoke(main, ["teacher-train", "--data", str(setup / "data"), "--sasrec", str(setup / "sasrec"),
-                                  "--llm", "tiny", "--output", str(run), "--teacher", kind, *TINY_TEACHER])
+    result = runner.invoke(
+        main,
+        [
+            "teacher-train",
+            "--data",
+            str(setup / "data"),
+            "--sasrec",
+            str(setup / "sasrec"),
+            "--llm",
+            "tiny",
+            "--output",
+            str(run),
+            "--teacher",
+            kind,
+            *TINY_TEACHER,
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and 0 <= metrics["test"]["ndcg@10"] <= 1
@@ -181,15 +240,25 @@ def test_teacher_train_end_to_end(setup, tmp_path, kind):
     assert saved["kind"] == f"teacher-{kind}" and saved["train"]["llm"] == "tiny"
     weights = (run / "best" / "model.safetensors").stat().st_size
     assert weights < 2_000_000  # only what was trained, not the backbone
-    result = runner.invoke(main, ["evaluate", "--run", str(run), "--data", str(setup / "data"), "--split", "test"])
+    result = runner.invoke(
+        main, ["evaluate", "--run", str(run), "--data", str(setup / "data"), "--split", "test"]
+    )
     assert result.exit_code == 0, result.output
     assert f"{metrics['test']['ndcg@10']:.4f}" in result.output
 
 
 def test_teacher_resume_continues_from_the_last_epoch(setup, tmp_path):
     runner = CliRunner()
-    base = ["teacher-train", "--data", str(setup / "data"), "--sasrec", str(setup / "sasrec"), "--output",
-            str(tmp_path / "run"), *TINY_TEACHER]
+    base = [
+        "teacher-train",
+        "--data",
+        str(setup / "data"),
+        "--sasrec",
+        str(setup / "sasrec"),
+        "--output",
+        str(tmp_path / "run"),
+        *TINY_TEACHER,
+    ]
     assert runner.invoke(main, base).exit_code == 0
     result = runner.invoke(main, [*base, "--epochs", "2", "--resume"])
     assert result.exit_code == 0, result.output
@@ -206,8 +275,20 @@ def test_teacher_resume_continues_from_the_last_epoch(setup, tmp_path):
     ],
 )
 def test_bad_options_are_one_line_errors(setup, tmp_path, args, message):
-    result = CliRunner().invoke(main, ["teacher-train", "--data", str(setup / "data"), "--sasrec",
-                                       str(setup / "sasrec"), "--output", str(tmp_path / "run"), *TINY_TEACHER, *args])
+    result = CliRunner().invoke(
+        main,
+        [
+            "teacher-train",
+            "--data",
+            str(setup / "data"),
+            "--sasrec",
+            str(setup / "sasrec"),
+            "--output",
+            str(tmp_path / "run"),
+            *TINY_TEACHER,
+            *args,
+        ],
+    )
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
 
@@ -215,8 +296,19 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, args, message):
 def test_sasrec_run_from_another_dataset_is_refused(setup, tmp_path):
     other = tmp_path / "other"
     prepare(PrepareConfig(output=str(other), synthetic=True, num_users=40, num_items=30, seed=2))
-    result = CliRunner().invoke(main, ["teacher-train", "--data", str(other), "--sasrec", str(setup / "sasrec"),
-                                       "--output", str(tmp_path / "run"), *TINY_TEACHER])
+    result = CliRunner().invoke(
+        main,
+        [
+            "teacher-train",
+            "--data",
+            str(other),
+            "--sasrec",
+            str(setup / "sasrec"),
+            "--output",
+            str(tmp_path / "run"),
+            *TINY_TEACHER,
+        ],
+    )
     assert result.exit_code != 0
     assert "another dataset" in result.output
     assert not (tmp_path / "run").exists()
