@@ -259,7 +259,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
         logger.scalars(valid, epoch, prefix="valid/")
         line = (
             f"epoch {epoch}: loss {stats['loss']:.4f} "
-            f"({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
+            f"({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)  "
+            f"valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
         )
         if stopper.step(valid[SELECT_ON], epoch):
             save_checkpoint(run_dir / "best", trainable_state(model), run_config)
