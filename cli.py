@@ -34,12 +34,12 @@ def _user_errors(fn: Callable) -> Callable:
 
 def _option(cls: type, key: str, *decls: str, help: str, **kwargs: Any) -> Callable:
     """A click option bound to config field ``key``; its default is shown from the dataclass, not repeated."""
-    value = config_defaults(cls).get(key.split(".")[-1]) if "." not in key else None
+    value = config_defaults(cls).get(key)
     if value not in (None, "") and not kwargs.get("is_flag"):
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
         help = f"{help}  [default: {shown}]"
     kwargs.setdefault("default", None)  # None = not given: the config file or dataclass default decides
-    return click.option(*decls, key.replace(".", "__"), help=help, **kwargs)
+    return click.option(*decls, key, help=help, **kwargs)
 
 
 def _config_options(fn: Callable) -> Callable:
@@ -54,8 +54,7 @@ def _config_options(fn: Callable) -> Callable:
 def _resolve(cls: type, config_file: str | None, sets: tuple[str, ...], options: dict[str, Any]) -> Any:
     from distill.config import resolve
 
-    dotted = {k.replace("__", "."): v for k, v in options.items()}
-    return resolve(cls, file=config_file, sets=sets, options=dotted)
+    return resolve(cls, file=config_file, sets=sets, options=options)
 
 
 def _choices(cls: type, key: str) -> click.Choice:

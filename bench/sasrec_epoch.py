@@ -46,7 +46,8 @@ def main() -> None:
         models[name] = SASRec(cfg).train()
         optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=1e-3, betas=(0.9, 0.98))
     negatives_rng = torch.Generator().manual_seed(0)
-    batches = list(data.train_batches(args.batch_size, args.max_len, generator=torch.Generator().manual_seed(0)))
+    shuffle = torch.Generator().manual_seed(0)
+    batches = list(data.train_batches(args.batch_size, args.max_len, generator=shuffle))
     positions = sum(int((t != 0).sum()) for _, t in batches)
     for inputs, targets in batches:
         for name in seconds:
@@ -56,7 +57,8 @@ def main() -> None:
             if name == "ce":
                 loss = ce_loss(model, h, targets)
             else:
-                loss = bce_loss(model, h, targets, sample_negatives(targets, data.num_items, 1, negatives_rng))
+                negatives = sample_negatives(targets, data.num_items, 1, negatives_rng)
+                loss = bce_loss(model, h, targets, negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -67,7 +69,8 @@ def main() -> None:
         "",
         f"- command: `python bench/sasrec_epoch.py {args.data} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads}`",
-        f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+        f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}",
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions per epoch; d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
         "",

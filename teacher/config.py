@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,6 +106,3 @@ class TeacherTrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
-
-    def replace(self, **changes) -> TeacherTrainConfig:
-        return dataclasses.replace(self, **changes)
