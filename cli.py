@@ -296,6 +296,14 @@ from teacher.config import TeacherTrainConfig  # noqa: E402  (torch-free)
 )
 @_option(
     TeacherTrainConfig,
+    "sasrec_lr",
+    "--sasrec-lr",
+    type=float,
+    help="Learning rate of SASRec (--train-sasrec).",
+)
+@_option(TeacherTrainConfig, "weight_decay", "--weight-decay", type=float, help="AdamW weight decay.")
+@_option(
+    TeacherTrainConfig,
     "warmup",
     "--warmup",
     type=float,
