@@ -148,3 +148,47 @@ def test_config_file_and_set(dataset, tmp_path):
 def test_student_config_validates():
     with pytest.raises(ValueError, match="dropout"):
         StudentTrainConfig(data="d", output="o", dropout=1.5)
+
+
+def test_student_options_reach_the_run(dataset, tmp_path):
+    args = [
+        "--epochs",
+        "1",
+        "--blocks",
+        "1",
+        "--heads",
+        "2",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "0.003",
+        "--weight-decay",
+        "0.01",
+        "--seed",
+        "7",
+        "--eval-every",
+        "1",
+        "--patience",
+        "0",
+    ]
+    train(CliRunner(), dataset, tmp_path / "run", *args)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"] == {
+        "num_items": 60,
+        "max_len": 20,
+        "hidden": 16,
+        "blocks": 1,
+        "heads": 2,
+        "dropout": 0.1,
+    }
+    assert (
+        saved["train"]["lr"] == 0.003
+        and saved["train"]["weight_decay"] == 0.01
+        and saved["train"]["seed"] == 7
+    )
+
+
+def test_different_seeds_give_different_runs(dataset, tmp_path):
+    a = train(CliRunner(), dataset, tmp_path / "a", "--epochs", "1", "--seed", "1")
+    b = train(CliRunner(), dataset, tmp_path / "b", "--epochs", "1", "--seed", "2")
+    assert a["history"][0]["loss"] != b["history"][0]["loss"]

@@ -312,3 +312,52 @@ def test_sasrec_run_from_another_dataset_is_refused(setup, tmp_path):
     assert result.exit_code != 0
     assert "another dataset" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_teacher_train_options_reach_the_run(setup, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "teacher-train",
+        "--data",
+        str(setup / "data"),
+        "--sasrec",
+        str(setup / "sasrec"),
+        "--output",
+        str(run),
+        *TINY_TEACHER,
+        "--dtype",
+        "bfloat16",
+        "--llm-layers",
+        "1",
+        "--grad-accum",
+        "2",
+        "--no-titles",
+        "--eval-users",
+        "10",
+        "--train-sasrec",
+        "--experts",
+        "2",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--warmup",
+        "0.5",
+        "--weight-decay",
+        "0.01",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["dtype"] == "bfloat16" and saved["llm_layers"] == 1 and saved["grad_accum"] == 2
+    assert saved["titles"] is False and saved["train_sasrec"] is True and saved["eval_users"] == 10
+    assert saved["target_modules"] == ["q_proj", "v_proj"] and saved["r"] == 4 and saved["experts"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "(10 users)" in metrics["selected_on"]
+    teacher = load_teacher(run, Dataset(setup / "data"))
+    assert (
+        sum(1 for n, _ in teacher.model.named_modules() if n.endswith(("q_proj", "v_proj"))) == 2
+    )  # one layer
+    assert teacher.prompts._item_ids is None
