@@ -71,6 +71,8 @@ def main() -> None:
       distill prepare        raw interactions -> dataset directory
       distill student-train  SASRec on labels (also the teacher's ID encoder)
       distill teacher-train  an LLM teacher (MoE-LoRA or E4SRec) on top of a SASRec run
+      distill export-logits  the teacher's top-k item scores: soft labels for the student
+      distill student-train --teacher-scores DIR   the student on labels + soft labels
       distill evaluate       full-ranking metrics of a saved run
     """
 
@@ -184,6 +186,23 @@ from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
 @_option(StudentTrainConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
 @_option(
     StudentTrainConfig,
+    "teacher_scores",
+    "--teacher-scores",
+    help="A score directory from `distill export-logits`: distill the teacher into the student.",
+)
+@_option(
+    StudentTrainConfig,
+    "kd",
+    "--kd",
+    type=_choices(StudentTrainConfig, "kd"),
+    help="Distillation loss: kl (Hinton) or rank (position-weighted top-k).",
+)
+@_option(
+    StudentTrainConfig, "alpha", "--alpha", type=float, help="Loss = (1 - alpha) * CE(labels) + alpha * KD."
+)
+@_option(StudentTrainConfig, "temperature", "--temperature", type=float, help="Distillation temperature.")
+@_option(
+    StudentTrainConfig,
     "resume",
     "--resume",
     is_flag=True,
@@ -192,7 +211,10 @@ from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
 @_config_options
 @_user_errors
 def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
-    """Train a SASRec student on next-item labels; select on validation NDCG@10, report test."""
+    """Train a SASRec student on next-item labels (and a teacher's soft labels with --teacher-scores).
+
+    Selects the epoch on validation NDCG@10 and reports test metrics of that epoch.
+    """
     from distill.metrics import format_table
     from student.train import run
 
@@ -203,7 +225,7 @@ def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any
 
 
 # ---------------------------------------------------------------------------------------------- teacher
-from teacher.config import TeacherTrainConfig  # noqa: E402  (torch-free)
+from teacher.config import ExportConfig, TeacherTrainConfig  # noqa: E402  (torch-free)
 
 
 @main.command("teacher-train")
@@ -346,6 +368,43 @@ def teacher_train(config_file: str | None, sets: tuple[str, ...], **options: Any
     results = run(cfg)
     click.echo(f"best epoch {results['best_epoch']} (selected on {results['selected_on']})")
     click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
+
+
+@main.command("export-logits")
+@_option(ExportConfig, "run", "--run", help="A `distill teacher-train` run.")
+@_option(ExportConfig, "data", "--data", help="The dataset directory the teacher was trained on.")
+@_option(ExportConfig, "output", "--output", "-o", help="Score directory to write.")
+@_option(
+    ExportConfig, "top_k", "--top-k", type=int, help="Items kept per row (--full keeps the whole catalogue)."
+)
+@click.option("--full", is_flag=True, help="Keep every item: full distributions (overrides --top-k).")
+@_option(
+    ExportConfig,
+    "positions",
+    "--positions",
+    type=int,
+    help="Score each user's last N training targets (--all-positions: every one).",
+)
+@click.option("--all-positions", is_flag=True, help="Score every training target (overrides --positions).")
+@_option(ExportConfig, "batch_size", "--batch-size", type=int, help="Prefixes per scoring batch.")
+@_option(ExportConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
+@_option(ExportConfig, "overwrite", "--overwrite", is_flag=True, help="Replace an existing score directory.")
+@_config_options
+@_user_errors
+def export_logits(
+    config_file: str | None, sets: tuple[str, ...], full: bool, all_positions: bool, **options: Any
+) -> None:
+    """Write a teacher's top-k item scores for the training prefixes: the student's soft labels."""
+    from teacher.export import run
+
+    # the flags win over their numeric twins, whichever layer those came from
+    for flag, key in ((full, "top_k"), (all_positions, "positions")):
+        if flag:
+            options[key] = None
+            sets = (*sets, f"{key}=none")
+    cfg = _resolve(ExportConfig, config_file, sets, options)
+    manifest = run(cfg)
+    click.echo(f"wrote {cfg.output}: {manifest['rows']:,} rows, top {manifest['k']:,} items each")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

@@ -48,8 +48,9 @@ def main() -> None:
     negatives_rng = torch.Generator().manual_seed(0)
     shuffle = torch.Generator().manual_seed(0)
     batches = list(data.train_batches(args.batch_size, args.max_len, generator=shuffle))
-    positions = sum(int((t != 0).sum()) for _, t in batches)
-    for inputs, targets in batches:
+    positions = sum(int((b.targets != 0).sum()) for b in batches)
+    for batch in batches:
+        inputs, targets = batch.inputs, batch.targets
         for name in seconds:
             model, optimizer = models[name], optimizers[name]
             started = time.perf_counter()

@@ -26,6 +26,26 @@ SPLITS = ("valid", "test")
 
 
 @dataclass(frozen=True)
+class TrainBatch:
+    """Training sequences: every position predicts the item after it."""
+
+    users: torch.Tensor  # (B,) user ids
+    inputs: torch.Tensor  # (B, L) the last L items of train[:-1], left-padded with 0
+    targets: torch.Tensor  # (B, L) the item after each input (train[1:]), 0 at padding
+    index: torch.Tensor  # (B, L) where each target sits in Dataset.items, -1 at padding
+
+
+@dataclass(frozen=True)
+class Samples:
+    """(history, next item) pairs cut from the training sequences, as numpy arrays."""
+
+    users: np.ndarray  # (S,)
+    positions: np.ndarray  # (S,) index of the target within its user's sequence (>= 1)
+    histories: np.ndarray  # (S, max_len) the items before the target, left-padded with 0
+    targets: np.ndarray  # (S,)
+
+
+@dataclass(frozen=True)
 class EvalBatch:
     """Users to rank the whole catalogue for, with what their history is and what comes next."""
 
@@ -119,21 +139,46 @@ class Dataset:
 
     def train_batches(
         self, batch_size: int, max_len: int, *, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled ``(inputs, targets)`` batches of training sequences, both ``(B, max_len)``.
+    ) -> Iterator[TrainBatch]:
+        """Shuffled batches of training sequences, ``(B, max_len)`` each.
 
         ``inputs`` are the last ``max_len`` items of ``train[:-1]``, ``targets`` the item after each
-        (``train[1:]``), left-padded with 0. Users whose training sequence has fewer than 2 items are
-        skipped: there is nothing to predict inside it.
+        (``train[1:]``), left-padded with 0; ``index`` locates each target in :attr:`items` (how
+        teacher scores, keyed by position, are matched to it). Users whose training sequence has
+        fewer than 2 items are skipped: there is nothing to predict inside it.
         """
         starts, ends = self.history_bounds("train")
         users = np.flatnonzero(ends - starts >= 2)
         order = users[torch.randperm(len(users), generator=generator).numpy()]
         for i in range(0, len(order), batch_size):
             u = order[i : i + batch_size]
-            inputs = window(self.items, starts[u], ends[u] - 1, max_len)
-            targets = window(self.items, starts[u] + 1, ends[u], max_len)
-            yield torch.from_numpy(inputs), torch.from_numpy(targets)
+            index = window(np.arange(len(self.items)), starts[u] + 1, ends[u], max_len, pad=-1)
+            yield TrainBatch(
+                users=torch.from_numpy(u.astype(np.int64)),
+                inputs=torch.from_numpy(window(self.items, starts[u], ends[u] - 1, max_len)),
+                targets=torch.from_numpy(np.where(index >= 0, self.items[index.clip(0)], 0)),
+                index=torch.from_numpy(index),
+            )
+
+    def prefix_samples(self, per_user: int | None, max_len: int) -> Samples:
+        """Every training target with the ``max_len`` items before it, or each user's last ``per_user``.
+
+        Targets are the items of ``train`` that have at least one item before them, in user order and
+        chronological order within a user.
+        """
+        starts, ends = self.history_bounds("train")
+        available = np.clip(ends - starts - 1, 0, None)
+        count = available if per_user is None else np.minimum(available, per_user)
+        users = np.repeat(np.arange(self.num_users), count)
+        # The j-th sample of a user targets flat index ends - count + j.
+        within = np.arange(len(users)) - np.repeat(np.cumsum(count) - count, count)
+        target_at = np.repeat(ends - count, count) + within
+        return Samples(
+            users=users,
+            positions=target_at - starts[users],
+            histories=window(self.items, starts[users], target_at, max_len),
+            targets=self.items[target_at],
+        )
 
     def eval_batches(
         self, split: str, batch_size: int, max_len: int, users: np.ndarray | None = None
@@ -154,8 +199,8 @@ class Dataset:
             )
 
 
-def window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
-    """The last ``length`` entries of each ``flat[start:end]``, left-padded with 0.
+def window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int, pad: int = 0) -> np.ndarray:
+    """The last ``length`` entries of each ``flat[start:end]``, left-padded with ``pad``.
 
     Args:
         flat: concatenated sequences, ``(T,)``.
@@ -167,4 +212,4 @@ def window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) 
     """
     idx = ends[:, None] - length + np.arange(length)[None, :]  # (B, length)
     valid = idx >= starts[:, None]
-    return np.where(valid, flat[np.clip(idx, 0, None)], 0).astype(np.int64)
+    return np.where(valid, flat[np.clip(idx, 0, None)], pad).astype(np.int64)

@@ -48,7 +48,11 @@ class SASRecConfig:
 
 @dataclass(frozen=True)
 class StudentTrainConfig:
-    """``distill student-train``: SASRec on next-item labels over a dataset directory.
+    """``distill student-train``: SASRec on next-item labels, and on a teacher's soft labels when given.
+
+    With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss is
+    ``(1 - alpha) * CE(labels) + alpha * KD`` where KD (``kl`` or ``rank``, at ``temperature``) is
+    computed at the positions the teacher scored.
 
     The architecture fields mirror :class:`SASRecConfig` (whose checks they go through);
     ``num_items`` comes from the data.
@@ -73,6 +77,10 @@ class StudentTrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    teacher_scores: str | None = None
+    kd: Literal["kl", "rank"] = "kl"
+    alpha: float = 0.5
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -87,6 +95,12 @@ class StudentTrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(
+                f"alpha mixes label and distillation loss and must be in [0, 1], got {self.alpha}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
 

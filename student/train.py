@@ -14,7 +14,9 @@ import torch
 from distill.config import from_dict, to_dict
 from distill.data import Dataset
 from distill.errors import DistillError
+from distill.losses import KD
 from distill.metrics import MASKING_NOTE, evaluate
+from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
@@ -41,6 +43,7 @@ SELECT_ON = "ndcg@10"
 def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
+    teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -54,10 +57,17 @@ def run(cfg: StudentTrainConfig) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
         "kind": KIND,
-        "dataset": {"path": str(data.path), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "dataset": {"path": str(data.path.resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
     }
+    if teacher is not None:
+        run_config["teacher_scores"] = {
+            "path": str(Path(cfg.teacher_scores).resolve()),
+            "teacher": teacher.manifest.get("teacher"),
+            "k": teacher.k,
+            "rows": len(teacher.items),
+        }
     first_epoch, history = 1, []
     if cfg.resume:
         weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
@@ -76,11 +86,11 @@ def run(cfg: StudentTrainConfig) -> dict:
         if stopper.should_stop:
             break
         model.train()
-        started, total_loss, steps, sequences = time.perf_counter(), 0.0, 0, 0
+        started, total_loss, total_kd, steps, sequences = time.perf_counter(), 0.0, 0.0, 0, 0
         batches = data.train_batches(cfg.batch_size, cfg.max_len, generator=shuffle)
         with progress(total=-(-data.num_users // cfg.batch_size), desc=f"epoch {epoch}") as bar:
-            for inputs, targets in batches:
-                inputs, targets = inputs.to(device), targets.to(device)
+            for batch in batches:
+                inputs, targets = batch.inputs.to(device), batch.targets.to(device)
                 h = model(inputs)  # (B, L, d)
                 if cfg.loss == "ce":
                     loss = ce_loss(model, h, targets)
@@ -89,6 +99,10 @@ def run(cfg: StudentTrainConfig) -> dict:
                         device
                     )
                     loss = bce_loss(model, h, targets, negatives)
+                if teacher is not None:
+                    kd = distillation(model, h, batch.index, teacher, cfg)
+                    loss = (1 - cfg.alpha) * loss + cfg.alpha * kd
+                    total_kd += kd.item()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -101,6 +115,8 @@ def run(cfg: StudentTrainConfig) -> dict:
             "lr": cfg.lr,
             "sequences_per_s": sequences / seconds,
         }
+        if teacher is not None:
+            train_stats["kd_loss"] = total_kd / max(steps, 1)
         logger.scalars(train_stats, epoch, prefix="train/")
         line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
         record = {"epoch": epoch, "seconds": seconds, **train_stats}
@@ -143,6 +159,24 @@ def run(cfg: StudentTrainConfig) -> dict:
     }
     write_json(run_dir / "metrics.json", results)
     return results
+
+
+def distillation(
+    model: SASRec, h: torch.Tensor, index: torch.Tensor, teacher: TeacherScores, cfg: StudentTrainConfig
+) -> torch.Tensor:
+    """The KD loss at the positions of a batch that the teacher scored (0 when it scored none).
+
+    Args:
+        h: student states ``(B, L, d)``.
+        index: flat target indices ``(B, L)`` of the batch (-1 at padding).
+    """
+    rows = teacher.lookup(index)  # (B, L), -1 where the teacher has no score
+    scored = rows >= 0
+    rows = rows[scored]  # (M,)
+    student_logits = model.score(h[scored.to(h.device)])  # (M, num_items + 1)
+    return KD[cfg.kd](
+        student_logits, teacher.items[rows].to(h.device), teacher.logits[rows].to(h.device), cfg.temperature
+    )
 
 
 def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:

@@ -106,3 +106,32 @@ class TeacherTrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``distill export-logits``: a teacher run's soft labels over the catalogue, as a score directory.
+
+    ``positions`` is how many of each user's last training targets get a row (None: every one);
+    ``top_k`` how many items each row keeps (None: the whole catalogue).
+    """
+
+    run: str = ""
+    data: str = ""
+    output: str = ""
+    top_k: int | None = 100
+    positions: int | None = 4
+    batch_size: int = 16
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name, flag in (("run", "--run RUN"), ("data", "--data DIR"), ("output", "--output SCORES")):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required ({flag})")
+        for name in ("top_k", "positions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset for all), got {value}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")

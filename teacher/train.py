@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import from_dict, to_dict
-from distill.data import Dataset, window
+from distill.data import Dataset
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE, evaluate
 from distill.training import (
@@ -137,21 +137,6 @@ def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: P
             own[name].copy_(value)
 
 
-def training_samples(data: Dataset, samples_per_user: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(history, target) pairs: the last ``samples_per_user`` targets of every training sequence.
-
-    Returns:
-        ``histories (S, max_len)`` left-padded with 0 and ``targets (S,)``.
-    """
-    starts, ends = data.history_bounds("train")
-    count = np.clip(ends - starts - 1, 0, samples_per_user)  # a target needs at least one item before it
-    users = np.repeat(np.arange(data.num_users), count)
-    # k-th sample of a user targets position ends - count + k.
-    first = np.repeat(ends - count, count)
-    target_at = first + (np.arange(len(users)) - np.repeat(np.cumsum(count) - count, count))
-    return window(data.items, starts[users], target_at, max_len), data.items[target_at]
-
-
 def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: int, users=None) -> dict:
     """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all)."""
     teacher.model.eval()
@@ -180,7 +165,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
         [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
         weight_decay=cfg.weight_decay,
     )
-    histories, targets = training_samples(data, cfg.samples_per_user, cfg.max_len)
+    samples = data.prefix_samples(cfg.samples_per_user, cfg.max_len)
+    histories, targets = samples.histories, samples.targets
     if len(targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
     steps_per_epoch = math.ceil(math.ceil(len(targets) / cfg.batch_size) / cfg.grad_accum)
@@ -200,7 +186,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         valid_users = np.sort(valid_users[pick.numpy()])
     run_config = {
         "kind": KINDS[cfg.teacher],
-        "dataset": {"path": str(data.path), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "dataset": {"path": str(data.path.resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
         "sasrec_run": str(Path(cfg.sasrec).resolve()),
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),

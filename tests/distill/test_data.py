@@ -80,7 +80,8 @@ def test_eval_batches_subset_and_batching(tiny):
 
 
 def test_train_batches_alignment_and_left_padding(tiny):
-    (inputs, targets) = next(iter(tiny.train_batches(batch_size=10, max_len=3)))
+    batch = next(iter(tiny.train_batches(batch_size=10, max_len=3)))
+    inputs, targets = batch.inputs, batch.targets
     rows = sorted(zip(map(tuple, inputs.tolist()), map(tuple, targets.tolist()), strict=True))
     # User 0's train sequence [1] has nothing to predict; user 1's is [4, 5, 6]; user 2's is
     # [2, 4, 6, 8, 1, 3] and longer than max_len, so the LAST items are kept.
@@ -105,10 +106,13 @@ def test_every_eligible_user_once_per_epoch(synthetic_dataset):
     ds = Dataset(synthetic_dataset)
     seen = Counter()
     sizes = []
-    for inputs, targets in ds.train_batches(
-        batch_size=7, max_len=5, generator=torch.Generator().manual_seed(0)
-    ):
+    for batch in ds.train_batches(batch_size=7, max_len=5, generator=torch.Generator().manual_seed(0)):
+        inputs, targets = batch.inputs, batch.targets
         assert inputs.shape == targets.shape and inputs.shape[1] == 5
+        # index locates every target in the flat item array, -1 at padding
+        real = batch.index >= 0
+        assert torch.equal(real, targets != 0)
+        assert torch.equal(torch.from_numpy(ds.items)[batch.index[real]], targets[real])
         sizes.append(len(inputs))
         seen.update(zip(map(tuple, inputs.tolist()), map(tuple, targets.tolist()), strict=True))
     assert seen == expected_train_rows(ds, 5)
@@ -120,7 +124,7 @@ def test_train_batches_deterministic_for_seeded_generator(synthetic_dataset):
 
     def epoch(seed: int) -> list[list[list[int]]]:
         gen = torch.Generator().manual_seed(seed)
-        return [inputs.tolist() for inputs, _ in ds.train_batches(batch_size=8, max_len=4, generator=gen)]
+        return [b.inputs.tolist() for b in ds.train_batches(batch_size=8, max_len=4, generator=gen)]
 
     assert epoch(1) == epoch(1)
     assert epoch(1) != epoch(2)
@@ -165,3 +169,26 @@ def test_broken_dataset_directories(tiny, tmp_path, damage):
         (path / "meta.json").write_text(json.dumps({**meta, "num_users": 4}))
     with pytest.raises(DistillError, match=re.escape(str(path))):
         Dataset(path)
+
+
+@pytest.mark.parametrize("per_user", [1, 3, None])
+def test_prefix_samples_against_a_naive_reference(synthetic_dataset, per_user):
+    ds = Dataset(synthetic_dataset)
+    expected = []
+    for u in range(ds.num_users):
+        train = ds.sequence(u)[:-2].tolist()
+        targets = list(range(1, len(train)))
+        for position in targets if per_user is None else targets[-per_user:]:
+            history = train[:position][-4:]
+            expected.append((u, position, [0] * (4 - len(history)) + history, train[position]))
+    samples = ds.prefix_samples(per_user, 4)
+    got = list(
+        zip(
+            samples.users.tolist(),
+            samples.positions.tolist(),
+            samples.histories.tolist(),
+            samples.targets.tolist(),
+            strict=True,
+        )
+    )
+    assert got == expected

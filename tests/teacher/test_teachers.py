@@ -14,7 +14,7 @@ from distill.training import save_checkpoint, write_json
 from student.train import load_run
 from teacher.config import TeacherTrainConfig
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT
-from teacher.train import build_teacher, load_teacher, trainable_state, training_samples
+from teacher.train import build_teacher, load_teacher, trainable_state
 
 TINY_TEACHER = [
     "--epochs",
@@ -30,44 +30,6 @@ TINY_TEACHER = [
     "--eval-batch-size",
     "32",
 ]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A dataset with titles and a SASRec run on it."""
-    root = tmp_path_factory.mktemp("teacher")
-    prepare(PrepareConfig(output=str(root / "data"), synthetic=True, num_users=40, num_items=30, seed=1))
-    # Give the items titles, as a dataset prepared with --items would have.
-    import polars as pl
-
-    items = pl.read_parquet(root / "data" / "items.parquet")
-    items.with_columns(title=pl.format("the story of {}", pl.col("item"))).write_parquet(
-        root / "data" / "items.parquet"
-    )
-    meta = json.loads((root / "data" / "meta.json").read_text())
-    meta.update(has_titles=True, num_titles=items.height)
-    (root / "data" / "meta.json").write_text(json.dumps(meta))
-
-    result = CliRunner().invoke(
-        main,
-        [
-            "student-train",
-            "--data",
-            str(root / "data"),
-            "--output",
-            str(root / "sasrec"),
-            "--epochs",
-            "1",
-            "--max-len",
-            "10",
-            "--hidden",
-            "16",
-            "--device",
-            "cpu",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return root
 
 
 def config(setup, **changes):
@@ -90,8 +52,7 @@ def make(setup, **changes):
 
 
 def histories(data, n=6):
-    h, _ = training_samples(data, 1, 5)
-    return torch.from_numpy(h[:n])
+    return torch.from_numpy(data.prefix_samples(1, 5).histories[:n])
 
 
 def randomize(model):

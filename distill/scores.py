@@ -1,0 +1,194 @@
+"""The score directory: the teacher's soft labels, the only thing that passes from teacher to student.
+
+```
+SCORES/manifest.json        format version, teacher kind and run, dataset fingerprint, num_items, k,
+                            positions, rows, shards
+SCORES/part-NNNNN.parquet   user (int32), position (int32), items (list[int32], k), logits (list[float32], k)
+```
+
+A row is the teacher's prediction for training item ``position`` of ``user`` (0-based within the
+user's sequence) given the items before it: its ``k`` highest-scoring items and their raw scores,
+descending. ``k`` may equal the catalogue (full distributions). The directory is written under a
+temporary name and renamed when whole; the reader refuses one whose fingerprint or catalogue size do
+not match the dataset, or whose rows point outside the training sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from distill.data import Dataset
+from distill.errors import DistillError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VALUES_PER_SHARD = 1 << 24  # about 128 MB of items and logits per shard
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """A score directory is never replaced unless asked to."""
+    if Path(path).exists() and not overwrite:
+        raise DistillError(f"score directory {path} already exists (use --overwrite to replace it)")
+
+
+class ScoreWriter:
+    """Writes a score directory shard by shard; use as a context manager.
+
+    Args:
+        path: the directory to create.
+        manifest: what describes the scores (teacher, dataset, k, positions); rows and shards are
+            added on completion.
+        overwrite: replace an existing directory (only once the new one is whole).
+    """
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any], overwrite: bool = False):
+        self.path = Path(path)
+        refuse_existing(self.path, overwrite)
+        self.manifest = {"format_version": FORMAT_VERSION, **manifest}
+        self.k = int(manifest["k"])
+        self.rows_per_shard = max(1, VALUES_PER_SHARD // self.k)
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._pending_rows = 0
+        self._shards: list[str] = []
+        self.rows = 0
+
+    def __enter__(self) -> ScoreWriter:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+        return self
+
+    def write(self, users: np.ndarray, positions: np.ndarray, items: np.ndarray, logits: np.ndarray) -> None:
+        """Add rows: ``users``, ``positions`` ``(n,)``; ``items``, ``logits`` ``(n, k)``, descending."""
+        if items.shape != (len(users), self.k) or logits.shape != items.shape:
+            raise ValueError(f"expected items and logits of shape ({len(users)}, {self.k})")
+        self._pending.append((users, positions, items, logits))
+        self._pending_rows += len(users)
+        if self._pending_rows >= self.rows_per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        users, positions, items, logits = (
+            np.concatenate(parts) for parts in zip(*self._pending, strict=True)
+        )
+        name = f"part-{len(self._shards):05d}.parquet"
+        pl.DataFrame(
+            {
+                "user": users.astype(np.int32),
+                "position": positions.astype(np.int32),
+                "items": pl.Series(items.astype(np.int32)).cast(pl.List(pl.Int32)),
+                "logits": pl.Series(logits.astype(np.float32)).cast(pl.List(pl.Float32)),
+            }
+        ).write_parquet(self._tmp / name)
+        self._shards.append(name)
+        self.rows += len(users)
+        self._pending, self._pending_rows = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        try:
+            self._flush()
+            manifest = {**self.manifest, "rows": self.rows, "shards": self._shards}
+            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+            if self.path.exists():
+                self.path.rename(old)
+            self._tmp.rename(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TeacherScores:
+    """A score directory loaded for one dataset.
+
+    Attributes:
+        manifest: the parsed ``manifest.json``.
+        items: ``(R, k)`` int64 teacher item ids, descending by score.
+        logits: ``(R, k)`` float32 raw teacher scores.
+        row_of: ``(len(data.items),)``: the row scoring the item at each flat index of
+            ``Dataset.items``, -1 where the teacher has none.
+    """
+
+    manifest: dict[str, Any]
+    items: torch.Tensor
+    logits: torch.Tensor
+    row_of: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return self.items.shape[1]
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows for flat target indices ``(B, L)`` (-1 = padding), -1 where there is no score."""
+        rows = self.row_of[index.clamp(min=0)]
+        return torch.where(index >= 0, rows, -1)
+
+
+def read_scores(path: str | Path, data: Dataset) -> TeacherScores:
+    """Load and check a score directory against ``data``."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise DistillError(
+            f"{path} is not a score directory: no {MANIFEST} (create it with `distill export-logits`)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DistillError(f"{path}: unknown score format_version {manifest.get('format_version')!r}")
+    dataset = manifest.get("dataset", {})
+    if dataset.get("fingerprint") != data.fingerprint:
+        raise DistillError(
+            f"{path} scores another dataset (fingerprint {dataset.get('fingerprint')}) than {data.path} "
+            f"(fingerprint {data.fingerprint})"
+        )
+    if dataset.get("num_items") != data.num_items:
+        raise DistillError(
+            f"{path} scores {dataset.get('num_items')} items but {data.path} has {data.num_items}"
+        )
+    try:
+        frame = pl.concat([pl.read_parquet(path / shard) for shard in manifest["shards"]])
+    except Exception as e:  # a missing or damaged shard: polars raises several types
+        raise DistillError(f"{path}: cannot read the score shards: {str(e).splitlines()[0]}") from None
+    k = int(manifest["k"])
+    if frame.height != manifest.get("rows"):
+        raise DistillError(
+            f"{path}: manifest says {manifest.get('rows')} rows, the shards hold {frame.height}"
+        )
+    if frame.height and (frame["items"].list.len() != k).any():
+        raise DistillError(f"{path}: rows with other than k={k} items")
+    users = frame["user"].to_numpy().astype(np.int64)
+    positions = frame["position"].to_numpy().astype(np.int64)
+    starts, ends = data.history_bounds("train")
+    if frame.height and (
+        users.min() < 0
+        or users.max() >= data.num_users
+        or (positions < 1).any()
+        or (positions >= (ends - starts)[users]).any()
+    ):
+        raise DistillError(f"{path}: rows point outside the training sequences of {data.path}")
+    items = frame["items"].explode().to_numpy().astype(np.int64).reshape(-1, k)
+    if items.size and (items.min() < 1 or items.max() > data.num_items):
+        raise DistillError(f"{path}: item ids outside 1..{data.num_items}")
+    logits = frame["logits"].explode().to_numpy().astype(np.float32).reshape(-1, k)
+    row_of = np.full(len(data.items), -1, dtype=np.int64)
+    row_of[starts[users] + positions] = np.arange(frame.height)
+    return TeacherScores(
+        manifest, torch.from_numpy(items), torch.from_numpy(logits), torch.from_numpy(row_of)
+    )

@@ -1,0 +1,139 @@
+"""``distill export-logits`` and distilling its scores into a student, end to end on tiny data."""
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from distill.config import PrepareConfig
+from distill.data import Dataset
+from distill.prepare import run as prepare
+from distill.scores import read_scores
+from teacher.train import load_teacher
+
+
+def export(setup, teacher_run, out, *extra):
+    args = [
+        "export-logits",
+        "--run",
+        str(teacher_run),
+        "--data",
+        str(setup / "data"),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    return CliRunner().invoke(main, args)
+
+
+def test_export_writes_the_teachers_top_k(setup, teacher_run, tmp_path):
+    result = export(setup, teacher_run, tmp_path / "scores", "--top-k", "7", "--positions", "2")
+    assert result.exit_code == 0, result.output
+    data = Dataset(setup / "data")
+    scores = read_scores(tmp_path / "scores", data)
+    samples = data.prefix_samples(2, 5)
+    assert scores.manifest["rows"] == len(samples.targets) and scores.k == 7
+    assert scores.manifest["teacher"]["kind"] == "teacher-moe-lora"
+    assert (scores.logits[:, :-1] >= scores.logits[:, 1:]).all()  # descending
+    # row i is the teacher's own top-7 for sample i
+    teacher = load_teacher(teacher_run, data)
+    with torch.no_grad():
+        direct = teacher(torch.from_numpy(samples.histories[:5]))[:, 1:].topk(7)
+    index = torch.from_numpy(data.offsets[samples.users[:5]] + samples.positions[:5])
+    rows = scores.lookup(index)
+    assert torch.equal(scores.items[rows], direct.indices + 1)
+    torch.testing.assert_close(scores.logits[rows], direct.values)
+
+
+def test_full_distributions_and_all_positions(setup, teacher_run, tmp_path):
+    result = export(setup, teacher_run, tmp_path / "scores", "--full", "--all-positions", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    data = Dataset(setup / "data")
+    scores = read_scores(tmp_path / "scores", data)
+    assert scores.k == data.num_items
+    assert scores.manifest["rows"] == len(data.prefix_samples(None, 5).targets)
+    assert sorted(scores.items[0].tolist()) == list(range(1, data.num_items + 1))
+
+
+def test_existing_score_directory_is_refused(setup, teacher_run, tmp_path):
+    (tmp_path / "scores").mkdir()
+    result = export(setup, teacher_run, tmp_path / "scores")
+    assert result.exit_code != 0 and "already exists" in result.output
+
+
+def test_student_distills_the_exported_scores(setup, teacher_run, tmp_path):
+    assert export(setup, teacher_run, tmp_path / "scores", "--top-k", "10").exit_code == 0
+    for kd in ("kl", "rank"):
+        run = tmp_path / f"student-{kd}"
+        args = [
+            "student-train",
+            "--data",
+            str(setup / "data"),
+            "--output",
+            str(run),
+            "--teacher-scores",
+            str(tmp_path / "scores"),
+            "--kd",
+            kd,
+            "--alpha",
+            "0.7",
+            "--temperature",
+            "2",
+            "--epochs",
+            "2",
+            "--max-len",
+            "10",
+            "--hidden",
+            "16",
+            "--device",
+            "cpu",
+        ]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        config = json.loads((run / "config.json").read_text())
+        assert config["teacher_scores"]["k"] == 10 and config["train"]["kd"] == kd
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert all(h["kd_loss"] > 0 for h in metrics["history"])
+
+
+def test_scores_of_another_dataset_are_refused(setup, teacher_run, tmp_path):
+    assert export(setup, teacher_run, tmp_path / "scores", "--top-k", "5").exit_code == 0
+    other = tmp_path / "other"
+    prepare(PrepareConfig(output=str(other), synthetic=True, num_users=40, num_items=30, seed=9))
+    result = CliRunner().invoke(
+        main,
+        [
+            "student-train",
+            "--data",
+            str(other),
+            "--output",
+            str(tmp_path / "s"),
+            "--teacher-scores",
+            str(tmp_path / "scores"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "scores another dataset" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_student_run_is_not_a_teacher(setup, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "export-logits",
+            "--run",
+            str(setup / "sasrec"),
+            "--data",
+            str(setup / "data"),
+            "--output",
+            str(tmp_path / "scores"),
+        ],
+    )
+    assert result.exit_code != 0 and "is not a teacher run" in result.output
+    assert not (tmp_path / "scores").exists()
