@@ -73,6 +73,7 @@ def main() -> None:
       distill teacher-train  an LLM teacher (MoE-LoRA or E4SRec) on top of a SASRec run
       distill export-logits  the teacher's top-k item scores: soft labels for the student
       distill student-train --teacher-scores DIR   the student on labels + soft labels
+      distill pipeline       all of the above on the synthetic data (the quickstart)
       distill evaluate       full-ranking metrics of a saved run
     """
 
@@ -225,7 +226,7 @@ def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any
 
 
 # ---------------------------------------------------------------------------------------------- teacher
-from teacher.config import ExportConfig, TeacherTrainConfig  # noqa: E402  (torch-free)
+from teacher.config import ExportConfig, PipelineConfig, TeacherTrainConfig  # noqa: E402  (torch-free)
 
 
 @main.command("teacher-train")
@@ -405,6 +406,52 @@ def export_logits(
     cfg = _resolve(ExportConfig, config_file, sets, options)
     manifest = run(cfg)
     click.echo(f"wrote {cfg.output}: {manifest['rows']:,} rows, top {manifest['k']:,} items each")
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+@main.command()
+@_option(PipelineConfig, "output", "--output", "-o", help="Directory for every stage's output.")
+@_option(PipelineConfig, "data", "--data", help="A prepared dataset directory (default: the synthetic data).")
+@_option(PipelineConfig, "num_users", "--num-users", type=int, help="Synthetic data: number of users.")
+@_option(PipelineConfig, "num_items", "--num-items", type=int, help="Synthetic data: number of items.")
+@_option(
+    PipelineConfig,
+    "llm",
+    "--llm",
+    help="Teacher backbone: 'tiny', a .gguf file, a model directory or a hub id.",
+)
+@_option(
+    PipelineConfig, "teacher", "--teacher", type=_choices(PipelineConfig, "teacher"), help="Teacher kind."
+)
+@_option(
+    PipelineConfig, "student_epochs", "--student-epochs", type=int, help="Maximum epochs of each student."
+)
+@_option(
+    PipelineConfig, "teacher_epochs", "--teacher-epochs", type=int, help="Maximum epochs of the teacher."
+)
+@_option(PipelineConfig, "kd", "--kd", type=_choices(PipelineConfig, "kd"), help="Distillation loss.")
+@_option(PipelineConfig, "alpha", "--alpha", type=float, help="Loss = (1 - alpha) * CE(labels) + alpha * KD.")
+@_option(PipelineConfig, "seed", "--seed", type=int, help="Random seed of every stage.")
+@_option(PipelineConfig, "device", "--device", help="auto, cpu, cuda or cuda:N.")
+@_option(
+    PipelineConfig, "overwrite", "--overwrite", is_flag=True, help="Replace the runs of an earlier pipeline."
+)
+@_config_options
+@_user_errors
+def pipeline(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
+    """Run every stage: prepare, SASRec, teacher, export-logits, distilled SASRec; print a summary.
+
+    The main job of the quickstart; other knobs (max_len, teacher_max_len, samples_per_user, top_k,
+    temperature) through --set or --config. For every option of a stage, run the stages one by one.
+    """
+    from distill.metrics import MASKING_NOTE, format_table
+    from teacher.pipeline import run
+
+    cfg = _resolve(PipelineConfig, config_file, sets, options)
+    results = run(cfg)
+    click.echo(f"test metrics ({MASKING_NOTE}):")
+    click.echo(format_table({name: r["test"] for name, r in results.items()}, label="model"))
+    click.echo(f"runs and summary.md in {cfg.output}")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

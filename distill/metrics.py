@@ -87,10 +87,13 @@ def evaluate(
     return metrics.compute()
 
 
-def format_table(results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS) -> str:
-    """A small text table: one row per split (``valid``, ``test``), one column per metric."""
+def format_table(
+    results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS, label: str = "split"
+) -> str:
+    """A small text table: one row per entry of ``results`` (splits, or models), one column per metric."""
     names = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr"]
-    lines = ["split  " + "  ".join(f"{n:>8}" for n in names)]
-    for split, values in results.items():
-        lines.append(f"{split:<6} " + "  ".join(f"{values.get(n, math.nan):8.4f}" for n in names))
+    width = max(len(label), *(len(row) for row in results))
+    lines = [f"{label:<{width}} " + "  ".join(f"{n:>8}" for n in names)]
+    for row, values in results.items():
+        lines.append(f"{row:<{width}} " + "  ".join(f"{values.get(n, math.nan):8.4f}" for n in names))
     return "\n".join(lines)

@@ -57,7 +57,11 @@ def run(cfg: StudentTrainConfig) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
         "kind": KIND,
-        "dataset": {"path": str(data.path.resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "dataset": {
+            "path": str(data.path.resolve()),
+            "fingerprint": data.fingerprint,
+            "num_items": data.num_items,
+        },
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
     }

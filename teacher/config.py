@@ -135,3 +135,48 @@ class ExportConfig:
                 raise ValueError(f"{name} must be at least 1 (or unset for all), got {value}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
+
+    prepare (the synthetic data unless ``data`` names a prepared directory) → SASRec → teacher →
+    export-logits → the distilled student. Each stage's full config is written to its own run
+    directory; run the stages one by one for every option.
+    """
+
+    output: str = ""
+    data: str | None = None
+    num_users: int = 1000
+    num_items: int = 500
+    llm: str = "tiny"
+    teacher: Literal["moe-lora", "e4srec"] = "moe-lora"
+    student_epochs: int = 30
+    teacher_epochs: int = 1
+    max_len: int = 50
+    teacher_max_len: int = 10
+    samples_per_user: int = 1
+    top_k: int = 100
+    kd: Literal["kl", "rank"] = "kl"
+    alpha: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("output is required (--output DIR)")
+        for name in (
+            "num_users",
+            "num_items",
+            "student_epochs",
+            "teacher_epochs",
+            "max_len",
+            "teacher_max_len",
+            "samples_per_user",
+            "top_k",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -31,7 +31,11 @@ def run(cfg: ExportConfig) -> dict:
     samples = data.prefix_samples(cfg.positions, teacher.max_len)
     manifest = {
         "teacher": {"kind": run_config["kind"], "run": str(Path(cfg.run).resolve())},
-        "dataset": {"path": str(data.path.resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "dataset": {
+            "path": str(data.path.resolve()),
+            "fingerprint": data.fingerprint,
+            "num_items": data.num_items,
+        },
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
         "max_len": teacher.max_len,

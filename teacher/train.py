@@ -186,7 +186,11 @@ def run(cfg: TeacherTrainConfig) -> dict:
         valid_users = np.sort(valid_users[pick.numpy()])
     run_config = {
         "kind": KINDS[cfg.teacher],
-        "dataset": {"path": str(data.path.resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
+        "dataset": {
+            "path": str(data.path.resolve()),
+            "fingerprint": data.fingerprint,
+            "num_items": data.num_items,
+        },
         "sasrec_run": str(Path(cfg.sasrec).resolve()),
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),
