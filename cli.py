@@ -57,6 +57,14 @@ def _resolve(cls: type, config_file: str | None, sets: tuple[str, ...], options:
     return resolve(cls, file=config_file, sets=sets, options=options)
 
 
+def _print_results(results: dict) -> None:
+    """What a training command prints at the end: the selected epoch and its metric table."""
+    from distill.metrics import format_table
+
+    click.echo(f"best epoch {results['best_epoch']} (selected on {results['selected_on']})")
+    click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
+
+
 def _choices(cls: type, key: str) -> click.Choice:
     return click.Choice(typing.get_args(typing.get_type_hints(cls)[key]))
 
@@ -216,13 +224,10 @@ def student_train(config_file: str | None, sets: tuple[str, ...], **options: Any
 
     Selects the epoch on validation NDCG@10 and reports test metrics of that epoch.
     """
-    from distill.metrics import format_table
     from student.train import run
 
     cfg = _resolve(StudentTrainConfig, config_file, sets, options)
-    results = run(cfg)
-    click.echo(f"best epoch {results['best_epoch']} (selected on {results['selected_on']})")
-    click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
+    _print_results(run(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- teacher
@@ -362,13 +367,10 @@ from teacher.config import ExportConfig, PipelineConfig, TeacherTrainConfig  # n
 @_user_errors
 def teacher_train(config_file: str | None, sets: tuple[str, ...], **options: Any) -> None:
     """Train an LLM teacher over a dataset, on top of a SASRec student run."""
-    from distill.metrics import format_table
     from teacher.train import run
 
     cfg = _resolve(TeacherTrainConfig, config_file, sets, options)
-    results = run(cfg)
-    click.echo(f"best epoch {results['best_epoch']} (selected on {results['selected_on']})")
-    click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
+    _print_results(run(cfg))
 
 
 @main.command("export-logits")

@@ -156,6 +156,33 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def loop_state(
+    epoch: int, history: list, stopper: EarlyStopping, shuffle: torch.Generator, **stateful: Any
+) -> dict[str, Any]:
+    """What ``--resume`` needs after ``epoch``: the history, early stopping, the shuffle generator,
+    every RNG, and the ``state_dict()`` of each of ``stateful`` (optimizer, scheduler)."""
+    return {
+        "epoch": epoch,
+        "history": history,
+        "early_stopping": stopper.state_dict(),
+        "shuffle": shuffle.get_state(),
+        "rng": rng_state(),
+        **{name: obj.state_dict() for name, obj in stateful.items()},
+    }
+
+
+def restore_loop_state(
+    state: Mapping[str, Any], stopper: EarlyStopping, shuffle: torch.Generator, **stateful: Any
+) -> tuple[int, list]:
+    """Undo :func:`loop_state` into live objects; returns ``(first epoch to run, history so far)``."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    stopper.load_state_dict(state["early_stopping"])
+    shuffle.set_state(state["shuffle"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]) + 1, list(state["history"])
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()

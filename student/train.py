@@ -22,14 +22,14 @@ from distill.training import (
     Logger,
     load_checkpoint,
     log,
+    loop_state,
     prepare_run_dir,
     progress,
     read_json,
     resolve_device,
-    rng_state,
+    restore_loop_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     write_json,
 )
 from student.config import SASRecConfig, StudentTrainConfig
@@ -77,11 +77,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
         _check_compatible(saved, run_config, run_dir)
         model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        stopper.load_state_dict(state["early_stopping"])
-        shuffle.set_state(state["shuffle"])
-        set_rng_state(state["rng"])
-        first_epoch, history = int(state["epoch"]) + 1, list(state["history"])
+        first_epoch, history = restore_loop_state(state, stopper, shuffle, optimizer=optimizer)
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
 
@@ -138,14 +134,7 @@ def run(cfg: StudentTrainConfig) -> dict:
             run_dir / "last",
             model.state_dict(),
             run_config,
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "early_stopping": stopper.state_dict(),
-                "shuffle": shuffle.get_state(),
-                "rng": rng_state(),
-                "history": history,
-            },
+            loop_state(epoch, history, stopper, shuffle, optimizer=optimizer),
         )
         log(line)
     logger.close()

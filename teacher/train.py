@@ -28,14 +28,14 @@ from distill.training import (
     Logger,
     load_checkpoint,
     log,
+    loop_state,
     prepare_run_dir,
     progress,
     read_json,
     resolve_device,
-    rng_state,
+    restore_loop_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     write_json,
 )
 from student.sasrec import SASRec
@@ -203,12 +203,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
                 f"cannot resume {run_dir}: it holds a {saved.get('kind')} run on another dataset or teacher"
             )
         _load_trainable(model, weights, run_dir / "last")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stopper.load_state_dict(state["early_stopping"])
-        shuffle.set_state(state["shuffle"])
-        set_rng_state(state["rng"])
-        first_epoch, history = int(state["epoch"]) + 1, list(state["history"])
+        first_epoch, history = restore_loop_state(
+            state, stopper, shuffle, optimizer=optimizer, scheduler=scheduler
+        )
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
     log(
@@ -267,15 +264,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
             run_dir / "last",
             trainable_state(model),
             run_config,
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "early_stopping": stopper.state_dict(),
-                "shuffle": shuffle.get_state(),
-                "rng": rng_state(),
-                "history": history,
-            },
+            loop_state(epoch, history, stopper, shuffle, optimizer=optimizer, scheduler=scheduler),
         )
         log(line)
     logger.close()
