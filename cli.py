@@ -185,6 +185,13 @@ from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
 )
 @_option(
     StudentTrainConfig,
+    "length_group",
+    "--length-group",
+    type=int,
+    help="Sort shuffled users by length within runs of N batches: less padding, faster (1: plain shuffle).",
+)
+@_option(
+    StudentTrainConfig,
     "patience",
     "--patience",
     type=int,

@@ -52,7 +52,8 @@ class StudentTrainConfig:
 
     With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss is
     ``(1 - alpha) * CE(labels) + alpha * KD`` where KD (``kl`` or ``rank``, at ``temperature``) is
-    computed at the positions the teacher scored.
+    computed at the positions the teacher scored. ``length_group`` > 1 batches users of similar
+    length together (see :meth:`distill.data.Dataset.train_batches`); 1 is a plain shuffle.
 
     The architecture fields mirror :class:`SASRecConfig` (whose checks they go through);
     ``num_items`` comes from the data.
@@ -71,6 +72,7 @@ class StudentTrainConfig:
     weight_decay: float = 0.0
     loss: Literal["ce", "bce"] = "ce"
     negatives: int = 1
+    length_group: int = 8
     patience: int = 10
     eval_every: int = 1
     eval_batch_size: int = 512
@@ -88,7 +90,7 @@ class StudentTrainConfig:
         if not self.output:
             raise ValueError("a run directory is required (--output RUN)")
         self.sasrec(num_items=1)  # validates the architecture fields
-        for name in ("epochs", "batch_size", "negatives", "eval_every", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "negatives", "length_group", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -21,11 +21,53 @@ Choices that differ between public SASRec implementations, fixed here:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from student.config import SASRecConfig
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, as ``F.dropout``, with a much cheaper random mask on CPU.
+
+    On CPU, ``F.dropout`` draws one Bernoulli sample per element from a single-threaded generator and
+    was 40% of a SASRec training step on ML-1M. Here one 64-bit draw from torch's generator (so
+    ``torch.manual_seed`` still makes runs reproducible) gives four uniform 16-bit lanes, each compared
+    with a threshold: about 6x faster. The drop probability is rounded to a multiple of 1/65536
+    (0.2 becomes 0.199997). Other devices use ``F.dropout``.
+
+    Args:
+        x: Any float tensor.
+        p: Drop probability in [0, 1).
+        training: Identity when False.
+
+    Returns:
+        ``x`` with each element zeroed with probability ``p`` and the rest scaled by ``1 / (1 - p)``.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768..32767
+    # A float mask holding 0 or 1 / (1 - p): forward and backward are then one multiply each.
+    mask = (lanes >= round(p * 65536) - 32768).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * mask
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module, a drop-in for ``nn.Dropout``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
 
 
 class CausalSelfAttention(nn.Module):
@@ -60,9 +102,15 @@ class CausalSelfAttention(nn.Module):
         B, L, d = x.shape
         # (B, L, 3, H, d/H) -> three (B, H, L, d/H)
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, d/H)
+        if self.training and self.dropout > 0:
+            # SDPA has no fused CPU kernel with dropout and would fall back to this same arithmetic with
+            # the slow Bernoulli mask; spelled out, the weights get the fast one.
+            scores = (q * (1.0 / math.sqrt(d // self.heads))) @ k.transpose(
+                -2, -1
+            ) + attn_mask  # (B, H, L, L)
+            y = dropout(torch.softmax(scores, dim=-1), self.dropout, True) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, d/H)
         y = y.transpose(1, 2).reshape(B, L, d)
         return self.out(y)
 
@@ -79,7 +127,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the feed-forward to every position, ``(B, L, d) -> (B, L, d)``."""
@@ -125,7 +173,7 @@ class SASRec(nn.Module):
         d = config.hidden
         self.item_emb = nn.Embedding(config.num_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, d)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
         self.ln_final = nn.LayerNorm(d)
         self.apply(self._init_weights)

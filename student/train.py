@@ -87,7 +87,9 @@ def run(cfg: StudentTrainConfig) -> dict:
             break
         model.train()
         started, total_loss, total_kd, steps, sequences = time.perf_counter(), 0.0, 0.0, 0, 0
-        batches = data.train_batches(cfg.batch_size, cfg.max_len, generator=shuffle)
+        batches = data.train_batches(
+            cfg.batch_size, cfg.max_len, generator=shuffle, length_group=cfg.length_group
+        )
         with progress(total=-(-data.num_users // cfg.batch_size), desc=f"epoch {epoch}") as bar:
             for batch in batches:
                 inputs, targets = batch.inputs.to(device), batch.targets.to(device)

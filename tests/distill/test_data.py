@@ -102,21 +102,46 @@ def expected_train_rows(ds: Dataset, max_len: int) -> Counter:
     return rows
 
 
-def test_every_eligible_user_once_per_epoch(synthetic_dataset):
+@pytest.mark.parametrize("length_group", [1, 3])
+def test_every_eligible_user_once_per_epoch(synthetic_dataset, length_group):
     ds = Dataset(synthetic_dataset)
     seen = Counter()
     sizes = []
-    for batch in ds.train_batches(batch_size=7, max_len=5, generator=torch.Generator().manual_seed(0)):
+    for batch in ds.train_batches(
+        batch_size=7, max_len=5, generator=torch.Generator().manual_seed(0), length_group=length_group
+    ):
         inputs, targets = batch.inputs, batch.targets
-        assert inputs.shape == targets.shape and inputs.shape[1] == 5
+        # as wide as the longest input in the batch, never wider than max_len
+        assert inputs.shape == targets.shape and inputs.shape[1] <= 5 and (inputs[:, 0] != 0).any()
         # index locates every target in the flat item array, -1 at padding
         real = batch.index >= 0
         assert torch.equal(real, targets != 0)
         assert torch.equal(torch.from_numpy(ds.items)[batch.index[real]], targets[real])
         sizes.append(len(inputs))
+        pad = torch.zeros(len(inputs), 5 - inputs.shape[1], dtype=torch.int64)
+        inputs, targets = torch.cat([pad, inputs], 1), torch.cat([pad, targets], 1)
         seen.update(zip(map(tuple, inputs.tolist()), map(tuple, targets.tolist()), strict=True))
     assert seen == expected_train_rows(ds, 5)
-    assert all(s == 7 for s in sizes[:-1]) and 1 <= sizes[-1] <= 7
+    assert sorted(sizes)[1:] == [7] * (len(sizes) - 1) and 1 <= min(sizes) <= 7
+
+
+def test_length_groups_cut_padding_and_stay_random(synthetic_dataset):
+    ds = Dataset(synthetic_dataset)
+
+    def epoch(length_group: int, seed: int = 0) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return [b.inputs for b in ds.train_batches(16, 30, generator=gen, length_group=length_group)]
+
+    def padded_cells(batches: list[torch.Tensor]) -> int:
+        return sum(int((b == 0).sum()) for b in batches)
+
+    assert padded_cells(epoch(8)) < 0.5 * padded_cells(epoch(1))
+    first, again, other = epoch(8), epoch(8), epoch(8, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    # Another seed draws other groups, not just another order of the same batches.
+    assert {tuple(b[:, -1].tolist()) for b in first} != {tuple(b[:, -1].tolist()) for b in other}
+    with pytest.raises(ValueError, match="length_group"):
+        next(ds.train_batches(16, 30, length_group=0))
 
 
 def test_train_batches_deterministic_for_seeded_generator(synthetic_dataset):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from student.config import SASRecConfig
-from student.sasrec import SASRec
+from student.sasrec import SASRec, dropout
 
 NUM_ITEMS = 20
 HIDDEN = 8
@@ -68,6 +68,49 @@ def test_padding_gives_zero_states_and_no_nan_even_for_an_all_padding_row() -> N
     assert (h[0, :4] == 0).all() and (h[1] == 0).all()
     h.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_training_attention_matches_the_fused_kernel_when_dropout_keeps_everything() -> None:
+    # In training with dropout the attention is spelled out by hand; a drop probability that rounds to 0
+    # (below 1/65536) keeps every weight, so the result must equal the SDPA path used in eval.
+    model = make_model(dropout=1e-7)
+    seq = torch.tensor([left_pad([1, 2, 3], 6), left_pad([4, 5, 6, 7, 8, 9], 6)])
+    with torch.no_grad():
+        torch.testing.assert_close(model.train()(seq), model.eval()(seq))
+
+
+def test_causal_in_training_mode_with_dropout() -> None:
+    model = make_model(dropout=0.3).train()
+    seq = torch.tensor([left_pad([1, 2, 3, 4, 5], 8)])
+    changed = seq.clone()
+    changed[0, 7] = 18
+    torch.manual_seed(1)
+    h = model(seq)
+    torch.manual_seed(1)  # the same dropout masks
+    h_changed = model(changed)
+    torch.testing.assert_close(h[:, :7], h_changed[:, :7])
+
+
+def test_dropout_keeps_the_expected_fraction_and_rescales() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of 4 lanes
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.002
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1.25))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # gradient: the same mask and scale
+    assert dropout(x, 0.2, training=False) is x
+    assert dropout(x, 0.0, training=True) is x
+
+
+def test_dropout_masks_follow_the_torch_seed() -> None:
+    x = torch.randn(3, 50)
+    torch.manual_seed(7)
+    first = dropout(x, 0.5, training=True)
+    torch.manual_seed(7)
+    torch.testing.assert_close(dropout(x, 0.5, training=True), first)
+    assert not torch.equal(dropout(x, 0.5, training=True), first)
 
 
 def test_score_uses_the_tied_item_table() -> None:
