@@ -188,7 +188,8 @@ from student.config import StudentTrainConfig  # noqa: E402  (torch-free)
     "length_group",
     "--length-group",
     type=int,
-    help="Sort shuffled users by length within runs of N batches: less padding, faster (1: plain shuffle).",
+    help="Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches "
+    "(1: plain shuffle).",
 )
 @_option(
     StudentTrainConfig,

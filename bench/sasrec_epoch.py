@@ -10,7 +10,7 @@ The report also gives a floor for the full-softmax loss: its three (positions x 
 products at the fp32 matrix-multiply rate this machine reaches on a large square product.
 
     python bench/sasrec_epoch.py DATASET_DIR [--batch-size 128] [--max-len 200] [--hidden 64] [--threads 2]
-        [--length-group 8]
+        [--length-group 1]
 
 Writes ``bench/results/sasrec_epoch.md``.
 """
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--length-group", type=int, default=8, help="as student-train --length-group")
+    parser.add_argument("--length-group", type=int, default=1, help="as student-train --length-group")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Dataset(args.data)

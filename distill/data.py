@@ -156,12 +156,14 @@ class Dataset:
         SASRec, give the same states either way). With ``length_group > 1`` the shuffled users are
         sorted by length within each run of ``length_group`` batches and the batches then shuffled,
         so a batch holds users of similar length and needs far less padding (on ML-1M with batch 128
-        and max_len 200, 8 groups cut the padded cells from 47% to 10%); batches stay random draws.
+        and max_len 200, 8 groups cut the padded cells from 47% to 10%); batches stay random draws,
+        but less mixed: on ML-1M the epochs got 35% faster and validation NDCG@10 after 10 epochs
+        fell from 0.134 to 0.122, which left time-to-quality about even.
         """
         if length_group < 1:
             raise ValueError(f"length_group must be >= 1, got {length_group}")
         starts, ends = self.history_bounds("train")
-        lengths = np.minimum(ends - starts - 1, max_len)  # inputs per user
+        lengths = self.train_lengths(max_len)
         users = np.flatnonzero(lengths >= 1)
         order = users[torch.randperm(len(users), generator=generator).numpy()]
         firsts = np.arange(0, len(order), batch_size)
@@ -181,6 +183,11 @@ class Dataset:
                 targets=torch.from_numpy(np.where(index >= 0, self.items[index.clip(0)], 0)),
                 index=torch.from_numpy(index),
             )
+
+    def train_lengths(self, max_len: int) -> np.ndarray:
+        """``(num_users,)`` positions each user contributes to a :meth:`train_batches` epoch (0: none)."""
+        starts, ends = self.history_bounds("train")
+        return np.clip(np.minimum(ends - starts - 1, max_len), 0, None)
 
     def prefix_samples(self, per_user: int | None, max_len: int) -> Samples:
         """Every training target with the ``max_len`` items before it, or each user's last ``per_user``.

@@ -88,20 +88,23 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
         """Attend over earlier non-pad positions.
 
         Args:
             x: Normalised states, ``(B, L, d)``.
             attn_mask: Additive float mask ``(B, 1, L, L)``: 0 where query i may attend to key j, -inf
                 elsewhere.
+            last_only: Compute the output of the last position only (its keys are still all of ``x``).
 
         Returns:
-            Attention output after the output projection, ``(B, L, d)``.
+            Attention output after the output projection, ``(B, L, d)``, or ``(B, 1, d)``.
         """
         B, L, d = x.shape
         # (B, L, 3, H, d/H) -> three (B, H, L, d/H)
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
         if self.training and self.dropout > 0:
             # SDPA has no fused CPU kernel with dropout and would fall back to this same arithmetic with
             # the slow Bernoulli mask; spelled out, the weights get the fast one.
@@ -111,7 +114,7 @@ class CausalSelfAttention(nn.Module):
             y = dropout(torch.softmax(scores, dim=-1), self.dropout, True) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, d/H)
-        y = y.transpose(1, 2).reshape(B, L, d)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], d)
         return self.out(y)
 
 
@@ -150,9 +153,11 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(hidden)
         self.ffn = FeedForward(hidden, dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        """Run the block, ``(B, L, d) -> (B, L, d)``; ``attn_mask`` as in :class:`CausalSelfAttention`."""
-        x = x + self.attn(self.ln_attn(x), attn_mask)
+    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
+        """Run the block, ``(B, L, d) -> (B, L, d)`` (``(B, 1, d)`` with ``last_only``); ``attn_mask`` and
+        ``last_only`` as in :class:`CausalSelfAttention`."""
+        y = self.attn(self.ln_attn(x), attn_mask, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -194,11 +199,13 @@ class SASRec(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, seq: Tensor) -> Tensor:
+    def forward(self, seq: Tensor, last_only: bool = False) -> Tensor:
         """Encode left-padded item sequences.
 
         Args:
             seq: Item ids, ``(B, L)`` long, 0 = padding, ``L <= max_len``.
+            last_only: Return only the last column's state, ``(B, 1, d)``; the last block then skips
+                the other queries and the feed-forward of the other positions (inference, scoring).
 
         Returns:
             Per-position states after the final LayerNorm, ``(B, L, d)``; zero at padding positions.
@@ -223,9 +230,12 @@ class SASRec(nn.Module):
         attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=seq.device)
         attn_mask.masked_fill_(~allowed, float("-inf"))
 
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_final(x) * keep.unsqueeze(-1)  # (B, L, d)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, last_only=last_only and i == last)
+        if last_only:
+            keep = keep[:, -1:]
+        return self.ln_final(x) * keep.unsqueeze(-1)  # (B, L, d) or (B, 1, d)
 
     def score(self, h: Tensor) -> Tensor:
         """Score states against every item with the tied embedding table.
@@ -247,7 +257,7 @@ class SASRec(nn.Module):
         Returns:
             ``(B, d)``: the representation that predicts each user's next item.
         """
-        return self.forward(seq)[:, -1]
+        return self.forward(seq, last_only=True)[:, 0]
 
     def item_embeddings(self) -> Tensor:
         """The tied item table, ``(num_items + 1, d)``; row 0 is padding."""

@@ -81,6 +81,11 @@ def run(cfg: StudentTrainConfig) -> dict:
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
 
+    # Each batch's label loss is its mean over positions times positions / (mean positions per batch):
+    # every position then weighs the same however batches are cut (length groups make their sizes vary).
+    lengths = data.train_lengths(cfg.max_len)
+    num_batches = -(-int((lengths > 0).sum()) // cfg.batch_size)
+    positions_per_batch = lengths.sum() / max(num_batches, 1)
     logger = Logger(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
         if stopper.should_stop:
@@ -90,7 +95,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         batches = data.train_batches(
             cfg.batch_size, cfg.max_len, generator=shuffle, length_group=cfg.length_group
         )
-        with progress(total=-(-data.num_users // cfg.batch_size), desc=f"epoch {epoch}") as bar:
+        with progress(total=num_batches, desc=f"epoch {epoch}") as bar:
             for batch in batches:
                 inputs, targets = batch.inputs.to(device), batch.targets.to(device)
                 h = model(inputs)  # (B, L, d)
@@ -101,6 +106,7 @@ def run(cfg: StudentTrainConfig) -> dict:
                         device
                     )
                     loss = bce_loss(model, h, targets, negatives)
+                loss = loss * (int((batch.targets != 0).sum()) / positions_per_batch)
                 if teacher is not None:
                     kd = distillation(model, h, batch.index, teacher, cfg)
                     loss = (1 - cfg.alpha) * loss + cfg.alpha * kd

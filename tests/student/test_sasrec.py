@@ -70,6 +70,15 @@ def test_padding_gives_zero_states_and_no_nan_even_for_an_all_padding_row() -> N
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_user_embedding_is_the_last_state_of_the_full_forward() -> None:
+    model = make_model(dropout=0.3)  # eval mode: the last-only path must give the same state
+    seq = torch.tensor([left_pad([1, 2, 3], 7), left_pad([4, 5, 6, 7, 8, 9, 10], 7), [0] * 7])
+    with torch.no_grad():
+        last = model.user_embedding(seq)
+        torch.testing.assert_close(last, model(seq)[:, -1])
+    assert (last[2] == 0).all()  # an all-padding row stays zero
+
+
 def test_training_attention_matches_the_fused_kernel_when_dropout_keeps_everything() -> None:
     # In training with dropout the attention is spelled out by hand; a drop probability that rounds to 0
     # (below 1/65536) keeps every weight, so the result must equal the SDPA path used in eval.
