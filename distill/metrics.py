@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from distill.training import all_sum
+
 DEFAULT_KS = (5, 10, 20)
 MASKING_NOTE = (
     "full ranking over all items; items in the user's history masked; ties count against the target"
@@ -67,10 +69,13 @@ class RankingMetrics:
         self.count += len(r)
 
     def compute(self) -> dict[str, float]:
-        """Means over everything seen so far, in the order hr@5, ndcg@5, …, mrr."""
-        if self.count == 0:
+        """Means over everything seen so far (by every rank of a multi-process job), in the order
+        hr@5, ndcg@5, …, mrr."""
+        totals = all_sum(torch.tensor([*self._sums.values(), self.count], dtype=torch.float64)).tolist()
+        count = totals.pop()
+        if count == 0:
             return {name: math.nan for name in self._sums}
-        return {name: total / self.count for name, total in self._sums.items()}
+        return {name: total / count for name, total in zip(self._sums, totals, strict=True)}
 
 
 @torch.no_grad()
@@ -79,7 +84,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Rank every batch's targets with ``score(batch) -> (B, num_items + 1)`` and average the metrics.
 
-    ``batches`` yield :class:`distill.data.EvalBatch`-like objects with ``targets`` and ``seen``.
+    ``batches`` yield :class:`distill.data.EvalBatch`-like objects with ``targets`` and ``seen``. In a
+    multi-process job each rank passes its own users' batches and every rank gets the metrics of all.
     """
     metrics = RankingMetrics(ks)
     for batch in batches:

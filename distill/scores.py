@@ -11,6 +11,10 @@ user's sequence) given the items before it: its ``k`` highest-scoring items and 
 descending. ``k`` may equal the catalogue (full distributions). The directory is written under a
 temporary name and renamed when whole; the reader refuses one whose fingerprint or catalogue size do
 not match the dataset, or whose rows point outside the training sequences.
+
+In a multi-process export every rank writes the shards of its contiguous block of rows
+(``part-RRR-NNNNN.parquet``) into one temporary directory; rank 0 lists them all in the manifest,
+in rank order, and renames the directory once every rank is done.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from distill.data import Dataset
 from distill.errors import DistillError
+from distill.training import barrier, gather, is_main_process, world
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,15 +61,19 @@ class ScoreWriter:
         self.manifest = {"format_version": FORMAT_VERSION, **manifest}
         self.k = int(manifest["k"])
         self.rows_per_shard = max(1, VALUES_PER_SHARD // self.k)
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        self._rank, self._ranks = world()
+        token = gather(os.getpid())[0]  # one temporary directory for every rank: rank 0's pid
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{token}"
         self._pending: list[tuple[np.ndarray, ...]] = []
         self._pending_rows = 0
         self._shards: list[str] = []
         self.rows = 0
 
     def __enter__(self) -> ScoreWriter:
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._tmp.mkdir(parents=True)
+        if is_main_process():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp.mkdir(parents=True)
+        barrier()
         return self
 
     def write(self, users: np.ndarray, positions: np.ndarray, items: np.ndarray, logits: np.ndarray) -> None:
@@ -82,7 +91,8 @@ class ScoreWriter:
         users, positions, items, logits = (
             np.concatenate(parts) for parts in zip(*self._pending, strict=True)
         )
-        name = f"part-{len(self._shards):05d}.parquet"
+        n = len(self._shards)
+        name = f"part-{n:05d}.parquet" if self._ranks == 1 else f"part-{self._rank:03d}-{n:05d}.parquet"
         pl.DataFrame(
             {
                 "user": users.astype(np.int32),
@@ -99,17 +109,22 @@ class ScoreWriter:
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
-        try:
-            self._flush()
-            manifest = {**self.manifest, "rows": self.rows, "shards": self._shards}
-            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
-            if self.path.exists():
-                self.path.rename(old)
-            self._tmp.rename(self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._flush()
+        parts = gather((self.rows, self._shards))  # every rank has flushed its last shard
+        self.rows = sum(rows for rows, _ in parts)
+        if is_main_process():
+            try:
+                shards = [name for _, names in parts for name in names]
+                manifest = {**self.manifest, "rows": self.rows, "shards": shards}
+                (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+                if self.path.exists():
+                    self.path.rename(old)
+                self._tmp.rename(self.path)
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+        barrier()  # the directory is in place before any rank returns
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,16 @@ A checkpoint directory holds ``model.safetensors`` (only what was trained), ``co
 run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch, optimizer,
 scheduler, early-stopping and RNG state: plain tensors and numbers, loadable with
 ``weights_only=True``). Checkpoints are written to a temporary directory and renamed when whole.
+
+Multi-process runs: under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup_device` joins the process
+group (NCCL on CUDA with one GPU per rank, gloo on CPU). Every rank takes its slice of each batch
+(:func:`shard`) and of the evaluation users, metrics are summed over ranks, and only rank 0 writes
+logs, checkpoints and results.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -63,8 +70,72 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def setup_device(spec: str) -> torch.device:
+    """The device of this process, as :func:`resolve_device`; under ``torchrun`` also join the job.
+
+    With ``WORLD_SIZE`` > 1 the process group is initialised once (NCCL when the device is CUDA, each
+    rank on ``cuda:LOCAL_RANK``; gloo on CPU) and destroyed at exit.
+    """
+    device = resolve_device(spec)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            atexit.register(dist.destroy_process_group)
+    return device
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a multi-process job."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(rows: Any) -> Any:
+    """This rank's share of ``rows`` (every world-size-th row from its rank); all of them alone."""
+    rank, size = world()
+    return rows if size == 1 else rows[rank::size]
+
+
+def block(n: int) -> slice:
+    """This rank's contiguous share of ``range(n)`` (rank order keeps the order of the whole)."""
+    rank, size = world()
+    bounds = np.linspace(0, n, size + 1).round().astype(int)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if world()[1] == 1:
+        return [obj]
+    out: list[Any] = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum of ``values`` over ranks (``values`` itself in a single process)."""
+    if world()[1] == 1:
+        return values
+    # NCCL reduces CUDA tensors only (each rank's current device); gloo takes CPU tensors.
+    work = values.to("cuda") if dist.get_backend() == "nccl" else values.clone()
+    dist.all_reduce(work)
+    return work.to(values.device)
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file so a reader never sees half of it."""
+    """Write JSON through a temporary file so a reader never sees half of it (rank 0 only)."""
+    if not is_main_process():
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
@@ -80,8 +151,12 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
-    """Create a run directory, refusing to clobber one unless resuming or told to overwrite."""
+    """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
+
+    Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
+    """
     run = Path(path)
+    clear = False
     if run.exists() and any(run.iterdir()):
         if resume:
             if not (run / "last" / STATE).is_file():
@@ -91,11 +166,16 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
             raise DistillError(
                 f"run directory {run} already exists (use --resume to continue it, or another --output)"
             )
-        shutil.rmtree(run)
+        clear = True
     elif resume:
         state = "is empty" if run.exists() else "does not exist"
         raise DistillError(f"cannot resume: run directory {run} {state}")
-    run.mkdir(parents=True, exist_ok=True)
+    barrier()  # every rank has looked before rank 0 changes anything
+    if is_main_process():
+        if clear:
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+    barrier()
     return run
 
 
@@ -105,7 +185,9 @@ def save_checkpoint(
     config: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write weights, config and (optionally) trainer state to ``path``, atomically."""
+    """Write weights, config and (optionally) trainer state to ``path``, atomically (rank 0 only)."""
+    if not is_main_process():
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

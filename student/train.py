@@ -2,6 +2,9 @@
 
 Readable top to bottom: setup, the epoch loop (train, validate, checkpoint), then the test metrics of
 the best validation checkpoint. The run directory layout is :mod:`distill.training`'s.
+
+Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; all ranks draw the same
+batches and each trains on its rows of every batch (see :mod:`distill.training`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from distill.config import from_dict, to_dict
 from distill.data import Dataset
@@ -20,16 +24,20 @@ from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
+    all_sum,
+    barrier,
     load_checkpoint,
     log,
     loop_state,
     prepare_run_dir,
     progress,
     read_json,
-    resolve_device,
     restore_loop_state,
     save_checkpoint,
     seed_everything,
+    setup_device,
+    shard,
+    world,
     write_json,
 )
 from student.config import SASRecConfig, StudentTrainConfig
@@ -44,12 +52,17 @@ def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
+    device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    rank, ranks = world()
 
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
+    net = model
+    if ranks > 1:
+        net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights
+        torch.manual_seed(cfg.seed + rank)  # but each rank draws its own dropout masks and negatives
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
@@ -83,6 +96,7 @@ def run(cfg: StudentTrainConfig) -> dict:
 
     # Each batch's label loss is its mean over positions times positions / (mean positions per batch):
     # every position then weighs the same however batches are cut (length groups make their sizes vary).
+    # With several ranks each computes its rows' share (times the rank count, as DDP averages).
     lengths = data.train_lengths(cfg.max_len)
     num_batches = -(-int((lengths > 0).sum()) // cfg.batch_size)
     positions_per_batch = lengths.sum() / max(num_batches, 1)
@@ -97,27 +111,27 @@ def run(cfg: StudentTrainConfig) -> dict:
         )
         with progress(total=num_batches, desc=f"epoch {epoch}") as bar:
             for batch in batches:
-                inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-                h = model(inputs)  # (B, L, d)
+                inputs, targets, index = shard(batch.inputs), shard(batch.targets), shard(batch.index)
+                h = net(inputs.to(device))  # (B, L, d)
                 if cfg.loss == "ce":
-                    loss = ce_loss(model, h, targets)
+                    loss = ce_loss(model, h, targets.to(device))
                 else:
-                    negatives = sample_negatives(targets.cpu(), data.num_items, cfg.negatives, shuffle).to(
-                        device
-                    )
-                    loss = bce_loss(model, h, targets, negatives)
-                loss = loss * (int((batch.targets != 0).sum()) / positions_per_batch)
+                    negatives = sample_negatives(targets, data.num_items, cfg.negatives).to(device)
+                    loss = bce_loss(model, h, targets.to(device), negatives)
+                loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
                 if teacher is not None:
-                    kd = distillation(model, h, batch.index, teacher, cfg)
+                    kd = distillation(model, h, index, teacher, cfg)
                     loss = (1 - cfg.alpha) * loss + cfg.alpha * kd
                     total_kd += kd.item()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total_loss, steps, sequences = total_loss + loss.item(), steps + 1, sequences + len(inputs)
+                total_loss, steps = total_loss + loss.item(), steps + 1
+                sequences += len(batch.inputs)
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}")
                 bar.update()
         seconds = time.perf_counter() - started
+        total_loss, total_kd = (all_sum(torch.tensor([total_loss, total_kd])) / ranks).tolist()
         train_stats = {
             "loss": total_loss / max(steps, 1),
             "lr": cfg.lr,
@@ -149,6 +163,7 @@ def run(cfg: StudentTrainConfig) -> dict:
 
     if stopper.best_epoch < 0:
         raise DistillError(f"no validation ran in {run_dir}: set --eval-every to at most --epochs")
+    barrier()  # rank 0 has written the best checkpoint
     best = load_run(run_dir, data, device)
     results = {
         "best_epoch": stopper.best_epoch,
@@ -181,14 +196,14 @@ def distillation(
 
 
 def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:
-    """Full-ranking metrics of ``model`` on the ``split`` targets of every user."""
+    """Full-ranking metrics of ``model`` on the ``split`` targets of every user (each rank its share)."""
     model.eval()
     max_len = model.config.max_len
 
     def score(batch) -> torch.Tensor:
         return model.score(model.user_embedding(batch.inputs.to(device)))  # (B, num_items + 1)
 
-    return evaluate(score, data.eval_batches(split, batch_size, max_len))
+    return evaluate(score, data.eval_batches(split, batch_size, max_len, shard(data.eval_users())))
 
 
 def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> SASRec:

@@ -4,12 +4,16 @@ Setup (data, the SASRec run, the backbone, the teacher), the epoch loop (AdamW w
 per parameter group, linear warmup then cosine decay, gradient accumulation; validation with full
 ranking; checkpoints), then the test metrics of the best validation checkpoint.
 
+Under ``torchrun`` the teacher is wrapped in ``DistributedDataParallel`` and each rank trains on its
+rows of every batch and validates its share of the users (see :mod:`distill.training`).
+
 Checkpoints hold only what was trained (adapters, projector, gate or head, and SASRec with
 ``--train-sasrec``); ``config.json`` holds what rebuilds the rest: the backbone spec and the SASRec run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from distill.config import from_dict, to_dict
 from distill.data import Dataset
@@ -26,16 +31,20 @@ from distill.metrics import MASKING_NOTE, evaluate
 from distill.training import (
     EarlyStopping,
     Logger,
+    all_sum,
+    barrier,
     load_checkpoint,
     log,
     loop_state,
     prepare_run_dir,
     progress,
     read_json,
-    resolve_device,
     restore_loop_state,
     save_checkpoint,
     seed_everything,
+    setup_device,
+    shard,
+    world,
     write_json,
 )
 from student.sasrec import SASRec
@@ -65,10 +74,13 @@ class Teacher:
     def __init__(self, model: nn.Module, prompts: PromptBuilder, max_len: int, device: torch.device):
         self.model, self.prompts, self.max_len, self.device = model, prompts, max_len, device
 
-    def __call__(self, history: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` left-padded histories (the last ``max_len`` are read) → ``(B, num_items + 1)``."""
+    def __call__(self, history: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+        """``(B, L)`` left-padded histories (the last ``max_len`` are read) → ``(B, num_items + 1)``.
+
+        ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
+        """
         history = history[:, -self.max_len :]
-        return self.model(self.prompts(history).to(self.device), history.to(self.device))
+        return (module or self.model)(self.prompts(history).to(self.device), history.to(self.device))
 
 
 def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device: torch.device) -> Teacher:
@@ -138,8 +150,10 @@ def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: P
 
 
 def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: int, users=None) -> dict:
-    """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all)."""
+    """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all; each rank
+    of a multi-process job scores its share)."""
     teacher.model.eval()
+    users = shard(data.eval_users() if users is None else users)
     return evaluate(
         lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.max_len, users)
     )
@@ -149,11 +163,18 @@ def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
+    device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, data, sasrec.to(device), device)
     model = teacher.model
+    rank, ranks = world()
+    net = model
+    if ranks > 1:
+        # Training goes through the wrapper (rank 0's fresh adapters on every rank, gradients averaged);
+        # evaluation calls the model itself, each rank on its own users.
+        net = DistributedDataParallel(model, broadcast_buffers=False)
+        torch.manual_seed(cfg.seed + rank)  # each rank draws its own dropout masks
 
     groups: dict[str, list[nn.Parameter]] = {}
     for name, p in trainable_state(model).items():
@@ -222,22 +243,27 @@ def run(cfg: TeacherTrainConfig) -> dict:
         started, total_loss, micro = time.perf_counter(), 0.0, 0
         with progress(total=len(order), desc=f"epoch {epoch}") as bar:
             for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                scores = teacher(torch.from_numpy(histories[idx]))  # (B, N + 1)
-                loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(targets[idx] - 1).to(device))
-                (loss / cfg.grad_accum).backward()
+                idx = shard(order[i : i + cfg.batch_size])  # this rank's rows of the batch
                 micro += 1
-                if micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order):
+                stepping = micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
+                # Between optimizer steps DDP need not average gradients: the step's backward does.
+                syncing = stepping or ranks == 1
+                with contextlib.nullcontext() if syncing else net.no_sync():
+                    scores = teacher(torch.from_numpy(histories[idx]), net)  # (B, N + 1)
+                    loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(targets[idx] - 1).to(device))
+                    (loss / cfg.grad_accum).backward()
+                if stepping:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 total_loss += loss.item()
-                bar.update(len(idx))
+                bar.update(len(order[i : i + cfg.batch_size]))
                 bar.set_postfix(
                     loss=f"{total_loss / micro:.4f}",
                     samples_per_s=f"{bar.n / (time.perf_counter() - started):.1f}",
                 )
         seconds = time.perf_counter() - started
+        total_loss = all_sum(torch.tensor(total_loss)).item() / ranks  # the mean of every rank's rows
         stats = {"loss": total_loss / micro, "samples_per_s": len(order) / seconds}
         stats.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
         logger.scalars(stats, epoch, prefix="train/")
@@ -269,6 +295,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         log(line)
     logger.close()
 
+    barrier()  # rank 0 has written the best checkpoint
     best_weights, _, _ = load_checkpoint(run_dir / "best")
     _load_trainable(model, best_weights, run_dir / "best")
     results = {
