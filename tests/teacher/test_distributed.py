@@ -1,0 +1,67 @@
+"""teacher-train and export-logits as two-process jobs give what one process gives."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from distill.data import Dataset
+from distill.scores import read_scores
+from tests.distributed import torchrun
+
+
+def test_two_ranks_export_the_same_scores_into_one_directory(setup, teacher_run, tmp_path):
+    args = ["export-logits", "--run", teacher_run, "--data", setup / "data", "--top-k", 5, "--device", "cpu"]
+    args += ["--all-positions", "--batch-size", 8]
+    single = CliRunner().invoke(main, [*map(str, args), "--output", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    torchrun(*args, "--output", tmp_path / "two")
+
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert {name.split("-")[1] for name in manifest["shards"]} == {"000", "001"}  # one set per rank
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        ["manifest.json", *manifest["shards"]]
+    )
+    assert not list(tmp_path.glob(".two*"))  # no temporary directory left behind
+    data = Dataset(setup / "data")
+    one, two = read_scores(tmp_path / "one", data), read_scores(tmp_path / "two", data)
+    assert two.manifest["rows"] == one.manifest["rows"] == len(data.prefix_samples(None, 5).targets)
+    frames = [
+        pl.concat(
+            [
+                pl.read_parquet(tmp_path / run / name)
+                for name in json.loads((tmp_path / run / "manifest.json").read_text())["shards"]
+            ]
+        )
+        for run in ("one", "two")
+    ]
+    assert frames[0]["user"].to_list() == frames[1]["user"].to_list()  # rank order keeps user order
+    assert torch.equal(one.items, two.items)
+    torch.testing.assert_close(one.logits, two.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_two_ranks_train_the_same_teacher_as_one_process(setup, tmp_path):
+    # No dropout anywhere and equal halves of every batch (40 samples, batches of 8): the averaged
+    # gradients are one process's.
+    args = ["teacher-train", "--data", setup / "data", "--sasrec", setup / "sasrec", "--epochs", 2]
+    args += ["--samples-per-user", 1, "--max-len", 5, "--batch-size", 8, "--lora-dropout", 0]
+    args += ["--device", "cpu"]
+    single = CliRunner().invoke(main, [*map(str, args), "--output", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    torchrun(*args, "--output", tmp_path / "two")
+
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for a, b in zip(one["history"], two["history"], strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
+    for split in ("valid", "test"):
+        for metric, value in one[split].items():
+            assert abs(value - two[split][metric]) < 1e-3, (split, metric)
+    result = CliRunner().invoke(
+        main, ["evaluate", "--run", str(tmp_path / "two"), "--data", str(setup / "data")]
+    )
+    assert result.exit_code == 0, result.output
