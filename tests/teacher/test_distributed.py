@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from distill.data import Dataset
 from distill.scores import read_scores
-from tests.distributed import torchrun
+from tests.distributed import assert_two_ranks_match_one_process, torchrun
 
 
 def test_two_ranks_export_the_same_scores_into_one_directory(setup, teacher_run, tmp_path):
@@ -50,18 +50,6 @@ def test_two_ranks_train_the_same_teacher_as_one_process(setup, tmp_path):
     args = ["teacher-train", "--data", setup / "data", "--sasrec", setup / "sasrec", "--epochs", 2]
     args += ["--samples-per-user", 1, "--max-len", 5, "--batch-size", 8, "--lora-dropout", 0]
     args += ["--device", "cpu"]
-    single = CliRunner().invoke(main, [*map(str, args), "--output", str(tmp_path / "one")])
-    assert single.exit_code == 0, single.output
-    torchrun(*args, "--output", tmp_path / "two")
-
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    for a, b in zip(one["history"], two["history"], strict=True):
-        assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
-    for split in ("valid", "test"):
-        for metric, value in one[split].items():
-            assert abs(value - two[split][metric]) < 1e-3, (split, metric)
-    result = CliRunner().invoke(
-        main, ["evaluate", "--run", str(tmp_path / "two"), "--data", str(setup / "data")]
-    )
+    _, two = assert_two_ranks_match_one_process(args, tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(two), "--data", str(setup / "data")])
     assert result.exit_code == 0, result.output
