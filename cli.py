@@ -32,6 +32,17 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _single_process(command: str) -> None:
+    """Commands that do not split their work across ranks refuse to run as a ``torchrun`` job."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DistillError(
+            f"`distill {command}` runs in one process; only student-train, teacher-train and "
+            "export-logits run under torchrun"
+        )
+
+
 def _option(cls: type, key: str, *decls: str, help: str, **kwargs: Any) -> Callable:
     """A click option bound to config field ``key``; its default is shown from the dataclass, not repeated."""
     value = config_defaults(cls).get(key)
@@ -149,6 +160,7 @@ def prepare(inputs: tuple[str, ...], config_file: str | None, sets: tuple[str, .
     """
     from distill import prepare as stage
 
+    _single_process("prepare")
     if inputs:
         options["inputs"] = inputs
     cfg = _resolve(PrepareConfig, config_file, sets, options)
@@ -457,6 +469,7 @@ def pipeline(config_file: str | None, sets: tuple[str, ...], **options: Any) -> 
     from distill.metrics import MASKING_NOTE, format_table
     from teacher.pipeline import run
 
+    _single_process("pipeline")
     cfg = _resolve(PipelineConfig, config_file, sets, options)
     results = run(cfg)
     click.echo(f"test metrics ({MASKING_NOTE}):")
@@ -488,6 +501,7 @@ def evaluate(run_dir: str, data: str, split: str, batch_size: int, device: str) 
     from distill.metrics import MASKING_NOTE, format_table
     from distill.training import read_json, resolve_device
 
+    _single_process("evaluate")
     kind = read_json(Path(run_dir) / "config.json", "run").get("kind")
     dataset = Dataset(data)
     dev = resolve_device(device)

@@ -125,3 +125,15 @@ def test_help_does_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["prepare", "pipeline", "evaluate"])
+def test_single_process_commands_refuse_to_run_under_torchrun(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = {
+        "prepare": ["prepare", "--synthetic", "-o", tmp_path / "data"],
+        "pipeline": ["pipeline", "-o", tmp_path / "out"],
+        "evaluate": ["evaluate", "--run", tmp_path / "run", "--data", tmp_path / "data"],
+    }[command]
+    assert_one_line_error(invoke(*args), f"`distill {command}` runs in one process")
+    assert not list(tmp_path.iterdir())
