@@ -31,10 +31,11 @@ STUDENT = ["--max-len", "50", "--epochs", "200", "--patience", "10", "--lr", "0.
 
 
 def distill(*args: str) -> tuple[float, str]:
-    print("$ distill " + shlex.join(args), flush=True)
+    shown = "distill " + shlex.join(str(a).replace(f"{ROOT}/", "") for a in args)  # paths from the repo root
+    print(f"$ {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, check=True)
-    return time.perf_counter() - started, "distill " + shlex.join(args)
+    return time.perf_counter() - started, shown
 
 
 def main() -> None:
@@ -114,6 +115,13 @@ def main() -> None:
             f"{chosen[3]['test']['ndcg@10']:.4f} vs {baseline['test']['ndcg@10']:.4f} on labels only "
             f"({gain:+.1%}).",
         ]
+        if teacher_metrics["test"]["ndcg@10"] < baseline["test"]["ndcg@10"]:
+            lines += [
+                "",
+                "This teacher ranks worse than the student trained on labels alone, so its soft labels pull "
+                "the student toward a weaker ranking: a stronger teacher (more training, a larger backbone) "
+                "is the precondition for a gain.",
+            ]
     lines += ["", "Commands:", "", "```", *commands, "```", ""]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
