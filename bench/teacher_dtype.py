@@ -1,0 +1,131 @@
+"""The teacher's backbone in float32 vs bfloat16: scoring and training speed, and what bf16 changes.
+
+Loads the trained MoE-LoRA teacher of ``bench/teachers_ml100k.py`` (SmolLM2-135M) twice, once per
+backbone dtype (the adapters, projector and gate stay float32 either way), and in one process:
+
+- scores the same batches of training prefixes with both, alternating batch by batch (export's work);
+- takes the same training steps with both (forward + backward, no optimizer step, so both stay equal);
+- compares their scores: agreement of the top-10 items and validation NDCG@10 on a fixed user subset.
+
+    python bench/teacher_dtype.py [--batches 6] [--batch-size 16] [--eval-users 200]
+
+Writes ``bench/results/teacher_dtype.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.config import from_dict  # noqa: E402
+from distill.data import Dataset  # noqa: E402
+from distill.training import load_checkpoint  # noqa: E402
+from student.train import load_run  # noqa: E402
+from teacher.config import TeacherTrainConfig  # noqa: E402
+from teacher.train import _load_trainable, build_teacher, evaluate_teacher  # noqa: E402
+
+RUN = ROOT / "bench" / "out" / "ml100k" / "moe-lora"
+RESULTS = ROOT / "bench" / "results" / "teacher_dtype.md"
+DTYPES = ("float32", "bfloat16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-users", type=int, default=200)
+    args = parser.parse_args()
+    if not (RUN / "metrics.json").is_file():
+        print("skipped: run bench/teachers_ml100k.py first (it trains the teacher compared here)")
+        return
+    config = json.loads((RUN / "config.json").read_text())
+    data = Dataset(config["dataset"]["path"])
+    sasrec = load_run(config["sasrec_run"], data)
+    weights, _, _ = load_checkpoint(RUN / "best")
+    teachers = {}
+    for dtype in DTYPES:
+        cfg = from_dict(TeacherTrainConfig, {**config["train"], "dtype": dtype}, "bench")
+        teachers[dtype] = build_teacher(cfg, data, sasrec, torch.device("cpu"))
+        _load_trainable(teachers[dtype].model, weights, RUN / "best")
+    max_len = teachers["float32"].max_len
+    samples = data.prefix_samples(4, max_len)
+    rows = np.random.default_rng(0).permutation(len(samples.targets))[: args.batches * args.batch_size]
+    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+
+    score_seconds = dict.fromkeys(DTYPES, 0.0)
+    overlap = []
+    with torch.no_grad():
+        for dtype in DTYPES:  # one warm-up batch each
+            teachers[dtype].model.eval()
+            teachers[dtype](torch.from_numpy(samples.histories[batches[0][:2]]))
+        for idx in batches:
+            top = {}
+            for dtype in DTYPES:
+                started = time.perf_counter()
+                scores = teachers[dtype](torch.from_numpy(samples.histories[idx]))  # (B, N + 1)
+                score_seconds[dtype] += time.perf_counter() - started
+                top[dtype] = scores[:, 1:].float().topk(10).indices
+            for a, b in zip(top["float32"].tolist(), top["bfloat16"].tolist(), strict=True):
+                overlap.append(len(set(a) & set(b)) / 10)
+
+    train_seconds = dict.fromkeys(DTYPES, 0.0)
+    for dtype in DTYPES:
+        teachers[dtype].model.train()
+    for idx in batches[: max(1, args.batches // 2)]:
+        idx = idx[: args.batch_size // 2]
+        for dtype in DTYPES:
+            teacher = teachers[dtype]
+            started = time.perf_counter()
+            scores = teacher(torch.from_numpy(samples.histories[idx]))
+            loss = F.cross_entropy(scores[:, 1:].float(), torch.from_numpy(samples.targets[idx] - 1))
+            loss.backward()
+            train_seconds[dtype] += time.perf_counter() - started
+            teacher.model.zero_grad(set_to_none=True)
+
+    users = np.sort(np.random.default_rng(0).permutation(data.eval_users())[: args.eval_users])
+    valid = {dtype: evaluate_teacher(teachers[dtype], data, "valid", 16, users) for dtype in DTYPES}
+
+    scored = len(rows)
+    trained = sum(len(b[: args.batch_size // 2]) for b in batches[: max(1, args.batches // 2)])
+    lines = [
+        "# MoE-LoRA teacher: float32 vs bfloat16 backbone (SmolLM2-135M, ML-100K)",
+        "",
+        f"- command: `python bench/teacher_dtype.py --batches {args.batches} --batch-size {args.batch_size} "
+        f"--eval-users {args.eval_users}`",
+        f"- date: {datetime.date.today()}; 2 CPU cores, torch {torch.__version__}; teacher "
+        f"`bench/out/ml100k/moe-lora` ({max_len} history items with titles per prompt); adapters, "
+        "projector and gate float32 in both; both dtypes alternate batch by batch in one process",
+        "",
+        "| backbone | scoring prefixes/s | training samples/s (fwd + bwd) | valid NDCG@10 "
+        f"({args.eval_users} users) |",
+        "|---|---:|---:|---:|",
+    ]
+    for dtype in DTYPES:
+        lines.append(
+            f"| {dtype} | {scored / score_seconds[dtype]:.1f} | {trained / train_seconds[dtype]:.1f} | "
+            f"{valid[dtype]['ndcg@10']:.4f} |"
+        )
+    lines += [
+        "",
+        f"bfloat16 / float32: scoring {score_seconds['float32'] / score_seconds['bfloat16']:.2f}x, "
+        f"training {train_seconds['float32'] / train_seconds['bfloat16']:.2f}x as fast; the two agree on "
+        f"{np.mean(overlap):.0%} of each prefix's top-10 items (mean over {len(overlap)} prefixes).",
+        "",
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
