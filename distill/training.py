@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -325,12 +326,49 @@ class Logger:
             self._writer.close()
 
 
+# Without a terminal, a progress line goes to the log at most this often (seconds).
+HEARTBEAT_SECONDS = 60.0
+
+
 def progress(total: int, desc: str, enabled: bool = True):
-    """A tqdm progress bar on stderr: main process only, and only on a terminal (logs get the epoch lines)."""
+    """Progress of a loop on the main process: a tqdm bar on a terminal, otherwise a log line at most
+    every :data:`HEARTBEAT_SECONDS` (a long export in a log file still says where it is)."""
     from tqdm.auto import tqdm
 
-    disable = None if enabled and is_main_process() else True  # None: off when stderr is not a terminal
-    return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+    if not (enabled and is_main_process()):
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return _Heartbeat(total, desc)
+
+
+class _Heartbeat:
+    """The part of tqdm's interface the loops use (``update``, ``set_postfix``, ``n``), as log lines."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.n = total, desc, 0
+        self._postfix = ""
+        self._started = self._last = time.perf_counter()
+
+    def __enter__(self) -> _Heartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def set_postfix(self, **values: object) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self._last < HEARTBEAT_SECONDS or self.n >= self.total:
+            return
+        self._last = now
+        rate = self.n / (now - self._started)
+        eta = (self.total - self.n) / rate if rate > 0 else math.inf
+        line = f"{self.desc}: {self.n:,}/{self.total:,} ({self.n / self.total:.0%}), {rate:.1f}/s, "
+        log(line + f"{eta / 60:.1f} min left" + (f"; {self._postfix}" if self._postfix else ""))
 
 
 def log(message: str) -> None:

@@ -182,3 +182,18 @@ def test_prepare_run_dir_resume_rules(tmp_path):
     save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 0})
     assert prepare_run_dir(run, resume=True) == run
     assert (run / "config.json").exists() and (run / "last" / STATE).exists()
+
+
+def test_progress_without_a_terminal_logs_heartbeat_lines(monkeypatch, capsys):
+    from distill import training
+
+    monkeypatch.setattr(training, "HEARTBEAT_SECONDS", 0.0)
+    with training.progress(total=4, desc="export") as bar:  # pytest's stderr is not a terminal
+        bar.set_postfix(loss="1.5")
+        bar.update(1)
+        bar.update(2)
+        bar.update(1)  # the last update says nothing: the loop's own summary line follows
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and bar.n == 4
+    assert lines[0].startswith("export: 1/4 (25%), ") and lines[0].endswith("min left; loss 1.5")
+    assert lines[1].startswith("export: 3/4 (75%), ")
