@@ -243,7 +243,10 @@ def run(cfg: TeacherTrainConfig) -> dict:
         started, total_loss, micro = time.perf_counter(), 0.0, 0
         with progress(total=len(order), desc=f"epoch {epoch}") as bar:
             for i in range(0, len(order), cfg.batch_size):
-                idx = shard(order[i : i + cfg.batch_size])  # this rank's rows of the batch
+                batch = order[i : i + cfg.batch_size]
+                # This rank's rows of the batch; a last batch with fewer rows than ranks gives each rank
+                # one row (some the same), as every rank must take every step.
+                idx = shard(batch) if len(batch) >= ranks else batch[[rank % len(batch)]]
                 micro += 1
                 stepping = micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
                 # Between optimizer steps DDP need not average gradients: the step's backward does.
@@ -257,7 +260,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 total_loss += loss.item()
-                bar.update(len(order[i : i + cfg.batch_size]))
+                bar.update(len(batch))
                 bar.set_postfix(
                     loss=f"{total_loss / micro:.4f}",
                     samples_per_s=f"{bar.n / (time.perf_counter() - started):.1f}",
