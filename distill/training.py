@@ -67,8 +67,13 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints.
+
+    A ``RANK`` variable outside a multi-process job (``WORLD_SIZE`` unset or 1) does not count.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_device(spec: str) -> torch.device:

@@ -197,3 +197,15 @@ def test_progress_without_a_terminal_logs_heartbeat_lines(monkeypatch, capsys):
     assert len(lines) == 2 and bar.n == 4
     assert lines[0].startswith("export: 1/4 (25%), ") and lines[0].endswith("min left; loss 1.5")
     assert lines[1].startswith("export: 3/4 (75%), ")
+
+
+def test_a_stray_rank_variable_outside_a_job_still_writes(tmp_path, monkeypatch):
+    from distill import training
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    training.write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").is_file()
+    monkeypatch.setenv("WORLD_SIZE", "4")  # rank 3 of a 4-process job: not the writer
+    training.write_json(tmp_path / "b.json", {"x": 1})
+    assert not (tmp_path / "b.json").exists()
