@@ -50,7 +50,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from teacher.backbone import load_backbone
-    from teacher.moe_lora import inject_moe_lora, moe_gates
+    from teacher.moe_lora_layer import inject_moe_lora, moe_gates
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

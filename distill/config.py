@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -92,6 +93,49 @@ def defaults(cls: type) -> dict[str, Any]:
     return out
 
 
+def option(default: Any, help: str = "", *flags: str) -> Any:
+    """A config field that is also a command-line option (``--field-name`` unless ``flags`` are given).
+
+    The help text lives beside the field, as peft's configs keep theirs; an empty ``help`` takes the
+    wording shared by every command (``cli.SHARED``). Fields declared without it are set through
+    ``--config`` or ``--set`` only.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags})
+
+
+def check(
+    cfg: Any,
+    *,
+    required: Mapping[str, str] = {},  # noqa: B006 (read only)
+    at_least_one: Sequence[str] = (),
+    positive: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+    fractions: Sequence[str] = (),
+) -> None:
+    """The checks every config's ``__post_init__`` makes, each raising one ``ValueError`` line.
+
+    Args:
+        required: field -> the flag that sets it, for fields that must not be empty.
+        at_least_one: integer fields that must be >= 1 (None allowed: "unset").
+        positive: number fields that must be > 0.
+        non_negative: number fields that must be >= 0.
+        fractions: number fields in [0, 1).
+    """
+    for name, flag in required.items():
+        if not getattr(cfg, name):
+            raise ValueError(f"{name} is required ({flag})")
+    for names, ok, what in (
+        (at_least_one, lambda v: v >= 1, "must be at least 1"),
+        (positive, lambda v: v > 0, "must be positive"),
+        (non_negative, lambda v: v >= 0, "must be >= 0"),
+        (fractions, lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ):
+        for name in names:
+            value = getattr(cfg, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} {what}, got {value}")
+
+
 class _Raw(str):
     """A string from the command line, still to be parsed by the field's type."""
 
@@ -152,6 +196,22 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _number(value: Any, typ: type) -> int | float | None:
+    """``value`` as an ``int`` or ``float`` (parsed if it is a raw string), or None if it is not one."""
+    if isinstance(value, _Raw):
+        try:
+            return typ(value)
+        except ValueError:
+            return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (typ is int and isinstance(value, float))
+    ):
+        return None
+    return typ(value)
+
+
 def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``typ``; parse it first if it came as a raw string."""
     origin = typing.get_origin(typ)
@@ -191,24 +251,15 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         elif isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, _Raw):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, _Raw):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ in (int, float):
+        number = _number(value, typ)
+        if number is None:
+            raise ConfigError(
+                f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}"
+            )
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if typ is str:
         if isinstance(value, str):
             return str(value)
@@ -221,21 +272,25 @@ class PrepareConfig:
     """``distill prepare``: raw interactions (or the synthetic generator) → a dataset directory."""
 
     inputs: tuple[str, ...] = ()
-    output: str = ""
+    output: str = option("", "Dataset directory to write.", "--output", "-o")
     format: typing.Literal["auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"] = (
-        "auto"
+        option("auto", "Input format; auto guesses from the extension and the first lines.")
     )
-    items: str | None = None
-    user_col: str | None = None
-    item_col: str | None = None
-    time_col: str | None = None
-    min_user_interactions: int = 3
-    min_item_interactions: int = 1
-    synthetic: bool = False
-    num_users: int = 1000
-    num_items: int = 500
-    seed: int = 0
-    overwrite: bool = False
+    items: str | None = option(
+        None, "Item metadata with titles (TSV/CSV with a header, RecBole .item, MovieLens movies.dat)."
+    )
+    user_col: str | None = option(None, "User column of a CSV/TSV/Parquet input.")
+    item_col: str | None = option(None, "Item column of a CSV/TSV/Parquet input.")
+    time_col: str | None = option(None, "Timestamp column (numbers or ISO dates); file order if none.")
+    min_user_interactions: int = option(
+        3, "Drop users with fewer interactions (iterated with the item bound)."
+    )
+    min_item_interactions: int = option(1, "Drop items with fewer interactions (k-core with the user bound).")
+    synthetic: bool = option(False, "Generate the embedded synthetic dataset instead of reading INPUTS.")
+    num_users: int = option(1000, "Synthetic: number of users.")
+    num_items: int = option(500, "Synthetic: number of items.")
+    seed: int = option(0, "Synthetic: random seed.")
+    overwrite: bool = option(False)
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -249,8 +304,7 @@ class PrepareConfig:
                 "min_user_interactions must be at least 3 (leave-one-out needs a train, a validation "
                 f"and a test item), got {self.min_user_interactions}"
             )
-        if self.min_item_interactions < 1:
-            raise ValueError(f"min_item_interactions must be at least 1, got {self.min_item_interactions}")
+        check(self, at_least_one=("min_item_interactions",))
         if self.synthetic and (self.num_users < 1 or self.num_items < 10):
             raise ValueError(
                 "synthetic data needs num_users >= 1 and num_items >= 10, "

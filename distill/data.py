@@ -20,8 +20,8 @@ import polars as pl
 import torch
 
 from distill.errors import DistillError
-from distill.prepare import FORMAT_VERSION
 
+FORMAT_VERSION = 1  # of a dataset directory, written by distill.prepare
 SPLITS = ("valid", "test")
 
 
@@ -111,6 +111,15 @@ class Dataset:
     @property
     def has_titles(self) -> bool:
         return bool(self.meta.get("has_titles"))
+
+    def identity(self) -> dict:
+        """What a run or score directory records of the dataset it was made from (``fingerprint`` is
+        what later stages check)."""
+        return {
+            "path": str(self.path.resolve()),
+            "fingerprint": self.fingerprint,
+            "num_items": self.num_items,
+        }
 
     def title(self, item: int) -> str | None:
         """The item's title, or None when the dataset has none for it."""

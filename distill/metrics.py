@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from distill.training import all_sum
+from distill.dist import all_sum
 
 DEFAULT_KS = (5, 10, 20)
 MASKING_NOTE = (

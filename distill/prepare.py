@@ -20,9 +20,9 @@ import polars as pl
 
 from distill import synthetic
 from distill.config import PrepareConfig, to_dict
+from distill.data import FORMAT_VERSION
 from distill.errors import DistillError
 
-FORMAT_VERSION = 1
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
 ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
 TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "unixreviewtime")

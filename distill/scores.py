@@ -31,8 +31,8 @@ import polars as pl
 import torch
 
 from distill.data import Dataset
+from distill.dist import barrier, gather, is_main_process, world
 from distill.errors import DistillError
-from distill.training import barrier, gather, is_main_process, world
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

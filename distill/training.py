@@ -13,15 +13,11 @@ run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch
 scheduler, early-stopping and RNG state: plain tensors and numbers, loadable with
 ``weights_only=True``). Checkpoints are written to a temporary directory and renamed when whole.
 
-Multi-process runs: under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup_device` joins the process
-group (NCCL on CUDA with one GPU per rank, gloo on CPU). Every rank takes its slice of each batch
-(:func:`shard`) and of the evaluation users, metrics are summed over ranks, and only rank 0 writes
-logs, checkpoints and results.
+Only rank 0 of a multi-process job writes (see :mod:`distill.dist`).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
@@ -29,17 +25,19 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from distill.data import Dataset
+from distill.dist import barrier, is_main_process
 from distill.errors import DistillError
+from distill.metrics import MASKING_NOTE
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -51,91 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` are taken as given."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise DistillError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DistillError(f"device {spec!r} requested but CUDA is not available here")
-    return device
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints.
-
-    A ``RANK`` variable outside a multi-process job (``WORLD_SIZE`` unset or 1) does not count.
-    """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
-
-
-def setup_device(spec: str) -> torch.device:
-    """The device of this process, as :func:`resolve_device`; under ``torchrun`` also join the job.
-
-    With ``WORLD_SIZE`` > 1 the process group is initialised once (NCCL when the device is CUDA, each
-    rank on ``cuda:LOCAL_RANK``; gloo on CPU) and destroyed at exit.
-    """
-    device = resolve_device(spec)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            atexit.register(dist.destroy_process_group)
-    return device
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world size)`` of this process: ``(0, 1)`` outside a multi-process job."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard(rows: Any) -> Any:
-    """This rank's share of ``rows`` (every world-size-th row from its rank); all of them alone."""
-    rank, size = world()
-    return rows if size == 1 else rows[rank::size]
-
-
-def block(n: int) -> slice:
-    """This rank's contiguous share of ``range(n)`` (rank order keeps the order of the whole)."""
-    rank, size = world()
-    bounds = np.linspace(0, n, size + 1).round().astype(int)
-    return slice(int(bounds[rank]), int(bounds[rank + 1]))
-
-
-def gather(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
-    if world()[1] == 1:
-        return [obj]
-    out: list[Any] = [None] * world()[1]
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if world()[1] > 1:
-        dist.barrier()
-
-
-def all_sum(values: torch.Tensor) -> torch.Tensor:
-    """Elementwise sum of ``values`` over ranks (``values`` itself in a single process)."""
-    if world()[1] == 1:
-        return values
-    # NCCL reduces CUDA tensors only (each rank's current device); gloo takes CPU tensors.
-    work = values.to("cuda") if dist.get_backend() == "nccl" else values.clone()
-    dist.all_reduce(work)
-    return work.to(values.device)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -154,6 +67,16 @@ def read_json(path: Path, what: str) -> Any:
         raise DistillError(f"{what}: {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+
+
+def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
+    """A run only scores the dataset it was trained on: the fingerprints in its config and ``data`` agree."""
+    trained_on = config.get("dataset", {}).get("fingerprint")
+    if trained_on != data.fingerprint:
+        raise DistillError(
+            f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "
+            f"(fingerprint {data.fingerprint})"
+        )
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
@@ -269,6 +192,73 @@ def restore_loop_state(
     shuffle.set_state(state["shuffle"])
     set_rng_state(state["rng"])
     return int(state["epoch"]) + 1, list(state["history"])
+
+
+def resume_run(
+    run_dir: Path,
+    run_config: Mapping[str, Any],
+    load_weights: Callable[[dict[str, torch.Tensor]], None],
+    stopper: EarlyStopping,
+    shuffle: torch.Generator,
+    **stateful: Any,
+) -> tuple[int, list]:
+    """Continue a run from ``RUN/last``: check that it is the same kind of run on the same dataset (and
+    model, where the config has one), hand its weights to ``load_weights`` and restore the loop state.
+
+    Returns:
+        ``(first epoch to run, history so far)``, as :func:`restore_loop_state`.
+    """
+    weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
+    if saved.get("dataset", {}).get("fingerprint") != run_config["dataset"]["fingerprint"]:
+        raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
+    for key in ("kind", "model"):
+        if saved.get(key) != run_config.get(key):
+            raise DistillError(f"cannot resume {run_dir}: its {key} differs from this run's options")
+    load_weights(weights)
+    first_epoch, history = restore_loop_state(state, stopper, shuffle, **stateful)
+    log(f"resuming {run_dir} after epoch {first_epoch - 1}")
+    return first_epoch, history
+
+
+def save_epoch(
+    run_dir: Path,
+    weights: Mapping[str, torch.Tensor],
+    run_config: Mapping[str, Any],
+    record: dict[str, Any],
+    history: list,
+    stopper: EarlyStopping,
+    shuffle: torch.Generator,
+    selected: float | None = None,
+    **stateful: Any,
+) -> bool:
+    """The end of an epoch: early stopping sees ``selected`` (the validation metric, None when the
+    epoch did not validate), a new best is saved to ``RUN/best``, ``record`` joins ``history``, and
+    ``RUN/last`` gets the weights with what ``--resume`` needs. Returns whether the epoch is a new best.
+    """
+    best = selected is not None and stopper.step(selected, record["epoch"])
+    if best:
+        save_checkpoint(run_dir / "best", weights, run_config)
+    history.append(record)
+    state = loop_state(record["epoch"], history, stopper, shuffle, **stateful)
+    save_checkpoint(run_dir / "last", weights, run_config, state)
+    return best
+
+
+def finish_run(
+    run_dir: Path, stopper: EarlyStopping, selected_on: str, scores: Callable[[str], dict], history: list
+) -> dict:
+    """The results of a run whose best checkpoint is loaded: validation and test metrics of the epoch
+    selected on validation, written to ``RUN/metrics.json`` and returned."""
+    results = {
+        "best_epoch": stopper.best_epoch,
+        "selected_on": selected_on,
+        "valid": scores("valid"),
+        "test": scores("test"),
+        "ranking": MASKING_NOTE,
+        "history": history,
+    }
+    write_json(run_dir / "metrics.json", results)
+    return results
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from distill.config import check, option
+
 
 @dataclass(frozen=True)
 class SASRecConfig:
@@ -30,20 +32,11 @@ class SASRecConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
-        if self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
-        if self.hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
-        if self.blocks < 1:
-            raise ValueError(f"blocks must be >= 1, got {self.blocks}")
-        if self.heads < 1:
-            raise ValueError(f"heads must be >= 1, got {self.heads}")
+        check(
+            self, at_least_one=("num_items", "max_len", "hidden", "blocks", "heads"), fractions=("dropout",)
+        )
         if self.hidden % self.heads != 0:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -60,52 +53,59 @@ class StudentTrainConfig:
     ``num_items`` comes from the data.
     """
 
-    data: str = ""
-    output: str = ""
-    max_len: int = 200
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.2
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    loss: Literal["ce", "bce"] = "ce"
-    negatives: int = 1
-    length_group: int = 1
-    patience: int = 10
-    eval_every: int = 1
+    data: str = option("")
+    output: str = option("")
+    max_len: int = option(200)
+    hidden: int = option(64, "Embedding and state width.")
+    blocks: int = option(2, "Transformer blocks.")
+    heads: int = option(1, "Attention heads (must divide --hidden).")
+    dropout: float = option(0.2, "Dropout rate.")
+    epochs: int = option(200)
+    batch_size: int = option(128)
+    lr: float = option(1e-3)
+    weight_decay: float = option(0.0)
+    loss: Literal["ce", "bce"] = option(
+        "ce", "ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives."
+    )
+    negatives: int = option(1, "Negatives per position for --loss bce.")
+    length_group: int = option(
+        1, "Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches."
+    )
+    patience: int = option(10)
+    eval_every: int = option(1, "Validate every N epochs.")
     eval_batch_size: int = 512
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    teacher_scores: str | None = None
-    kd: Literal["kl", "rank"] = "kl"
-    alpha: float = 0.5
-    temperature: float = 1.0
+    seed: int = option(0)
+    device: str = option("auto")
+    resume: bool = option(False)
+    teacher_scores: str | None = option(
+        None, "A score directory from `distill export-logits`: distill the teacher into the student."
+    )
+    kd: Literal["kl", "rank"] = option(
+        "kl", "Distillation loss: kl (Hinton) or rank (position-weighted top-k)."
+    )
+    alpha: float = option(0.5, "Loss = (1 - alpha) * CE(labels) + alpha * KD.")
+    temperature: float = option(1.0, "Distillation temperature.")
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("a dataset directory is required (--data DIR)")
-        if not self.output:
-            raise ValueError("a run directory is required (--output RUN)")
+        check(self, required={"data": "--data DIR", "output": "--output RUN"})
         self.sasrec(num_items=1)  # validates the architecture fields
-        for name in ("epochs", "batch_size", "negatives", "length_group", "eval_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(
+            self,
+            at_least_one=(
+                "epochs",
+                "batch_size",
+                "negatives",
+                "length_group",
+                "eval_every",
+                "eval_batch_size",
+            ),
+            positive=("lr", "temperature"),
+            non_negative=("weight_decay", "patience"),
+        )
         if not 0 <= self.alpha <= 1:
             raise ValueError(
                 f"alpha mixes label and distillation loss and must be in [0, 1], got {self.alpha}"
             )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
 
     def sasrec(self, num_items: int) -> SASRecConfig:
         """The model config for a catalogue of ``num_items`` items."""

@@ -15,36 +15,29 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from distill.config import from_dict, to_dict
+from distill.config import to_dict
 from distill.data import Dataset
+from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.losses import KD
-from distill.metrics import MASKING_NOTE, evaluate
 from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
-    all_sum,
-    barrier,
-    load_checkpoint,
+    finish_run,
     log,
-    loop_state,
     prepare_run_dir,
     progress,
-    read_json,
-    restore_loop_state,
-    save_checkpoint,
+    resume_run,
+    save_epoch,
     seed_everything,
-    setup_device,
-    shard,
-    world,
     write_json,
 )
-from student.config import SASRecConfig, StudentTrainConfig
+from student.config import StudentTrainConfig
 from student.losses import bce_loss, ce_loss, sample_negatives
+from student.run import KIND, evaluate_model, load_run
 from student.sasrec import SASRec
 
-KIND = "student"
 SELECT_ON = "ndcg@10"
 
 
@@ -70,11 +63,7 @@ def run(cfg: StudentTrainConfig) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
         "kind": KIND,
-        "dataset": {
-            "path": str(data.path.resolve()),
-            "fingerprint": data.fingerprint,
-            "num_items": data.num_items,
-        },
+        "dataset": data.identity(),
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
     }
@@ -87,11 +76,9 @@ def run(cfg: StudentTrainConfig) -> dict:
         }
     first_epoch, history = 1, []
     if cfg.resume:
-        weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
-        _check_compatible(saved, run_config, run_dir)
-        model.load_state_dict(weights)
-        first_epoch, history = restore_loop_state(state, stopper, shuffle, optimizer=optimizer)
-        log(f"resuming {run_dir} after epoch {state['epoch']}")
+        first_epoch, history = resume_run(
+            run_dir, run_config, model.load_state_dict, stopper, shuffle, optimizer=optimizer
+        )
     write_json(run_dir / "config.json", run_config)
 
     # Each batch's label loss is its mean over positions times positions / (mean positions per batch):
@@ -143,21 +130,18 @@ def run(cfg: StudentTrainConfig) -> dict:
         line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
         record = {"epoch": epoch, "seconds": seconds, **train_stats}
 
+        valid = None
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             valid = evaluate_model(model, data, "valid", cfg.eval_batch_size, device)
             logger.scalars(valid, epoch, prefix="valid/")
             line += f"  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
             record.update({f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")})
-            if stopper.step(valid[SELECT_ON], epoch):
-                save_checkpoint(run_dir / "best", model.state_dict(), run_config)
-                line += "  (best)"
-        history.append(record)
-        save_checkpoint(
-            run_dir / "last",
-            model.state_dict(),
-            run_config,
-            loop_state(epoch, history, stopper, shuffle, optimizer=optimizer),
-        )
+        selected = None if valid is None else valid[SELECT_ON]
+        weights = model.state_dict()
+        if save_epoch(
+            run_dir, weights, run_config, record, history, stopper, shuffle, selected, optimizer=optimizer
+        ):
+            line += "  (best)"
         log(line)
     logger.close()
 
@@ -165,16 +149,13 @@ def run(cfg: StudentTrainConfig) -> dict:
         raise DistillError(f"no validation ran in {run_dir}: set --eval-every to at most --epochs")
     barrier()  # rank 0 has written the best checkpoint
     best = load_run(run_dir, data, device)
-    results = {
-        "best_epoch": stopper.best_epoch,
-        "selected_on": f"valid {SELECT_ON}",
-        "valid": evaluate_model(best, data, "valid", cfg.eval_batch_size, device),
-        "test": evaluate_model(best, data, "test", cfg.eval_batch_size, device),
-        "ranking": MASKING_NOTE,
-        "history": history,
-    }
-    write_json(run_dir / "metrics.json", results)
-    return results
+    return finish_run(
+        run_dir,
+        stopper,
+        f"valid {SELECT_ON}",
+        lambda split: evaluate_model(best, data, split, cfg.eval_batch_size, device),
+        history,
+    )
 
 
 def distillation(
@@ -193,49 +174,3 @@ def distillation(
     return KD[cfg.kd](
         student_logits, teacher.items[rows].to(h.device), teacher.logits[rows].to(h.device), cfg.temperature
     )
-
-
-def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:
-    """Full-ranking metrics of ``model`` on the ``split`` targets of every user (each rank its share)."""
-    model.eval()
-    max_len = model.config.max_len
-
-    def score(batch) -> torch.Tensor:
-        return model.score(model.user_embedding(batch.inputs.to(device)))  # (B, num_items + 1)
-
-    return evaluate(score, data.eval_batches(split, batch_size, max_len, shard(data.eval_users())))
-
-
-def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> SASRec:
-    """The best-validation SASRec of a ``student-train`` run, checked against ``data``."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "student run")
-    if config.get("kind") != KIND:
-        raise DistillError(f"{run_dir} is not a student run (kind {config.get('kind')!r})")
-    check_dataset(config, data, run_dir)
-    weights, _, _ = load_checkpoint(run_dir / "best")
-    model = SASRec(from_dict(SASRecConfig, config["model"], f"{run_dir}/config.json"))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise DistillError(
-            f"checkpoint {run_dir / 'best'} does not fit its config: {str(e).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval()
-
-
-def check_dataset(config: dict, data: Dataset, run_dir: Path) -> None:
-    """A run only scores the dataset it was trained on: the fingerprints must agree."""
-    trained_on = config.get("dataset", {}).get("fingerprint")
-    if trained_on != data.fingerprint:
-        raise DistillError(
-            f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "
-            f"(fingerprint {data.fingerprint})"
-        )
-
-
-def _check_compatible(saved: dict, current: dict, run_dir: Path) -> None:
-    if saved.get("dataset", {}).get("fingerprint") != current["dataset"]["fingerprint"]:
-        raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
-    if saved.get("model") != current["model"]:
-        raise DistillError(f"cannot resume {run_dir}: the model options differ from the checkpoint's")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from distill.config import check, option
+
 TEACHERS = ("moe-lora", "e4srec")
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -20,92 +22,109 @@ TEACHER_DEFAULTS = {
 }
 
 
+def _per_teacher(key: str) -> str:
+    """The per-teacher defaults of a LoRA field, for its help text."""
+    shown = {t: d[key] for t, d in TEACHER_DEFAULTS.items()}
+    return "Default " + "; ".join(
+        f"{t}: {','.join(v) if isinstance(v, tuple) else v}" for t, v in shown.items()
+    )
+
+
 @dataclass(frozen=True)
 class TeacherTrainConfig:
     """``distill teacher-train``: an LLM teacher over a dataset, built on a SASRec student run.
 
     A training sample is (the last ``max_len`` items before a target, the target), for the last
-    ``samples_per_user`` targets of each user's training sequence. ``r``, ``lora_alpha``,
+    ``positions`` targets of each user's training sequence. ``r``, ``lora_alpha``,
     ``lora_dropout`` and ``target_modules`` default per teacher (:data:`TEACHER_DEFAULTS`) when left
     unset. For the MoE-LoRA teacher ``r`` is the total rank, split evenly across ``experts``.
     """
 
-    data: str = ""
-    sasrec: str = ""
-    output: str = ""
-    teacher: Literal["moe-lora", "e4srec"] = "moe-lora"
-    llm: str = "tiny"
-    llm_layers: int | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    max_len: int = 10
-    samples_per_user: int = 4
-    titles: bool = True
-    experts: int = 4
-    r: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
-    target_modules: tuple[str, ...] | None = None
-    train_sasrec: bool = False
-    epochs: int = 3
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-4
-    projector_lr: float = 1e-3
-    gate_lr: float = 1e-3
-    head_lr: float = 1e-3
-    sasrec_lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup: float = 0.05
-    patience: int = 2
-    eval_users: int | None = None
-    eval_batch_size: int = 16
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
+    data: str = option("")
+    sasrec: str = option("", "A `distill student-train` run: the teacher's ID encoder.")
+    output: str = option("")
+    teacher: Literal["moe-lora", "e4srec"] = option(
+        "moe-lora", "moe-lora: iLoRA-style gated LoRA experts; e4srec: peft LoRA with a linear item head."
+    )
+    llm: str = option("tiny", "Backbone: 'tiny', a .gguf file, a model directory or a hub id.")
+    llm_layers: int | None = option(None, "Keep only the first N decoder layers.")
+    dtype: Literal["float32", "bfloat16"] = option("float32", "Backbone dtype.")
+    max_len: int = option(10, "History items in the prompt.")
+    positions: int = option(
+        4,
+        "Train on the last N targets of each training sequence (--samples-per-user: its old name).",
+        "--positions",
+        "--samples-per-user",
+    )
+    titles: bool = option(
+        True,
+        "MoE-LoRA: put item titles before their slots when the dataset has titles.",
+        "--titles/--no-titles",
+    )
+    experts: int = option(4, "MoE-LoRA: number of LoRA experts.")
+    r: int | None = option(
+        None, f"LoRA rank (MoE-LoRA: total, split across experts). {_per_teacher('r')}", "--lora-r"
+    )
+    lora_alpha: float | None = option(
+        None, f"LoRA alpha; the update is scaled by alpha / r. {_per_teacher('lora_alpha')}"
+    )
+    lora_dropout: float | None = option(None, f"Dropout on the adapter input. {_per_teacher('lora_dropout')}")
+    target_modules: tuple[str, ...] | None = option(
+        None, f"Comma-separated Linear names to adapt. {_per_teacher('target_modules')}"
+    )
+    train_sasrec: bool = option(False, "Fine-tune the SASRec encoder too.")
+    epochs: int = option(3)
+    batch_size: int = option(8)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    lr: float = option(2e-4, "Learning rate of the LoRA adapters.")
+    projector_lr: float = option(
+        1e-3, "Learning rate of the projectors (MoE-LoRA's MLPs, E4SRec's input Linear)."
+    )
+    gate_lr: float = option(1e-3, "MoE-LoRA: learning rate of the gating MLP.")
+    head_lr: float = option(1e-3, "E4SRec: learning rate of the item head.")
+    sasrec_lr: float = option(1e-4, "Learning rate of SASRec (--train-sasrec).")
+    weight_decay: float = option(0.0)
+    warmup: float = option(0.05, "Fraction of steps of linear warmup before cosine decay.")
+    patience: int = option(2)
+    eval_users: int | None = option(
+        None, "Validate on a fixed random subset of N users (test always uses all)."
+    )
+    eval_batch_size: int = option(16, "Users per scoring batch.")
+    seed: int = option(0)
+    device: str = option("auto")
+    resume: bool = option(False)
 
     def __post_init__(self) -> None:
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        for name, flag in (("data", "--data DIR"), ("sasrec", "--sasrec RUN"), ("output", "--output RUN")):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required ({flag})")
+        check(self, required={"data": "--data DIR", "sasrec": "--sasrec RUN", "output": "--output RUN"})
         if self.teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {self.teacher!r}; expected one of {', '.join(TEACHERS)}")
-        positive = (
-            "max_len",
-            "samples_per_user",
-            "experts",
-            "r",
-            "epochs",
-            "batch_size",
-            "grad_accum",
-            "eval_batch_size",
+        check(
+            self,
+            at_least_one=(
+                "max_len",
+                "positions",
+                "experts",
+                "r",
+                "epochs",
+                "batch_size",
+                "grad_accum",
+                "eval_batch_size",
+                "llm_layers",
+                "eval_users",
+            ),
+            positive=("lr", "projector_lr", "gate_lr", "head_lr", "sasrec_lr", "lora_alpha"),
+            non_negative=("weight_decay", "patience"),
+            fractions=("lora_dropout", "warmup"),
         )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.llm_layers is not None and self.llm_layers < 1:
-            raise ValueError(f"llm_layers must be at least 1, got {self.llm_layers}")
-        if self.eval_users is not None and self.eval_users < 1:
-            raise ValueError(f"eval_users must be at least 1, got {self.eval_users}")
         if self.teacher == "moe-lora" and self.r % self.experts:
             raise ValueError(
                 f"r ({self.r}) must be divisible by experts ({self.experts}): each expert gets r / experts"
             )
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
-        for name in ("lr", "projector_lr", "gate_lr", "head_lr", "sasrec_lr", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
 
 
 @dataclass(frozen=True)
@@ -113,70 +132,29 @@ class ExportConfig:
     """``distill export-logits``: a teacher run's soft labels over the catalogue, as a score directory.
 
     ``positions`` is how many of each user's last training targets get a row (None: every one);
-    ``top_k`` how many items each row keeps (None: the whole catalogue).
+    ``top_k`` how many items each row keeps (None: the whole catalogue). ``all_positions`` and
+    ``full`` are the same as ``positions = None`` and ``top_k = None``, and win over them.
     """
 
-    run: str = ""
-    data: str = ""
-    output: str = ""
-    top_k: int | None = 100
-    positions: int | None = 4
-    batch_size: int = 16
-    device: str = "auto"
-    overwrite: bool = False
+    run: str = option("", "A `distill teacher-train` run.")
+    data: str = option("", "The dataset directory the teacher was trained on.")
+    output: str = option("", "Score directory to write.", "--output", "-o")
+    top_k: int | None = option(100, "Items kept per row (--full keeps the whole catalogue).")
+    full: bool = option(False, "Keep every item: full distributions (overrides --top-k).")
+    positions: int | None = option(
+        4, "Score each user's last N training targets (--all-positions: every one)."
+    )
+    all_positions: bool = option(False, "Score every training target (overrides --positions).")
+    batch_size: int = option(16, "Prefixes per scoring batch.")
+    device: str = option("auto")
+    overwrite: bool = option(False)
 
     def __post_init__(self) -> None:
-        for name, flag in (("run", "--run RUN"), ("data", "--data DIR"), ("output", "--output SCORES")):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required ({flag})")
-        for name in ("top_k", "positions"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (or unset for all), got {value}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
-
-    prepare (the synthetic data unless ``data`` names a prepared directory) → SASRec → teacher →
-    export-logits → the distilled student. Each stage's full config is written to its own run
-    directory; run the stages one by one for every option.
-    """
-
-    output: str = ""
-    data: str | None = None
-    num_users: int = 1000
-    num_items: int = 500
-    llm: str = "tiny"
-    teacher: Literal["moe-lora", "e4srec"] = "moe-lora"
-    student_epochs: int = 30
-    teacher_epochs: int = 1
-    max_len: int = 50
-    teacher_max_len: int = 10
-    samples_per_user: int = 1
-    top_k: int = 100
-    kd: Literal["kl", "rank"] = "kl"
-    alpha: float = 0.5
-    temperature: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.output:
-            raise ValueError("output is required (--output DIR)")
-        for name in (
-            "num_users",
-            "num_items",
-            "student_epochs",
-            "teacher_epochs",
-            "max_len",
-            "teacher_max_len",
-            "samples_per_user",
-            "top_k",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for flag, key in (("full", "top_k"), ("all_positions", "positions")):
+            if getattr(self, flag):
+                object.__setattr__(self, key, None)
+        check(
+            self,
+            required={"run": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
+            at_least_one=("top_k", "positions", "batch_size"),
+        )

@@ -43,7 +43,7 @@ class E4SRecTeacher(nn.Module):
         self.register_buffer("item_table", item_embeddings.detach().clone())  # (N + 1, d), frozen
         self.placeholder_id = placeholder_id
         width = hidden_size(backbone)
-        self.input_proj = nn.Linear(item_embeddings.shape[1], width)
+        self.projector = nn.Linear(item_embeddings.shape[1], width)
         self.head = nn.Linear(width, item_embeddings.shape[0])
 
     def forward(self, prompts: Prompts, history: Tensor) -> Tensor:
@@ -61,7 +61,7 @@ class E4SRecTeacher(nn.Module):
         items = self.item_table[history[history != 0]]  # (S, d)
         if int(slots.sum()) != len(items):
             raise ValueError(f"{int(slots.sum())} slots for {len(items)} history items")
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.input_proj(items).to(embeds.dtype))
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.projector(items).to(embeds.dtype))
         out = self.backbone(
             inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids
         )

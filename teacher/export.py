@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from distill.data import Dataset
+from distill.dist import block, setup_device
 from distill.scores import ScoreWriter, refuse_existing
-from distill.training import block, log, progress, read_json, setup_device
+from distill.training import log, progress, read_json
 from teacher.config import ExportConfig
-from teacher.train import load_teacher
+from teacher.model import load_teacher
 
 
 @torch.no_grad()
@@ -32,11 +33,7 @@ def run(cfg: ExportConfig) -> dict:
     samples = data.prefix_samples(cfg.positions, teacher.max_len)
     manifest = {
         "teacher": {"kind": run_config["kind"], "run": str(Path(cfg.run).resolve())},
-        "dataset": {
-            "path": str(data.path.resolve()),
-            "fingerprint": data.fingerprint,
-            "num_items": data.num_items,
-        },
+        "dataset": data.identity(),
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
         "max_len": teacher.max_len,

@@ -24,38 +24,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill.config import from_dict, to_dict
+from distill.config import to_dict
 from distill.data import Dataset
+from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
-from distill.metrics import MASKING_NOTE, evaluate
 from distill.training import (
     EarlyStopping,
     Logger,
-    all_sum,
-    barrier,
+    finish_run,
     load_checkpoint,
     log,
-    loop_state,
     prepare_run_dir,
     progress,
-    read_json,
-    restore_loop_state,
-    save_checkpoint,
+    resume_run,
+    save_epoch,
     seed_everything,
-    setup_device,
-    shard,
-    world,
     write_json,
 )
-from student.sasrec import SASRec
-from student.train import check_dataset, load_run
-from teacher.backbone import add_special_tokens, load_backbone
+from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.e4srec import E4SRecTeacher
-from teacher.ilora import MoELoRATeacher
-from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, PromptBuilder
+from teacher.model import KINDS, build_teacher, evaluate_teacher, load_trainable, trainable_state
 
-KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 SELECT_ON = "ndcg@10"
 # Parameter groups by name: the learning rate of each is a config field.
 GROUPS = (
@@ -63,100 +52,8 @@ GROUPS = (
     ("projector.", "projector_lr"),
     ("gate.", "gate_lr"),
     ("head.", "head_lr"),
-    ("input_proj.", "head_lr"),
     ("sasrec.", "sasrec_lr"),
 )
-
-
-class Teacher:
-    """A teacher model with the prompt builder that feeds it: ``scores = teacher(history)``."""
-
-    def __init__(self, model: nn.Module, prompts: PromptBuilder, max_len: int, device: torch.device):
-        self.model, self.prompts, self.max_len, self.device = model, prompts, max_len, device
-
-    def __call__(self, history: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-        """``(B, L)`` left-padded histories (the last ``max_len`` are read) → ``(B, num_items + 1)``.
-
-        ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
-        """
-        history = history[:, -self.max_len :]
-        return (module or self.model)(self.prompts(history).to(self.device), history.to(self.device))
-
-
-def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device: torch.device) -> Teacher:
-    """Load the backbone and wrap it as the configured teacher (fresh adapters and heads)."""
-    backbone, tokenizer = load_backbone(cfg.llm, layers=cfg.llm_layers, dtype=cfg.dtype)
-    [placeholder] = add_special_tokens(backbone, tokenizer, [HISTORY_TOKEN])
-    lora = {
-        "r": cfg.r,
-        "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": cfg.lora_dropout,
-        "target_modules": tuple(cfg.target_modules),
-    }
-    if cfg.teacher == "moe-lora":
-        model = MoELoRATeacher(
-            backbone,
-            sasrec,
-            placeholder_id=placeholder,
-            experts=cfg.experts,
-            train_sasrec=cfg.train_sasrec,
-            **lora,
-        )
-        titles = [None] + [data.title(i) for i in range(1, data.num_items + 1)]
-        use_titles = cfg.titles and data.has_titles
-        prompts = PromptBuilder(tokenizer, placeholder, MOE_LORA_PROMPT, titles if use_titles else None)
-    else:
-        model = E4SRecTeacher(backbone, sasrec.item_embeddings(), placeholder_id=placeholder, **lora)
-        prompts = PromptBuilder(tokenizer, placeholder, E4SREC_PROMPT)
-    return Teacher(model.to(device), prompts, cfg.max_len, device)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a teacher checkpoint holds: the parameters that train."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> Teacher:
-    """The best-validation teacher of a ``teacher-train`` run, checked against ``data``."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "teacher run")
-    if config.get("kind") not in KINDS.values():
-        raise DistillError(f"{run_dir} is not a teacher run (kind {config.get('kind')!r})")
-    check_dataset(config, data, run_dir)
-    cfg = from_dict(TeacherTrainConfig, config["train"], f"{run_dir}/config.json")
-    weights, _, _ = load_checkpoint(run_dir / "best")
-    teacher = build_teacher(cfg, data, load_run(config["sasrec_run"], data), torch.device(device))
-    _load_trainable(teacher.model, weights, run_dir / "best")
-    teacher.model.eval()
-    return teacher
-
-
-def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
-    own = trainable_state(model)
-    missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
-    if missing or unexpected:
-        raise DistillError(
-            f"checkpoint {where} does not fit its config: {len(missing)} missing weights "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    with torch.no_grad():
-        for name, value in weights.items():
-            if own[name].shape != value.shape:
-                raise DistillError(
-                    f"checkpoint {where}: {name} has shape {tuple(value.shape)}, "
-                    f"the model expects {tuple(own[name].shape)}"
-                )
-            own[name].copy_(value)
-
-
-def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: int, users=None) -> dict:
-    """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all; each rank
-    of a multi-process job scores its share)."""
-    teacher.model.eval()
-    users = shard(data.eval_users() if users is None else users)
-    return evaluate(
-        lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.max_len, users)
-    )
 
 
 def run(cfg: TeacherTrainConfig) -> dict:
@@ -186,7 +83,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
         weight_decay=cfg.weight_decay,
     )
-    samples = data.prefix_samples(cfg.samples_per_user, cfg.max_len)
+    samples = data.prefix_samples(cfg.positions, cfg.max_len)
     histories, targets = samples.histories, samples.targets
     if len(targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
@@ -207,27 +104,22 @@ def run(cfg: TeacherTrainConfig) -> dict:
         valid_users = np.sort(valid_users[pick.numpy()])
     run_config = {
         "kind": KINDS[cfg.teacher],
-        "dataset": {
-            "path": str(data.path.resolve()),
-            "fingerprint": data.fingerprint,
-            "num_items": data.num_items,
-        },
+        "dataset": data.identity(),
         "sasrec_run": str(Path(cfg.sasrec).resolve()),
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),
     }
     first_epoch, history = 1, []
     if cfg.resume:
-        weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
-        if saved.get("dataset") != run_config["dataset"] or saved.get("kind") != run_config["kind"]:
-            raise DistillError(
-                f"cannot resume {run_dir}: it holds a {saved.get('kind')} run on another dataset or teacher"
-            )
-        _load_trainable(model, weights, run_dir / "last")
-        first_epoch, history = restore_loop_state(
-            state, stopper, shuffle, optimizer=optimizer, scheduler=scheduler
+        first_epoch, history = resume_run(
+            run_dir,
+            run_config,
+            lambda weights: load_trainable(model, weights, run_dir / "last"),
+            stopper,
+            shuffle,
+            optimizer=optimizer,
+            scheduler=scheduler,
         )
-        log(f"resuming {run_dir} after epoch {state['epoch']}")
     write_json(run_dir / "config.json", run_config)
     log(
         f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
@@ -278,39 +170,31 @@ def run(cfg: TeacherTrainConfig) -> dict:
             f"({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)  "
             f"valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
         )
-        if stopper.step(valid[SELECT_ON], epoch):
-            save_checkpoint(run_dir / "best", trainable_state(model), run_config)
+        record = {
+            "epoch": epoch,
+            "seconds": seconds,
+            **stats,
+            **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")},
+        }
+        weights = trainable_state(model)
+        stateful = {"optimizer": optimizer, "scheduler": scheduler}
+        if save_epoch(
+            run_dir, weights, run_config, record, history, stopper, shuffle, valid[SELECT_ON], **stateful
+        ):
             line += "  (best)"
-        history.append(
-            {
-                "epoch": epoch,
-                "seconds": seconds,
-                **stats,
-                **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")},
-            }
-        )
-        save_checkpoint(
-            run_dir / "last",
-            trainable_state(model),
-            run_config,
-            loop_state(epoch, history, stopper, shuffle, optimizer=optimizer, scheduler=scheduler),
-        )
         log(line)
     logger.close()
 
     barrier()  # rank 0 has written the best checkpoint
     best_weights, _, _ = load_checkpoint(run_dir / "best")
-    _load_trainable(model, best_weights, run_dir / "best")
-    results = {
-        "best_epoch": stopper.best_epoch,
-        "selected_on": f"valid {SELECT_ON}" + (f" ({len(valid_users)} users)" if cfg.eval_users else ""),
-        "valid": evaluate_teacher(teacher, data, "valid", cfg.eval_batch_size),
-        "test": evaluate_teacher(teacher, data, "test", cfg.eval_batch_size),
-        "ranking": MASKING_NOTE,
-        "history": history,
-    }
-    write_json(run_dir / "metrics.json", results)
-    return results
+    load_trainable(model, best_weights, run_dir / "best")
+    return finish_run(
+        run_dir,
+        stopper,
+        f"valid {SELECT_ON}" + (f" ({len(valid_users)} users)" if cfg.eval_users else ""),
+        lambda split: evaluate_teacher(teacher, data, split, cfg.eval_batch_size),
+        history,
+    )
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -61,7 +61,7 @@ def teacher_run(setup):
         str(run),
         "--epochs",
         "1",
-        "--samples-per-user",
+        "--positions",
         "1",
         "--max-len",
         "5",

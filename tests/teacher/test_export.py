@@ -10,7 +10,7 @@ from distill.config import PrepareConfig
 from distill.data import Dataset
 from distill.prepare import run as prepare
 from distill.scores import read_scores
-from teacher.train import load_teacher
+from teacher.model import load_teacher
 
 
 def export(setup, teacher_run, out, *extra):

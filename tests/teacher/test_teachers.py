@@ -11,15 +11,15 @@ from distill.config import PrepareConfig, to_dict
 from distill.data import Dataset
 from distill.prepare import run as prepare
 from distill.training import save_checkpoint, write_json
-from student.train import load_run
+from student.run import load_run
 from teacher.config import TeacherTrainConfig
+from teacher.model import build_teacher, load_teacher, trainable_state
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT
-from teacher.train import build_teacher, load_teacher, trainable_state
 
 TINY_TEACHER = [
     "--epochs",
     "1",
-    "--samples-per-user",
+    "--positions",
     "1",
     "--max-len",
     "5",
@@ -110,7 +110,7 @@ def test_titles_precede_their_slots(setup):
     [
         ({"teacher": "moe-lora"}, {"lora_", "projector.", "gate."}),
         ({"teacher": "moe-lora", "train_sasrec": True}, {"lora_", "projector.", "gate.", "sasrec."}),
-        ({"teacher": "e4srec"}, {"lora_", "input_proj.", "head."}),
+        ({"teacher": "e4srec"}, {"lora_", "projector.", "head."}),
     ],
 )
 def test_only_adapters_and_new_modules_get_gradients(setup, changes, expected):

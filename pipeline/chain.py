@@ -1,7 +1,7 @@
 """``distill pipeline``: the whole pipeline, stage after stage, with a summary table at the end.
 
-It lives in ``teacher/`` because it is the one place allowed to see both sides (teacher imports
-student and distill, never the reverse); each stage is the same ``run(cfg)`` its own command calls.
+It sits above the stages (``pipeline → teacher, student, distill``): each stage is the same
+``run(cfg)`` its own command calls.
 
 ```
 OUT/data         the dataset directory (unless --data names one)
@@ -23,9 +23,10 @@ from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE, format_table
 from distill.prepare import run as prepare
 from distill.training import log
+from pipeline.config import PipelineConfig
 from student.config import StudentTrainConfig
 from student.train import run as train_student
-from teacher.config import ExportConfig, PipelineConfig, TeacherTrainConfig
+from teacher.config import ExportConfig, TeacherTrainConfig
 from teacher.export import run as export_logits
 from teacher.train import run as train_teacher
 
@@ -73,7 +74,7 @@ def run(cfg: PipelineConfig) -> dict[str, dict]:
             llm=cfg.llm,
             epochs=cfg.teacher_epochs,
             max_len=cfg.teacher_max_len,
-            samples_per_user=cfg.samples_per_user,
+            positions=cfg.positions,
             batch_size=16,
             seed=cfg.seed,
             device=cfg.device,
@@ -86,7 +87,7 @@ def run(cfg: PipelineConfig) -> dict[str, dict]:
             data=data,
             output=str(out / "scores"),
             top_k=cfg.top_k,
-            positions=cfg.samples_per_user,
+            positions=cfg.positions,
             device=cfg.device,
             overwrite=True,
         )
@@ -102,6 +103,11 @@ def run(cfg: PipelineConfig) -> dict[str, dict]:
             **student,
         )
     )
-    table = format_table({name: r["test"] for name, r in results.items()}, label="model (test)")
-    (out / "summary.md").write_text(f"# distill pipeline: {out}\n\n{MASKING_NOTE}\n\n```\n{table}\n```\n")
+    (out / "summary.md").write_text(f"# distill pipeline: {out}\n\n```\n{summary(results)}\n```\n")
     return results
+
+
+def summary(results: dict[str, dict]) -> str:
+    """The test metrics of every model of a pipeline, side by side: what it prints and saves."""
+    table = format_table({name: r["test"] for name, r in results.items()}, label="model")
+    return f"test metrics ({MASKING_NOTE}):\n{table}"

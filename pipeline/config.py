@@ -1,0 +1,67 @@
+"""Typed configs of the commands above the stages: ``pipeline`` and ``evaluate`` (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from distill.config import check, option
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
+
+    prepare (the synthetic data unless ``data`` names a prepared directory) → SASRec → teacher →
+    export-logits → the distilled student. Each stage's full config is written to its own run
+    directory; run the stages one by one for every option.
+    """
+
+    output: str = option("", "Directory for every stage's output.", "--output", "-o")
+    data: str | None = option(None, "A prepared dataset directory (default: the synthetic data).")
+    num_users: int = option(1000, "Synthetic data: number of users.")
+    num_items: int = option(500, "Synthetic data: number of items.")
+    llm: str = option("tiny", "Teacher backbone: 'tiny', a .gguf file, a model directory or a hub id.")
+    teacher: Literal["moe-lora", "e4srec"] = option("moe-lora", "Teacher kind.")
+    student_epochs: int = option(30, "Maximum epochs of each student.")
+    teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
+    max_len: int = 50
+    teacher_max_len: int = 10
+    positions: int = 1
+    top_k: int = 100
+    kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
+    alpha: float = option(0.5, "Loss = (1 - alpha) * CE(labels) + alpha * KD.")
+    temperature: float = 1.0
+    seed: int = option(0, "Random seed of every stage.")
+    device: str = option("auto")
+    overwrite: bool = option(False, "Replace the runs of an earlier pipeline.")
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            required={"output": "--output DIR"},
+            at_least_one=(
+                "num_users",
+                "num_items",
+                "student_epochs",
+                "teacher_epochs",
+                "max_len",
+                "teacher_max_len",
+                "positions",
+                "top_k",
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``distill evaluate``: full-ranking metrics of a saved run (a student or either teacher)."""
+
+    run: str = option("", "A run directory (student or teacher).")
+    data: str = option("", "The dataset directory the run was trained on.")
+    split: Literal["valid", "test", "both"] = option("both", "Which held-out target to rank.")
+    batch_size: int = option(256, "Users per scoring batch.")
+    device: str = option("auto")
+
+    def __post_init__(self) -> None:
+        check(self, required={"run": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
