@@ -22,6 +22,7 @@ from distill import synthetic
 from distill.config import PrepareConfig, to_dict
 from distill.data import FORMAT_VERSION
 from distill.errors import DistillError
+from distill.outputs import claim
 
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
 ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
@@ -35,10 +36,7 @@ def run(cfg: PrepareConfig) -> dict:
         The ``meta.json`` content (also written to the directory).
     """
     out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"output {out} exists and is not a directory")
-    if out.exists() and not cfg.overwrite:
-        raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+    claim(out, kind="dataset", overwrite=cfg.overwrite, what="output directory")
 
     titles = None
     if cfg.synthetic:
@@ -381,8 +379,7 @@ def _write_atomically(
         items.write_parquet(tmp / "items.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
-            if not overwrite:
-                raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+            claim(out, kind="dataset", overwrite=overwrite, what="output directory")  # still ours?
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
             tmp.rename(out)

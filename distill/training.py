@@ -38,6 +38,7 @@ from distill.data import Dataset
 from distill.dist import barrier, is_main_process
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE
+from distill.outputs import claim, clean_stale, kind_of, remove_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -82,30 +83,59 @@ def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> No
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
     """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
 
+    A directory a run left without a checkpoint (killed or failed before its first epoch ended) is
+    started afresh without ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
+    :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
     Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
     """
     run = Path(path)
-    clear = False
-    if run.exists() and any(run.iterdir()):
-        if resume:
-            if not (run / "last" / STATE).is_file():
-                raise DistillError(f"cannot resume: {run} has no checkpoint at {run / 'last'}")
-            return run
-        if not overwrite:
+    checkpoint = (run / "last" / STATE).is_file() or (run / "best" / WEIGHTS).is_file()
+    if is_main_process():
+        clean_stale(run)
+    if resume:
+        if not run.is_dir() or not any(run.iterdir()):
+            state = "is empty" if run.is_dir() else "does not exist"
+            raise DistillError(f"cannot resume: run directory {run} {state}")
+        if not (run / "last" / STATE).is_file():
             raise DistillError(
-                f"run directory {run} already exists (use --resume to continue it, or another --output)"
+                f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
+                "to start it afresh)"
             )
-        clear = True
-    elif resume:
-        state = "is empty" if run.exists() else "does not exist"
-        raise DistillError(f"cannot resume: run directory {run} {state}")
+        return run
+    restart = not checkpoint and kind_of(run) == "run"
+    clear = claim(
+        run,
+        kind="run",
+        overwrite=overwrite or restart,
+        what="run directory",
+        hint="use --resume to continue it, or --overwrite to replace it",
+    )
+    if clear and restart and not overwrite:
+        log(f"{run} holds no checkpoint (its run stopped before an epoch ended): starting it afresh")
     barrier()  # every rank has looked before rank 0 changes anything
     if is_main_process():
         if clear:
-            shutil.rmtree(run)
+            remove_dir(run)
         run.mkdir(parents=True, exist_ok=True)
     barrier()
     return run
+
+
+def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
+    """Stop a run whose training loss became NaN or infinite, before the step that would carry it into
+    the weights: one line naming the epoch and step; the checkpoint of the last finished epoch stays."""
+    value = loss.item()
+    if math.isfinite(value):
+        return
+    kept = (
+        f"{run_dir / 'last'} keeps epoch {epoch - 1} (--resume continues from it)"
+        if (run_dir / "last" / STATE).is_file()
+        else "no epoch had finished, so there is no checkpoint"
+    )
+    raise DistillError(
+        f"training loss is {value} at epoch {epoch}, step {step}: stopped {run_dir}; {kept}. "
+        "A lower --lr usually helps"
+    )
 
 
 def save_checkpoint(

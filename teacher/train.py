@@ -31,6 +31,7 @@ from distill.errors import DistillError
 from distill.training import (
     EarlyStopping,
     Logger,
+    check_loss,
     finish_run,
     load_checkpoint,
     log,
@@ -61,7 +62,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
     device = setup_device(cfg.device)
-    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
+    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, data, sasrec.to(device), device)
     model = teacher.model
@@ -146,6 +147,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
                 with contextlib.nullcontext() if syncing else net.no_sync():
                     scores = teacher(torch.from_numpy(histories[idx]), net)  # (B, N + 1)
                     loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(targets[idx] - 1).to(device))
+                    check_loss(loss, epoch, micro, run_dir)
                     (loss / cfg.grad_accum).backward()
                 if stepping:
                     optimizer.step()
