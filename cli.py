@@ -9,6 +9,7 @@ the field it sets; options that several commands share are worded once, in :data
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import os
 import types
@@ -40,6 +41,33 @@ SHARED: dict[str, tuple[tuple[str, ...], str]] = {
     "resume": (("--resume",), "Continue the run in --output from its last epoch."),
     "overwrite": (("--overwrite",), "Replace an existing output that distill wrote."),
 }
+
+
+# Errors of the machine rather than of distill (no permission, a full or read-only disk, a path through a
+# file): one line naming the path, never a traceback.
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EEXIST,
+    errno.ENOTEMPTY,
+}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (torch raises RuntimeError subclasses; Python MemoryError)."""
+    text = str(e)
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
 
 
 def _click_type(cls: type, key: str) -> dict[str, Any]:
@@ -91,6 +119,18 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
                 return fn(resolve(cls, file=config_file, sets=sets, options=options), **extra)
             except DistillError as e:
                 raise click.ClickException(str(e)) from None
+            except OSError as e:
+                if e.errno not in ENVIRONMENT_ERRNOS:
+                    raise
+                where = f"{e.filename}: " if e.filename else ""
+                raise click.ClickException(f"cannot write or read {where}{e.strerror}") from None
+            except (MemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise click.ClickException(
+                    f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"
+                ) from None
 
         for field in reversed(dataclasses.fields(cls)):
             if "help" in field.metadata:

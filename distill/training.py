@@ -61,13 +61,19 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file, bad JSON or another JSON value is a DistillError."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DistillError(f"{what}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise DistillError(f"{what}: {path} is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{what}: {path} is not a JSON object (it holds a {type(data).__name__})")
+    return data
 
 
 def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
@@ -266,12 +272,25 @@ def save_epoch(
     ``RUN/last`` gets the weights with what ``--resume`` needs. Returns whether the epoch is a new best.
     """
     best = selected is not None and stopper.step(selected, record["epoch"])
+    config = {**run_config, "epoch": record["epoch"]}
     if best:
-        save_checkpoint(run_dir / "best", weights, run_config)
+        save_checkpoint(run_dir / "best", weights, config)
     history.append(record)
     state = loop_state(record["epoch"], history, stopper, shuffle, **stateful)
-    save_checkpoint(run_dir / "last", weights, run_config, state)
+    save_checkpoint(run_dir / "last", weights, config, state)
     return best
+
+
+def warn_if_unfinished(run_dir: Path, best_config: Mapping[str, Any]) -> None:
+    """Say so when a run being used has no ``metrics.json`` (killed, failed or still training), and which
+    epoch its best checkpoint (``best_config``, that checkpoint's config) is from."""
+    if (Path(run_dir) / "metrics.json").is_file():
+        return
+    epoch = best_config.get("epoch")
+    log(
+        f"warning: {run_dir} is unfinished (no metrics.json): using its best checkpoint so far, "
+        + (f"from epoch {epoch}" if epoch is not None else "of an unknown epoch")
+    )
 
 
 def finish_run(

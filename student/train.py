@@ -47,12 +47,12 @@ def run(cfg: StudentTrainConfig) -> dict:
     data = Dataset(cfg.data)
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     device = setup_device(cfg.device)
-    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
     rank, ranks = world()
 
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
+    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)  # once the model fits
     net = model
     if ranks > 1:
         net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights

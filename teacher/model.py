@@ -17,7 +17,7 @@ from distill.data import Dataset
 from distill.dist import shard
 from distill.errors import DistillError
 from distill.metrics import evaluate
-from distill.training import check_dataset, load_checkpoint, read_json
+from distill.training import check_dataset, load_checkpoint, read_json, warn_if_unfinished
 from student.run import load_run
 from student.sasrec import SASRec
 from teacher.backbone import add_special_tokens, load_backbone
@@ -73,6 +73,17 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
     return Teacher(model.to(device), prompts, cfg.max_len, device)
 
 
+def check_sasrec_fits(cfg: TeacherTrainConfig, sasrec: SASRec) -> None:
+    """The MoE-LoRA teacher feeds its history through SASRec: it cannot read more items than SASRec was
+    built for (checked before a run directory is written)."""
+    if cfg.teacher == "moe-lora" and cfg.max_len > sasrec.config.max_len:
+        raise DistillError(
+            f"--max-len {cfg.max_len} is longer than the {sasrec.config.max_len} items the SASRec run "
+            f"{cfg.sasrec} reads; the MoE-LoRA teacher reads its history through it (use --max-len "
+            f"{sasrec.config.max_len} or less)"
+        )
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a teacher checkpoint holds: the parameters that train."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -86,7 +97,8 @@ def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
         raise DistillError(f"{run_dir} is not a teacher run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
     cfg = from_dict(TeacherTrainConfig, config["train"], f"{run_dir}/config.json")
-    weights, _, _ = load_checkpoint(run_dir / "best")
+    weights, best_config, _ = load_checkpoint(run_dir / "best")
+    warn_if_unfinished(run_dir, best_config)
     teacher = build_teacher(cfg, data, load_run(config["sasrec_run"], data), torch.device(device))
     load_trainable(teacher.model, weights, run_dir / "best")
     teacher.model.eval()

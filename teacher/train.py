@@ -44,7 +44,14 @@ from distill.training import (
 )
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.model import KINDS, build_teacher, evaluate_teacher, load_trainable, trainable_state
+from teacher.model import (
+    KINDS,
+    build_teacher,
+    check_sasrec_fits,
+    evaluate_teacher,
+    load_trainable,
+    trainable_state,
+)
 
 SELECT_ON = "ndcg@10"
 # Parameter groups by name: the learning rate of each is a config field.
@@ -61,6 +68,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
+    check_sasrec_fits(cfg, sasrec)
     device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
