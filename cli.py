@@ -8,6 +8,7 @@ the field it sets; options that several commands share are worded once, in :data
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -57,6 +58,13 @@ ENVIRONMENT_ERRNOS = {
     errno.EEXIST,
     errno.ENOTEMPTY,
 }
+
+
+def _remove_if_empty(output: str | None, fresh: bool) -> None:
+    """A failed command leaves nothing behind: the output directory it created, if still empty, goes."""
+    if fresh and output is not None:
+        with contextlib.suppress(OSError):  # another rank may have removed it, or written into it
+            os.rmdir(output)
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -110,23 +118,30 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
             names = {f.name for f in dataclasses.fields(cls)}
             extra = {k: options.pop(k) for k in list(options) if k not in names}
             options = {k: v for k, v in options.items() if v != ()}  # no INPUTS: the config's stand
+            output, fresh = None, False
             try:
                 if single_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                     raise DistillError(
                         f"`distill {click.get_current_context().info_name}` runs in one process; only "
                         "student-train, teacher-train and export-logits run under torchrun"
                     )
-                return fn(resolve(cls, file=config_file, sets=sets, options=options), **extra)
+                cfg = resolve(cls, file=config_file, sets=sets, options=options)
+                output = getattr(cfg, "output", None) or None
+                fresh = output is not None and not os.path.lexists(output)
+                return fn(cfg, **extra)
             except DistillError as e:
+                _remove_if_empty(output, fresh)
                 raise click.ClickException(str(e)) from None
             except OSError as e:
                 if e.errno not in ENVIRONMENT_ERRNOS:
                     raise
+                _remove_if_empty(output, fresh)
                 where = f"{e.filename}: " if e.filename else ""
                 raise click.ClickException(f"cannot write or read {where}{e.strerror}") from None
             except (MemoryError, RuntimeError) as e:
                 if not _out_of_memory(e):
                     raise
+                _remove_if_empty(output, fresh)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise click.ClickException(
                     f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"

@@ -157,6 +157,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if state is not None:
         torch.save(_to_cpu(state), tmp / STATE)
@@ -165,6 +166,13 @@ def save_checkpoint(
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(

@@ -6,12 +6,22 @@ the last hidden state goes through ``Linear(hidden, num_items + 1)``.
 
 from __future__ import annotations
 
+import warnings
+
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from teacher.backbone import hidden_size
 from teacher.prompts import Prompts
+
+
+def peft_lora(backbone: PreTrainedModel, lora: LoraConfig) -> nn.Module:
+    """``get_peft_model`` without the FutureWarning it triggers on transformers 5: peft reads the
+    deprecated ``is_gradient_checkpointing`` property (nothing here checkpoints activations)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(backbone, lora)
 
 
 class E4SRecTeacher(nn.Module):
@@ -39,7 +49,7 @@ class E4SRecTeacher(nn.Module):
         lora = LoraConfig(
             r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
         )
-        self.backbone = get_peft_model(backbone, lora)
+        self.backbone = peft_lora(backbone, lora)
         self.register_buffer("item_table", item_embeddings.detach().clone())  # (N + 1, d), frozen
         self.placeholder_id = placeholder_id
         width = hidden_size(backbone)

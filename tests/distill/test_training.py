@@ -242,3 +242,15 @@ def test_a_stray_rank_variable_outside_a_job_still_writes(tmp_path, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "4")  # rank 3 of a 4-process job: not the writer
     training.write_json(tmp_path / "b.json", {"x": 1})
     assert not (tmp_path / "b.json").exists()
+
+
+def test_weights_are_written_with_the_permissions_of_every_other_file(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, {"kind": "student"})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"model.safetensors": 0o640, "config.json": 0o640}
