@@ -55,7 +55,8 @@ def run(cfg: PrepareConfig) -> dict:
         fmt = cfg.format
         if fmt == "auto":
             fmt, why = _detect(paths[0])
-            log(f"{paths[0]}: read as --format {fmt} ({why}); set --format to choose another")
+            if not why.startswith("the extension"):  # a guess from the content: say what it rests on
+                log(f"{paths[0]}: read as --format {fmt} ({why}); set --format to choose another")
         frames = [read_interactions(p, fmt, cfg) for p in paths]
         frame = pl.concat(frames, how="vertical_relaxed").with_row_index("row")
         if frame.height == 0:
