@@ -289,12 +289,16 @@ def save_epoch(
     return best
 
 
-def warn_if_unfinished(run_dir: Path, best_config: Mapping[str, Any]) -> None:
-    """Say so when a run being used has no ``metrics.json`` (killed, failed or still training), and which
-    epoch its best checkpoint (``best_config``, that checkpoint's config) is from."""
-    if (Path(run_dir) / "metrics.json").is_file():
+def warn_if_unfinished(run_dir: str | Path) -> None:
+    """Say so when a run about to be used has no ``metrics.json`` (killed, failed or still training),
+    and which epoch its best checkpoint is from."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
         return
-    epoch = best_config.get("epoch")
+    try:
+        epoch = json.loads((run_dir / "best" / CONFIG).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        epoch = None
     log(
         f"warning: {run_dir} is unfinished (no metrics.json): using its best checkpoint so far, "
         + (f"from epoch {epoch}" if epoch is not None else "of an unknown epoch")

@@ -15,7 +15,7 @@ from distill.data import Dataset
 from distill.dist import shard
 from distill.errors import DistillError
 from distill.metrics import evaluate
-from distill.training import check_dataset, load_checkpoint, read_json, warn_if_unfinished
+from distill.training import check_dataset, load_checkpoint, read_json
 from student.config import SASRecConfig
 from student.sasrec import SASRec
 
@@ -29,8 +29,7 @@ def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "c
     if config.get("kind") != KIND:
         raise DistillError(f"{run_dir} is not a student run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
-    weights, best_config, _ = load_checkpoint(run_dir / "best")
-    warn_if_unfinished(run_dir, best_config)
+    weights, _, _ = load_checkpoint(run_dir / "best")
     model_config = config.get("model")
     if not isinstance(model_config, dict):
         raise DistillError(f"{run_dir / 'config.json'}: 'model' is not a table of SASRec settings")

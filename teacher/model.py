@@ -73,9 +73,11 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
     return Teacher(model.to(device), prompts, cfg.max_len, device)
 
 
-def check_sasrec_fits(cfg: TeacherTrainConfig, sasrec: SASRec) -> None:
-    """The MoE-LoRA teacher feeds its history through SASRec: it cannot read more items than SASRec was
-    built for (checked before a run directory is written)."""
+def check_sasrec(cfg: TeacherTrainConfig, sasrec: SASRec) -> None:
+    """What teacher-train checks of its SASRec run before writing anything: a warning when the run is
+    unfinished, and an error when the MoE-LoRA teacher, which reads its history through SASRec, would
+    read more items than SASRec was built for."""
+    warn_if_unfinished(cfg.sasrec)
     if cfg.teacher == "moe-lora" and cfg.max_len > sasrec.config.max_len:
         raise DistillError(
             f"--max-len {cfg.max_len} is longer than the {sasrec.config.max_len} items the SASRec run "
@@ -97,8 +99,8 @@ def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
         raise DistillError(f"{run_dir} is not a teacher run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
     cfg = from_dict(TeacherTrainConfig, config["train"], f"{run_dir}/config.json")
-    weights, best_config, _ = load_checkpoint(run_dir / "best")
-    warn_if_unfinished(run_dir, best_config)
+    weights, _, _ = load_checkpoint(run_dir / "best")
+    warn_if_unfinished(run_dir)
     teacher = build_teacher(cfg, data, load_run(config["sasrec_run"], data), torch.device(device))
     load_trainable(teacher.model, weights, run_dir / "best")
     teacher.model.eval()

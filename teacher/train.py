@@ -47,7 +47,7 @@ from teacher.config import TeacherTrainConfig
 from teacher.model import (
     KINDS,
     build_teacher,
-    check_sasrec_fits,
+    check_sasrec,
     evaluate_teacher,
     load_trainable,
     trainable_state,
@@ -68,7 +68,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
-    check_sasrec_fits(cfg, sasrec)
+    check_sasrec(cfg, sasrec)
     device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)

@@ -32,7 +32,8 @@ def one_line_error(result, *fragments):
 @pytest.fixture(scope="module")
 def student_run(synthetic_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("hostile") / "sasrec"
-    assert invoke("student-train", "--data", synthetic_dataset, "-o", run, *STUDENT).exit_code == 0
+    result = invoke("student-train", "--data", synthetic_dataset, "-o", run, *STUDENT)
+    assert result.exit_code == 0 and "unfinished" not in result.output, result.output  # its own last load
     return run
 
 
@@ -189,3 +190,17 @@ def test_an_unfinished_run_is_used_with_a_warning(synthetic_dataset, student_run
     )
     result = invoke("evaluate", "--run", student_run, "--data", synthetic_dataset, "--split", "test")
     assert "unfinished" not in result.output
+    result = invoke(
+        "teacher-train",
+        "--data",
+        synthetic_dataset,
+        "--sasrec",
+        run,
+        "--output",
+        tmp_path / "t",
+        "--max-len",
+        9,
+        "--device",
+        "cpu",
+    )
+    assert result.output.startswith(f"warning: {run} is unfinished") and "Error: --max-len 9" in result.output
