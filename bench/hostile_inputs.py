@@ -137,7 +137,8 @@ CASES: list[tuple[str, str, str | None, dict[str, str]]] = [
     ("unfinished run", "evaluate --run unfinished --data data --split test", None, {}),
     (
         "unfinished run",
-        "teacher-train --data data --sasrec unfinished --output r10 --max-len 5 --device cpu --epochs 1 --positions 1",
+        "teacher-train --data data --sasrec unfinished --output r10 --max-len 5 --device cpu --epochs 1 "
+        "--positions 1",
         None,
         {},
     ),
@@ -207,9 +208,8 @@ def main_() -> None:
         for what, line, output, env in CASES:
             code, text, seconds = run_case(line, env, args.subprocess)
             lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-            shown = next(
-                (ln for ln in lines if ln.startswith(("Error", "warning"))), lines[-1] if lines else ""
-            )
+            notes = ("Error", "warning", "starting it afresh", "read as --format")
+            shown = next((ln for ln in lines if any(n in ln for n in notes)), lines[-1] if lines else "")
             traceback = "Traceback" in text
             left = leftovers() + ([output] if code != 0 and output and Path(output).exists() else [])
             foreign = all(Path(n).is_file() and Path(n).read_text() == t for n, t in FOREIGN.items())

@@ -45,6 +45,9 @@ def test_prepare_overwrite_keeps_unrelated_files(tmp_path):
         invoke("prepare", "--synthetic", "-o", out, "--overwrite"), "not a dataset written by distill"
     )
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    (out / "data").mkdir()  # a stage's name does not make a directory a pipeline output
+    one_line_error(invoke("pipeline", "-o", out, "--overwrite"), "not a pipeline output written by distill")
+    assert sorted(p.name for p in out.iterdir()) == ["data", "thesis.tex"]
 
 
 @pytest.mark.parametrize("command", ["student-train", "teacher-train", "pipeline", "prepare"])
