@@ -7,8 +7,9 @@ directory that distill recognisably wrote, and only one of the kind the command 
 - a dataset: ``meta.json`` with a ``format_version`` and a ``fingerprint``;
 - a score directory: ``manifest.json`` with a ``format_version`` and its ``shards``;
 - a run: ``config.json`` with one of the run kinds of :data:`RUN_KINDS`;
-- a pipeline output: nothing but the stage directories (each one of the above, or empty) and
-  ``summary.md``.
+- a pipeline output: stage directories (``data``, ``sasrec``, ``teacher``, ``scores``, ``distilled``),
+  each of its kind above or empty, at least one not empty. Its other files are kept: ``distill
+  pipeline --overwrite`` replaces its stages (and its own ``summary.md``) only.
 
 Anything else (a regular file, a directory of someone's files, a run where a dataset is expected) is
 refused with one line naming the path and why; nothing is deleted. Writers build their output under
@@ -31,8 +32,14 @@ from distill.errors import DistillError
 
 # The ``kind`` of a run's config.json (student.run.KIND and teacher.model.KINDS; tests keep them equal).
 RUN_KINDS = ("student", "teacher-moe-lora", "teacher-e4srec")
-# What ``distill pipeline`` writes into its output directory.
-PIPELINE_STAGES = ("data", "sasrec", "teacher", "scores", "distilled")
+# What ``distill pipeline`` writes into its output directory: each stage's directory and its kind.
+PIPELINE_STAGES = {
+    "data": "dataset",
+    "sasrec": "run",
+    "teacher": "run",
+    "scores": "scores",
+    "distilled": "run",
+}
 PIPELINE_SUMMARY = "summary.md"
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
@@ -60,11 +67,9 @@ def kind_of(path: str | Path) -> str | None:
     config = _json_object(path / "config.json")
     if config is not None and config.get("kind") in RUN_KINDS:
         return "run"
-    entries = [p for p in path.iterdir() if not _TEMP.match(p.name)]
-    if entries and all(
-        (p.name == PIPELINE_SUMMARY and p.is_file())
-        or (p.name in PIPELINE_STAGES and (kind_of(p) is not None or _is_empty_dir(p)))
-        for p in entries
+    stages = {name: kind_of(path / name) for name in PIPELINE_STAGES if (path / name).exists()}
+    if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and all(
+        kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items()
     ):
         return "pipeline"
     return None
@@ -75,7 +80,7 @@ _RECOGNISED_BY = {
     "dataset": "meta.json with a format_version and a fingerprint",
     "scores": "manifest.json with a format_version and shards",
     "run": "config.json with a run kind",
-    "pipeline": f"only {', '.join(PIPELINE_STAGES)} and {PIPELINE_SUMMARY}",
+    "pipeline": f"stage directories ({', '.join(PIPELINE_STAGES)}) that distill wrote",
 }
 
 

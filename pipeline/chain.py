@@ -29,19 +29,22 @@ from teacher.config import ExportConfig, TeacherTrainConfig
 from teacher.export import run as export_logits
 from teacher.train import run as train_teacher
 
-STAGES = PIPELINE_STAGES
+STAGES = tuple(PIPELINE_STAGES)
 
 
 def run(cfg: PipelineConfig) -> dict[str, dict]:
     """Run every stage; returns the test metrics of the baseline, the teacher and the distilled student."""
     out = Path(cfg.output)
     if claim(out, kind="pipeline", overwrite=cfg.overwrite, what="pipeline output"):
-        # Every entry is a stage distill wrote (claim checked); a dataset given with --data stays.
+        # Every stage there is one distill wrote (claim checked); other files and a dataset given with
+        # --data stay.
         mine = STAGES if cfg.data is None else STAGES[1:]
         for name in mine:
             if (out / name).exists():
                 remove_dir(out / name)
-        (out / PIPELINE_SUMMARY).unlink(missing_ok=True)
+        summary_file = out / PIPELINE_SUMMARY
+        if summary_file.is_file() and summary_file.read_text().startswith("# distill pipeline:"):
+            summary_file.unlink()
     data = cfg.data
     if data is None:
         data = str(out / "data")

@@ -49,6 +49,10 @@ def test_foreign_directories_are_not_ours(tmp_path, files):
 
 def test_pipeline_with_a_foreign_stage_is_not_ours(tmp_path):
     (tmp_path / "data").mkdir()
+    assert kind_of(tmp_path) is None  # only empty stages: nothing says distill wrote it
+    (tmp_path / "sasrec").mkdir()
+    (tmp_path / "sasrec" / "config.json").write_text(json.dumps({"kind": "student"}))
+    assert kind_of(tmp_path) == "pipeline"
     (tmp_path / "data" / "thesis.tex").write_text("x")
     assert kind_of(tmp_path) is None
 
@@ -101,3 +105,14 @@ def test_clean_stale_puts_back_an_old_copy_whose_replacement_never_arrived(tmp_p
     clean_stale(tmp_path, "data")
     assert [p.name for p in tmp_path.iterdir()] == ["data"] and not old.exists()
     assert kind_of(tmp_path / "data") == "dataset"
+
+
+def test_the_next_writer_removes_a_killed_writers_temporary_directory(tmp_path):
+    from distill import prepare
+    from distill.config import PrepareConfig
+
+    stale = tmp_path / ".data.tmp-999999999"  # prepare killed while writing
+    stale.mkdir()
+    (stale / "sequences.parquet").write_bytes(b"half")
+    prepare.run(PrepareConfig(synthetic=True, num_users=10, num_items=10, output=str(tmp_path / "data")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
