@@ -8,8 +8,9 @@ directory that distill recognisably wrote, and only one of the kind the command 
 - a score directory: ``manifest.json`` with a ``format_version`` and its ``shards``;
 - a run: ``config.json`` with one of the run kinds of :data:`RUN_KINDS`;
 - a pipeline output: stage directories (``data``, ``sasrec``, ``teacher``, ``scores``, ``distilled``),
-  each of its kind above or empty, at least one not empty. Its other files are kept: ``distill
-  pipeline --overwrite`` replaces its stages (and its own ``summary.md``) only.
+  each of its kind above or empty, at least one not empty. ``distill pipeline --overwrite`` replaces
+  its stages (and its own ``summary.md``) only, so it also writes into a directory of other files
+  that holds no stage: those files stay.
 
 Anything else (a regular file, a directory of someone's files, a run where a dataset is expected) is
 refused with one line naming the path and why; nothing is deleted. Writers build their output under
@@ -67,12 +68,20 @@ def kind_of(path: str | Path) -> str | None:
     config = _json_object(path / "config.json")
     if config is not None and config.get("kind") in RUN_KINDS:
         return "run"
-    stages = {name: kind_of(path / name) for name in PIPELINE_STAGES if (path / name).exists()}
-    if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and all(
-        kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items()
-    ):
+    stages = _stages(path)
+    if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and _stages_ours(path, stages):
         return "pipeline"
     return None
+
+
+def _stages(path: Path) -> dict[str, str | None]:
+    """The kind of each pipeline stage directory (or file) present in ``path``."""
+    return {name: kind_of(path / name) for name in PIPELINE_STAGES if (path / name).exists()}
+
+
+def _stages_ours(path: Path, stages: dict[str, str | None]) -> bool:
+    """Whether every stage present is a directory distill wrote, of that stage's kind, or empty."""
+    return all(kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items())
 
 
 _NAMES = {"dataset": "dataset", "scores": "score directory", "run": "run", "pipeline": "pipeline output"}
@@ -161,6 +170,8 @@ def claim(
     if not overwrite:
         raise DistillError(f"{what} {path} already exists ({hint})")
     found = kind_of(path)
+    if kind == "pipeline" and found is None and _stages_ours(path, _stages(path)):
+        return True  # no stage to replace, and the user's other files stay
     if found != kind:
         why = f"it is a {_NAMES[found]}" if found else f"no {_RECOGNISED_BY[kind]}"
         raise DistillError(
