@@ -8,7 +8,9 @@ the field it sets; options that several commands share are worded once, in :data
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import types
@@ -40,6 +42,40 @@ SHARED: dict[str, tuple[tuple[str, ...], str]] = {
     "resume": (("--resume",), "Continue the run in --output from its last epoch."),
     "overwrite": (("--overwrite",), "Replace an existing output that distill wrote."),
 }
+
+
+# Errors of the machine rather than of distill (no permission, a full or read-only disk, a path through a
+# file): one line naming the path, never a traceback.
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EEXIST,
+    errno.ENOTEMPTY,
+}
+
+
+def _remove_if_empty(output: str | None, fresh: bool) -> None:
+    """A failed command leaves nothing behind: the output directory it created, if still empty, goes."""
+    if fresh and output is not None:
+        with contextlib.suppress(OSError):  # another rank may have removed it, or written into it
+            os.rmdir(output)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (torch raises RuntimeError subclasses; Python MemoryError)."""
+    text = str(e)
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
 
 
 def _click_type(cls: type, key: str) -> dict[str, Any]:
@@ -82,15 +118,34 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
             names = {f.name for f in dataclasses.fields(cls)}
             extra = {k: options.pop(k) for k in list(options) if k not in names}
             options = {k: v for k, v in options.items() if v != ()}  # no INPUTS: the config's stand
+            output, fresh = None, False
             try:
                 if single_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                     raise DistillError(
                         f"`distill {click.get_current_context().info_name}` runs in one process; only "
                         "student-train, teacher-train and export-logits run under torchrun"
                     )
-                return fn(resolve(cls, file=config_file, sets=sets, options=options), **extra)
+                cfg = resolve(cls, file=config_file, sets=sets, options=options)
+                output = getattr(cfg, "output", None) or None
+                fresh = output is not None and not os.path.lexists(output)
+                return fn(cfg, **extra)
             except DistillError as e:
+                _remove_if_empty(output, fresh)
                 raise click.ClickException(str(e)) from None
+            except OSError as e:
+                if e.errno not in ENVIRONMENT_ERRNOS:
+                    raise
+                _remove_if_empty(output, fresh)
+                where = f"{e.filename}: " if e.filename else ""
+                raise click.ClickException(f"cannot write or read {where}{e.strerror}") from None
+            except (MemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                _remove_if_empty(output, fresh)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise click.ClickException(
+                    f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"
+                ) from None
 
         for field in reversed(dataclasses.fields(cls)):
             if "help" in field.metadata:

@@ -81,6 +81,10 @@ class Dataset:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
+        if self.path.exists() and not self.path.is_dir():
+            raise DistillError(
+                f"{self.path} is a file, not a dataset directory (create one with `distill prepare`)"
+            )
         if not self.path.is_dir():
             raise DistillError(
                 f"dataset directory {self.path} does not exist (create it with `distill prepare`)"
@@ -89,8 +93,10 @@ class Dataset:
             self.meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
             raise DistillError(f"{self.path} is not a dataset directory: no meta.json") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DistillError(f"{meta_path} is not valid JSON: {e}") from None
+        if not isinstance(self.meta, dict):
+            raise DistillError(f"{meta_path} is not a JSON object")
         version = self.meta.get("format_version")
         if version != FORMAT_VERSION:
             raise DistillError(

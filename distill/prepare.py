@@ -22,6 +22,8 @@ from distill import synthetic
 from distill.config import PrepareConfig, to_dict
 from distill.data import FORMAT_VERSION
 from distill.errors import DistillError
+from distill.outputs import claim
+from distill.training import log
 
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
 ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
@@ -35,10 +37,7 @@ def run(cfg: PrepareConfig) -> dict:
         The ``meta.json`` content (also written to the directory).
     """
     out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"output {out} exists and is not a directory")
-    if out.exists() and not cfg.overwrite:
-        raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+    claim(out, kind="dataset", overwrite=cfg.overwrite, what="output directory")
 
     titles = None
     if cfg.synthetic:
@@ -49,9 +48,15 @@ def run(cfg: PrepareConfig) -> dict:
     else:
         paths = [Path(p) for p in cfg.inputs]
         for path in paths:
+            if path.is_dir():
+                raise DistillError(f"input {path} is a directory; give the interaction file(s) inside it")
             if not path.is_file():
                 raise DistillError(f"input file {path} does not exist")
-        fmt = cfg.format if cfg.format != "auto" else detect_format(paths[0])
+        fmt = cfg.format
+        if fmt == "auto":
+            fmt, why = _detect(paths[0])
+            if not why.startswith("the extension"):  # a guess from the content: say what it rests on
+                log(f"{paths[0]}: read as --format {fmt} ({why}); set --format to choose another")
         frames = [read_interactions(p, fmt, cfg) for p in paths]
         frame = pl.concat(frames, how="vertical_relaxed").with_row_index("row")
         if frame.height == 0:
@@ -78,25 +83,57 @@ def run(cfg: PrepareConfig) -> dict:
 
 def detect_format(path: Path) -> str:
     """Guess the format from the extension, then from the first lines."""
+    return _detect(path)[0]
+
+
+def _detect(path: Path) -> tuple[str, str]:
+    """``(format, why)``: the guess and what it rests on, for the line ``prepare`` prints."""
     suffix = path.suffix.lower()
     by_suffix = {".inter": "recbole", ".dat": "movielens", ".csv": "csv", ".parquet": "parquet"}
     if suffix in by_suffix:
-        return by_suffix[suffix]
+        return by_suffix[suffix], f"the extension {suffix}"
     with open(path, "rb") as f:
-        head = [line.decode("utf-8", "replace") for line in f.readlines(1 << 16)][:200]
+        raw = f.readlines(1 << 16)
+    _refuse_binary(path, b"".join(raw))
+    head = [line.decode("utf-8", "replace") for line in raw][:200]
     lines = [ln for ln in head if ln.strip()]
     if not lines:
         raise DistillError(f"{path} is empty")
-    if suffix == ".tsv" or ("\t" in lines[0] and not lines[0].split("\t")[0].strip().isdigit()):
-        return "tsv"
+    if suffix == ".tsv":
+        return "tsv", "the extension .tsv"
+    if "\t" in lines[0] and not lines[0].split("\t")[0].strip().isdigit():
+        return "tsv", "a tab-separated header line"
     if "::" in lines[0]:
-        return "movielens"
-    widths = {len(ln.split()) for ln in lines}
-    return "sasrec" if widths == {2} else "lines"
+        return "movielens", "'::' separators"
+    widths = [len(ln.split()) for ln in lines]
+    pairs = sum(w == 2 for w in widths)
+    if pairs == len(widths):
+        return "sasrec", f"the first {len(widths)} lines are 'user item' pairs"
+    if pairs >= 0.9 * len(widths):
+        odd = next(i for i, w in enumerate(widths) if w != 2)
+        raise DistillError(
+            f"{path}: cannot tell the format: {pairs} of the first {len(widths)} lines are 'user item' "
+            f"pairs but line {head.index(lines[odd]) + 1} has {widths[odd]} fields; set --format sasrec "
+            "(and fix that line) or --format lines"
+        )
+    return "lines", f"lines of {min(widths)} to {max(widths)} fields: 'user item item ...'"
+
+
+def _refuse_binary(path: Path, head: bytes) -> None:
+    """A file with NUL bytes in its first 64 KiB is not text (compressed, an archive, a spreadsheet)."""
+    at = head.find(b"\0", 0, 1 << 16)
+    if at >= 0:
+        raise DistillError(
+            f"{path} is not a text file (a NUL byte at byte {at}); decompress it, or give --format "
+            "parquet for a Parquet file"
+        )
 
 
 def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     """One file as a frame of string ``user``, ``item`` and float ``time`` (null without timestamps)."""
+    if fmt != "parquet":
+        with open(path, "rb") as f:
+            _refuse_binary(path, f.read(1 << 16))
     if fmt in ("sasrec", "lines", "movielens"):
         return _read_token_lines(path, fmt)
     if fmt == "parquet":
@@ -120,7 +157,7 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     item = _pick_column(path, columns, cfg.item_col, ITEM_COLUMNS, "item", "--item-col")
     time = cfg.time_col or next((c for c in columns if c.lower() in TIME_COLUMNS), None)
     if time is not None and time not in columns:
-        raise DistillError(f"{path}: no column '{time}' (columns: {', '.join(columns)})")
+        raise DistillError(f"{path}: no column '{time}' (columns: {_columns(columns)})")
     lf = lf.select(
         user=pl.col(user).cast(pl.String),
         item=pl.col(item).cast(pl.String),
@@ -181,7 +218,7 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
     }[fmt]
     bad = frame.filter(wrong[0])
     if bad.height:
-        raise DistillError(f"{path}, line {bad['lineno'][0]}: {wrong[1]}, got {bad['line'][0]!r}")
+        raise DistillError(f"{path}, line {bad['lineno'][0]}: {wrong[1]}, got {_shown(bad['line'][0])}")
 
     if fmt == "lines":
         frame = frame.select(
@@ -197,10 +234,12 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
         )
         time = pl.col("time_raw").cast(pl.Float64, strict=False)
     for column in ("user", "item"):
-        bad = frame.filter(pl.col(column).cast(pl.Int64, strict=False).is_null())
+        # Digits of any length: a 26-digit id is an integer too (numbered in order of appearance, as it
+        # does not fit in 64 bits).
+        bad = frame.filter(~pl.col(column).str.contains(r"^[+-]?[0-9]+$"))
         if bad.height:
             raise DistillError(
-                f"{path}, line {bad['lineno'][0]}: {column} id {bad[column][0]!r} is not an integer "
+                f"{path}, line {bad['lineno'][0]}: {column} id {_shown(bad[column][0])} is not an integer "
                 f"({fmt} format)"
             )
     if fmt == "movielens":
@@ -217,13 +256,13 @@ def _pick_column(
 ) -> str:
     if given is not None:
         if given not in columns:
-            raise DistillError(f"{path}: no column '{given}' (columns: {', '.join(columns)})")
+            raise DistillError(f"{path}: no column '{given}' (columns: {_columns(columns)})")
         return given
     found = next((c for c in columns if c.lower() in known), None)
     if found is None:
         raise DistillError(
             f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
-            f"(columns: {', '.join(columns)})"
+            f"(columns: {_columns(columns)})"
         )
     return found
 
@@ -245,6 +284,7 @@ def read_titles(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise DistillError(f"items file {path} does not exist")
     raw = path.read_bytes()
+    _refuse_binary(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -275,7 +315,7 @@ def read_titles(path: Path) -> pl.DataFrame:
     if title_col is None:
         title_col = next((c for c in columns if "name" in c.lower()), None)
     if title_col is None:
-        raise DistillError(f"items file {path}: no title column (columns: {', '.join(columns)})")
+        raise DistillError(f"items file {path}: no title column (columns: {_columns(columns)})")
     title = pl.col(title_col).str.strip_chars()
     if "release_year" in columns:  # RecBole's MovieLens files keep the year apart
         year = pl.col("release_year").str.strip_chars()
@@ -381,8 +421,7 @@ def _write_atomically(
         items.write_parquet(tmp / "items.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
-            if not overwrite:
-                raise DistillError(f"output directory {out} already exists (use --overwrite to replace it)")
+            claim(out, kind="dataset", overwrite=overwrite, what="output directory")  # still ours?
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
             tmp.rename(out)
@@ -415,3 +454,15 @@ def _sha256(path: Path) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value from the input as a message shows it: quoted, escaped, at most ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _columns(columns: list[str], limit: int = 8) -> str:
+    """Column names as a message lists them: escaped, at most ``limit``."""
+    shown = ", ".join(_shown(c, 40) for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")

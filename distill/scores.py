@@ -33,6 +33,7 @@ import torch
 from distill.data import Dataset
 from distill.dist import barrier, gather, is_main_process, world
 from distill.errors import DistillError
+from distill.outputs import claim
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,9 +41,8 @@ VALUES_PER_SHARD = 1 << 24  # about 128 MB of items and logits per shard
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:
-    """A score directory is never replaced unless asked to."""
-    if Path(path).exists() and not overwrite:
-        raise DistillError(f"score directory {path} already exists (use --overwrite to replace it)")
+    """A score directory is never replaced unless asked to, and then only one distill wrote."""
+    claim(path, kind="scores", overwrite=overwrite, what="score directory")
 
 
 class ScoreWriter:
@@ -80,6 +80,13 @@ class ScoreWriter:
         """Add rows: ``users``, ``positions`` ``(n,)``; ``items``, ``logits`` ``(n, k)``, descending."""
         if items.shape != (len(users), self.k) or logits.shape != items.shape:
             raise ValueError(f"expected items and logits of shape ({len(users)}, {self.k})")
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise DistillError(
+                f"refusing to write {self.path}: the scores of user {int(users[row])} at position "
+                f"{int(positions[row])} are not finite (NaN or inf): the teacher is broken"
+            )
         self._pending.append((users, positions, items, logits))
         self._pending_rows += len(users)
         if self._pending_rows >= self.rows_per_shard:
@@ -202,6 +209,13 @@ def read_scores(path: str | Path, data: Dataset) -> TeacherScores:
     if items.size and (items.min() < 1 or items.max() > data.num_items):
         raise DistillError(f"{path}: item ids outside 1..{data.num_items}")
     logits = frame["logits"].explode().to_numpy().astype(np.float32).reshape(-1, k)
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise DistillError(
+            f"{path}: {int((~finite).sum())} rows hold NaN or infinite logits (first: user {users[row]}, "
+            f"position {positions[row]}); export the scores again from a sound teacher"
+        )
     row_of = np.full(len(data.items), -1, dtype=np.int64)
     row_of[starts[users] + positions] = np.arange(frame.height)
     return TeacherScores(

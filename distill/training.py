@@ -38,6 +38,7 @@ from distill.data import Dataset
 from distill.dist import barrier, is_main_process
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE
+from distill.outputs import claim, clean_stale, kind_of, remove_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -60,13 +61,19 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file, bad JSON or another JSON value is a DistillError."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DistillError(f"{what}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise DistillError(f"{what}: {path} is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{what}: {path} is not a JSON object (it holds a {type(data).__name__})")
+    return data
 
 
 def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
@@ -82,30 +89,59 @@ def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> No
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
     """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
 
+    A directory a run left without a checkpoint (killed or failed before its first epoch ended) is
+    started afresh without ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
+    :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
     Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
     """
     run = Path(path)
-    clear = False
-    if run.exists() and any(run.iterdir()):
-        if resume:
-            if not (run / "last" / STATE).is_file():
-                raise DistillError(f"cannot resume: {run} has no checkpoint at {run / 'last'}")
-            return run
-        if not overwrite:
+    checkpoint = (run / "last" / STATE).is_file() or (run / "best" / WEIGHTS).is_file()
+    if is_main_process():
+        clean_stale(run)
+    if resume:
+        if not run.is_dir() or not any(run.iterdir()):
+            state = "is empty" if run.is_dir() else "does not exist"
+            raise DistillError(f"cannot resume: run directory {run} {state}")
+        if not (run / "last" / STATE).is_file():
             raise DistillError(
-                f"run directory {run} already exists (use --resume to continue it, or another --output)"
+                f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
+                "to start it afresh)"
             )
-        clear = True
-    elif resume:
-        state = "is empty" if run.exists() else "does not exist"
-        raise DistillError(f"cannot resume: run directory {run} {state}")
+        return run
+    restart = not checkpoint and kind_of(run) == "run"
+    clear = claim(
+        run,
+        kind="run",
+        overwrite=overwrite or restart,
+        what="run directory",
+        hint="use --resume to continue it, or --overwrite to replace it",
+    )
+    if clear and restart and not overwrite:
+        log(f"{run} holds no checkpoint (its run stopped before an epoch ended): starting it afresh")
     barrier()  # every rank has looked before rank 0 changes anything
     if is_main_process():
         if clear:
-            shutil.rmtree(run)
+            remove_dir(run)
         run.mkdir(parents=True, exist_ok=True)
     barrier()
     return run
+
+
+def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
+    """Stop a run whose training loss became NaN or infinite, before the step that would carry it into
+    the weights: one line naming the epoch and step; the checkpoint of the last finished epoch stays."""
+    value = loss.item()
+    if math.isfinite(value):
+        return
+    kept = (
+        f"{run_dir / 'last'} keeps epoch {epoch - 1} (--resume continues from it)"
+        if (run_dir / "last" / STATE).is_file()
+        else "no epoch had finished, so there is no checkpoint"
+    )
+    raise DistillError(
+        f"training loss is {value} at epoch {epoch}, step {step}: stopped {run_dir}; {kept}. "
+        "A lower --lr usually helps"
+    )
 
 
 def save_checkpoint(
@@ -121,6 +157,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if state is not None:
         torch.save(_to_cpu(state), tmp / STATE)
@@ -129,6 +166,13 @@ def save_checkpoint(
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(
@@ -236,12 +280,29 @@ def save_epoch(
     ``RUN/last`` gets the weights with what ``--resume`` needs. Returns whether the epoch is a new best.
     """
     best = selected is not None and stopper.step(selected, record["epoch"])
+    config = {**run_config, "epoch": record["epoch"]}
     if best:
-        save_checkpoint(run_dir / "best", weights, run_config)
+        save_checkpoint(run_dir / "best", weights, config)
     history.append(record)
     state = loop_state(record["epoch"], history, stopper, shuffle, **stateful)
-    save_checkpoint(run_dir / "last", weights, run_config, state)
+    save_checkpoint(run_dir / "last", weights, config, state)
     return best
+
+
+def warn_if_unfinished(run_dir: str | Path) -> None:
+    """Say so when a run about to be used has no ``metrics.json`` (killed, failed or still training),
+    and which epoch its best checkpoint is from."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return
+    try:
+        epoch = json.loads((run_dir / "best" / CONFIG).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        epoch = None
+    log(
+        f"warning: {run_dir} is unfinished (no metrics.json): using its best checkpoint so far, "
+        + (f"from epoch {epoch}" if epoch is not None else "of an unknown epoch")
+    )
 
 
 def finish_run(

@@ -15,12 +15,11 @@ OUT/summary.md   test metrics of the three models side by side
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from distill.config import PrepareConfig
-from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE, format_table
+from distill.outputs import PIPELINE_STAGES, PIPELINE_SUMMARY, claim, remove_dir
 from distill.prepare import run as prepare
 from distill.training import log
 from pipeline.config import PipelineConfig
@@ -30,19 +29,22 @@ from teacher.config import ExportConfig, TeacherTrainConfig
 from teacher.export import run as export_logits
 from teacher.train import run as train_teacher
 
-STAGES = ("data", "sasrec", "teacher", "scores", "distilled")
+STAGES = tuple(PIPELINE_STAGES)
 
 
 def run(cfg: PipelineConfig) -> dict[str, dict]:
     """Run every stage; returns the test metrics of the baseline, the teacher and the distilled student."""
     out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise DistillError(f"pipeline output {out} already exists (use --overwrite to replace its runs)")
-        mine = STAGES if cfg.data is None else STAGES[1:]  # a dataset given with --data is never removed
+    if claim(out, kind="pipeline", overwrite=cfg.overwrite, what="pipeline output"):
+        # Every stage there is one distill wrote (claim checked); other files and a dataset given with
+        # --data stay.
+        mine = STAGES if cfg.data is None else STAGES[1:]
         for name in mine:
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "summary.md").unlink(missing_ok=True)
+            if (out / name).exists():
+                remove_dir(out / name)
+        summary_file = out / PIPELINE_SUMMARY
+        if summary_file.is_file() and summary_file.read_text().startswith("# distill pipeline:"):
+            summary_file.unlink()
     data = cfg.data
     if data is None:
         data = str(out / "data")
@@ -103,7 +105,7 @@ def run(cfg: PipelineConfig) -> dict[str, dict]:
             **student,
         )
     )
-    (out / "summary.md").write_text(f"# distill pipeline: {out}\n\n```\n{summary(results)}\n```\n")
+    (out / PIPELINE_SUMMARY).write_text(f"# distill pipeline: {out}\n\n```\n{summary(results)}\n```\n")
     return results
 
 

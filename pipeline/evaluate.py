@@ -8,7 +8,7 @@ from pathlib import Path
 from distill.data import Dataset
 from distill.dist import resolve_device
 from distill.errors import DistillError
-from distill.training import read_json
+from distill.training import read_json, warn_if_unfinished
 from pipeline.config import EvaluateConfig
 
 TEACHER_KINDS = ("teacher-moe-lora", "teacher-e4srec")
@@ -23,6 +23,7 @@ def scorer(run_dir: str | Path, data: Dataset, batch_size: int, device: str = "a
         from student.run import evaluate_model, load_run
 
         model = load_run(run_dir, data, dev)
+        warn_if_unfinished(run_dir)
         return lambda split: evaluate_model(model, data, split, batch_size, dev)
     if kind in TEACHER_KINDS:
         from teacher.model import evaluate_teacher, load_teacher

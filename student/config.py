@@ -77,6 +77,7 @@ class StudentTrainConfig:
     seed: int = option(0)
     device: str = option("auto")
     resume: bool = option(False)
+    overwrite: bool = option(False)
     teacher_scores: str | None = option(
         None, "A score directory from `distill export-logits`: distill the teacher into the student."
     )

@@ -30,14 +30,29 @@ def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "c
         raise DistillError(f"{run_dir} is not a student run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
     weights, _, _ = load_checkpoint(run_dir / "best")
-    model = SASRec(from_dict(SASRecConfig, config["model"], f"{run_dir}/config.json"))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise DistillError(
-            f"checkpoint {run_dir / 'best'} does not fit its config: {str(e).splitlines()[0]}"
-        ) from None
+    model_config = config.get("model")
+    if not isinstance(model_config, dict):
+        raise DistillError(f"{run_dir / 'config.json'}: 'model' is not a table of SASRec settings")
+    model = SASRec(from_dict(SASRecConfig, model_config, f"{run_dir}/config.json"))
+    check_weights(model.state_dict(), weights, run_dir / "best")
+    model.load_state_dict(weights)
     return model.to(device).eval()
+
+
+def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse weights that do not fit a model, naming the first weight that differs and how."""
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        raise DistillError(
+            f"checkpoint {where} does not fit its config: {len(missing)} missing weights "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    for name, value in expected.items():
+        if weights[name].shape != value.shape:
+            raise DistillError(
+                f"checkpoint {where} does not fit its config: {name} has shape "
+                f"{tuple(weights[name].shape)}, its config gives {tuple(value.shape)}"
+            )
 
 
 def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:

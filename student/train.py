@@ -24,6 +24,7 @@ from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
+    check_loss,
     finish_run,
     log,
     prepare_run_dir,
@@ -46,12 +47,12 @@ def run(cfg: StudentTrainConfig) -> dict:
     data = Dataset(cfg.data)
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     device = setup_device(cfg.device)
-    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
     seed_everything(cfg.seed)
     rank, ranks = world()
 
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
+    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)  # once the model fits
     net = model
     if ranks > 1:
         net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights
@@ -110,6 +111,7 @@ def run(cfg: StudentTrainConfig) -> dict:
                     kd = distillation(model, h, index, teacher, cfg)
                     loss = (1 - cfg.alpha) * loss + cfg.alpha * kd
                     total_kd += kd.item()
+                check_loss(loss, epoch, steps + 1, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

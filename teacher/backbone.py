@@ -20,7 +20,10 @@ build prompts.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -174,6 +177,51 @@ def _from_pretrained(
     return model, tokenizer
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids the hub (read now: huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One request to the hub's front page (through any proxy the environment names): any HTTP answer
+    means reachable; no answer within ``timeout`` seconds means not."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return True
+
+
+def _hub_kwargs(spec: str) -> dict:
+    """How to load hub id ``spec``: from the cache alone when offline (``HF_HUB_OFFLINE=1``, or the hub
+    does not answer); a one-line error at once, not a minute of retries, when it is not cached there."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    if hub_offline():
+        if not cached:
+            raise DistillError(
+                f"cannot load backbone {spec!r}: HF_HUB_OFFLINE is set and it is not in the Hugging Face "
+                f"cache ({constants.HF_HUB_CACHE}); download it where the network allows, or give a local "
+                "directory or .gguf file"
+            )
+        return {"local_files_only": True}
+    if _hub_reachable(constants.ENDPOINT):
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    raise DistillError(
+        f"cannot load backbone {spec!r}: no such local path, the hub ({constants.ENDPOINT}) does not answer "
+        "and it is not in the Hugging Face cache; give a local directory or .gguf file (HF_HUB_OFFLINE=1 "
+        "skips the hub)"
+    )
+
+
 def _decoder_layers(model: PreTrainedModel) -> tuple[torch.nn.Module, str]:
     """The ModuleList of decoder blocks and its attribute name (`layers` for Llama-likes, `h` for GPT-2)."""
     for name in ("layers", "h"):
@@ -257,8 +305,7 @@ def load_backbone(
                 ".gguf file, a model directory or a hub id)"
             )
         else:
-            where, kwargs = spec, {}
-            why = "no such local path and the hub is unreachable or has no such model: "
+            where, kwargs, why = spec, _hub_kwargs(spec), "no such local path, and on the hub: "
         try:
             model, tokenizer = _from_pretrained(where, torch_dtype, **kwargs)
         except _LOAD_ERRORS as exc:

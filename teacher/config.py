@@ -110,6 +110,7 @@ class TeacherTrainConfig:
     seed: int = option(0)
     device: str = option("auto")
     resume: bool = option(False)
+    overwrite: bool = option(False)
 
     def __post_init__(self) -> None:
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():

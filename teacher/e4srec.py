@@ -14,6 +14,8 @@ Where this differs from E4SRec, and why:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
@@ -22,6 +24,14 @@ from transformers import PreTrainedModel
 from student.sasrec import SASRec
 from teacher.backbone import hidden_size
 from teacher.prompts import Prompts
+
+
+def peft_lora(backbone: PreTrainedModel, lora: LoraConfig) -> nn.Module:
+    """``get_peft_model`` without the FutureWarning it triggers on transformers 5: peft reads the
+    deprecated ``is_gradient_checkpointing`` property (nothing here checkpoints activations)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(backbone, lora)
 
 
 class E4SRecTeacher(nn.Module):
@@ -51,7 +61,7 @@ class E4SRecTeacher(nn.Module):
         lora = LoraConfig(
             r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
         )
-        self.backbone = get_peft_model(backbone, lora)
+        self.backbone = peft_lora(backbone, lora)
         self.sasrec = sasrec.requires_grad_(False).eval()
         self.placeholder_id = placeholder_id
         self.fuse_sasrec = fuse_sasrec

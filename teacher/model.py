@@ -17,7 +17,7 @@ from distill.data import Dataset
 from distill.dist import shard
 from distill.errors import DistillError
 from distill.metrics import evaluate
-from distill.training import check_dataset, load_checkpoint, read_json
+from distill.training import check_dataset, load_checkpoint, read_json, warn_if_unfinished
 from student.run import load_run
 from student.sasrec import SASRec
 from teacher.backbone import add_special_tokens, load_backbone
@@ -112,6 +112,14 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
     return Teacher(model.to(device), prompts, cfg.max_len, context, device)
 
 
+def check_sasrec(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
+    """What teacher-train checks of its SASRec run before writing anything: a warning when the run is
+    unfinished, and an error when the prompt would hold more items than SASRec reads (both teachers
+    read a window of SASRec's ``max_len``). Returns that window."""
+    warn_if_unfinished(cfg.sasrec)
+    return prompt_context(cfg, sasrec)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a teacher checkpoint holds: the parameters that train."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -126,6 +134,7 @@ def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
     check_dataset(config, data, run_dir)
     cfg = from_dict(TeacherTrainConfig, config["train"], f"{run_dir}/config.json")
     weights, _, _ = load_checkpoint(run_dir / "best")
+    warn_if_unfinished(run_dir)
     teacher = build_teacher(cfg, data, load_run(config["sasrec_run"], data), torch.device(device))
     load_trainable(teacher.model, weights, run_dir / "best")
     teacher.model.eval()

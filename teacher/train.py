@@ -38,6 +38,7 @@ from distill.errors import DistillError
 from distill.training import (
     EarlyStopping,
     Logger,
+    check_loss,
     finish_run,
     load_checkpoint,
     log,
@@ -53,9 +54,9 @@ from teacher.config import TeacherTrainConfig
 from teacher.model import (
     KINDS,
     build_teacher,
+    check_sasrec,
     evaluate_teacher,
     load_trainable,
-    prompt_context,
     trainable_state,
 )
 
@@ -74,9 +75,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
-    context = prompt_context(cfg, sasrec)  # and a prompt longer than SASRec's window
+    context = check_sasrec(cfg, sasrec)  # and a prompt longer than SASRec's window
     device = setup_device(cfg.device)
-    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
+    run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, data, sasrec.to(device), device)
     model = teacher.model
@@ -172,6 +173,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
                     # averages the ranks' gradients; a batch too small to split is every rank's whole).
                     positions = int((targets[batch] != 0).sum()) / (ranks if len(batch) >= ranks else 1)
                     loss = F.cross_entropy(logits, target[target != 0] - 1, reduction="sum") / positions
+                    check_loss(loss, epoch, micro, run_dir)
                     (loss / cfg.grad_accum).backward()
                 if stepping:
                     optimizer.step()

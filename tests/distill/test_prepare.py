@@ -368,8 +368,18 @@ def test_existing_output_refused_then_replaced(tmp_path):
     with pytest.raises(DistillError, match="already exists.*--overwrite"):
         run(tmp_path, path)
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces a dataset, never a directory distill did not write
+    with pytest.raises(DistillError, match="not a dataset written by distill.*refusing"):
+        run(tmp_path, path, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    run(tmp_path, path)
+    (out / "meta.json").write_text(
+        (out / "meta.json").read_text().replace('"num_users": 1', '"num_users": 7')
+    )
     run(tmp_path, path, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "meta.json", "sequences.parquet"]
+    assert json.loads((out / "meta.json").read_text())["num_users"] == 1
     assert leftovers(tmp_path) == []
 
 

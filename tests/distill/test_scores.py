@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -112,4 +113,27 @@ def test_rows_outside_the_training_sequences_are_refused(synthetic_dataset, tmp_
             np.array([0]), np.array([ends[0] - starts[0]]), np.array([[1, 2]]), np.zeros((1, 2), np.float32)
         )
     with pytest.raises(DistillError, match="outside the training sequences"):
+        read_scores(tmp_path / "scores", data)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_are_refused_by_the_writer(synthetic_dataset, tmp_path, bad):
+    data = Dataset(synthetic_dataset)
+    samples, items, logits = fake_rows(data, 5)
+    logits[3, 2] = bad
+    with pytest.raises(DistillError, match="are not finite"):
+        with ScoreWriter(tmp_path / "scores", manifest(data, 5)) as writer:
+            writer.write(samples.users, samples.positions, items, logits)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_logits_are_refused_by_the_reader(synthetic_dataset, tmp_path):
+    data = Dataset(synthetic_dataset)
+    write(tmp_path / "scores", data)
+    shard = tmp_path / "scores" / "part-00000.parquet"
+    frame = pl.read_parquet(shard)
+    logits = frame["logits"].to_list()
+    logits[1][0] = float("nan")
+    frame.with_columns(logits=pl.Series(logits, dtype=pl.List(pl.Float32))).write_parquet(shard)
+    with pytest.raises(DistillError, match="1 rows hold NaN or infinite logits"):
         read_scores(tmp_path / "scores", data)

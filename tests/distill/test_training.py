@@ -161,12 +161,45 @@ def test_prepare_run_dir_new_and_empty(tmp_path):
 def test_prepare_run_dir_refuses_existing(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text("{}")
-    with pytest.raises(DistillError, match="already exists.*--resume"):
+    (run / "config.json").write_text('{"kind": "student"}')
+    save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    with pytest.raises(DistillError, match="already exists.*--resume.*--overwrite"):
         prepare_run_dir(run, resume=False)
-    assert (run / "metrics.json").exists()
+    assert (run / "last" / STATE).exists()
     prepare_run_dir(run, resume=False, overwrite=True)
     assert list(run.iterdir()) == []
+
+
+def test_prepare_run_dir_overwrite_never_deletes_foreign_files(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "thesis.tex").write_text("chapter 1")
+    with pytest.raises(DistillError, match="not a run written by distill.*refusing"):
+        prepare_run_dir(run, resume=False, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DistillError, match="exists and is not a directory"):
+        prepare_run_dir(tmp_path / "file", resume=False, overwrite=True)
+    assert (run / "thesis.tex").read_text() == "chapter 1" and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_run_without_checkpoint_starts_afresh(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"kind": "teacher-e4srec"}')  # killed before its first epoch ended
+    (run / "tb").mkdir()
+    (run / ".last.tmp-999999999").mkdir()  # a half-written checkpoint of a dead process
+    assert prepare_run_dir(run, resume=False) == run
+    assert list(run.iterdir()) == []
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_prepare_run_dir_cleans_what_a_killed_run_left(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    (run / ".last.tmp-999999999").mkdir()
+    (run / ".config.json.tmp-999999999").write_text("{")
+    assert prepare_run_dir(run, resume=True) == run
+    assert sorted(p.name for p in run.iterdir()) == ["last"]
 
 
 def test_prepare_run_dir_resume_rules(tmp_path):
@@ -209,3 +242,15 @@ def test_a_stray_rank_variable_outside_a_job_still_writes(tmp_path, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "4")  # rank 3 of a 4-process job: not the writer
     training.write_json(tmp_path / "b.json", {"x": 1})
     assert not (tmp_path / "b.json").exists()
+
+
+def test_weights_are_written_with_the_permissions_of_every_other_file(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, {"kind": "student"})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"model.safetensors": 0o640, "config.json": 0o640}

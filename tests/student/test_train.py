@@ -1,9 +1,13 @@
 """``distill student-train`` and ``distill evaluate`` end to end on tiny synthetic data."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from cli import main
 from distill.config import PrepareConfig
@@ -82,6 +86,10 @@ def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
         (["--hidden", "30", "--heads", "4"], "heads (4) must divide hidden (30)"),
         (["--epochs", "0"], "epochs must be at least 1"),
         (["--loss", "mse"], "Invalid value for '--loss'"),
+        (["--lr", "nan"], "config key 'lr' (from option): expected a finite number"),
+        (["--lr", "inf"], "config key 'lr' (from option): expected a finite number"),
+        (["--weight-decay", "nan"], "config key 'weight_decay' (from option): expected a finite number"),
+        (["--set", "dropout=nan"], "config key 'dropout' (from --set): expected a finite number"),
     ],
 )
 def test_impossible_options_are_one_line_errors(dataset, tmp_path, args, message):
@@ -91,6 +99,7 @@ def test_impossible_options_are_one_line_errors(dataset, tmp_path, args, message
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+    assert result.exit_code == 2 or len(result.output.strip().splitlines()) == 1  # 2: click's usage error
     assert not (tmp_path / "r").exists()
 
 
@@ -192,3 +201,65 @@ def test_different_seeds_give_different_runs(dataset, tmp_path):
     a = train(CliRunner(), dataset, tmp_path / "a", "--epochs", "1", "--seed", "1")
     b = train(CliRunner(), dataset, tmp_path / "b", "--epochs", "1", "--seed", "2")
     assert a["history"][0]["loss"] != b["history"][0]["loss"]
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    import student.train
+
+    calls = []
+
+    def ce_that_breaks(*args, **kwargs):
+        calls.append(1)
+        loss = student.train.ce_loss.__wrapped_real__(*args, **kwargs)
+        return loss * float("nan") if len(calls) == steps_per_epoch + 2 else loss  # epoch 2, step 2
+
+    steps_per_epoch = -(-150 // 64)
+    ce_that_breaks.__wrapped_real__ = student.train.ce_loss
+    monkeypatch.setattr(student.train, "ce_loss", ce_that_breaks)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["student-train", "--data", str(dataset), "--output", str(run), *TINY, "--epochs", "3"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"Error: training loss is nan at epoch 2, step 2: stopped {run}; {run / 'last'} keeps epoch 1"
+        )
+    )
+    assert not (run / "metrics.json").exists()
+    state = torch.load(run / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(w).all() for w in load_file(run / "last" / "model.safetensors").values())
+
+
+def test_overwrite_and_restart_rules(dataset, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["student-train", "--data", str(dataset), "--output", str(run), *TINY, "--epochs", "1"]
+    train(runner, dataset, run, "--epochs", "1")
+    (run / "notes.txt").write_text("mine")  # a run is still ours with a note in it
+    assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert not (run / "notes.txt").exists() and (run / "metrics.json").is_file()
+
+    # A run killed before its first checkpoint: config.json and tb/ only. A rerun starts afresh.
+    for name in ("best", "last", "metrics.json"):
+        (shutil.rmtree if (run / name).is_dir() else Path.unlink)(run / name)
+    result = runner.invoke(main, [*args, "--resume"])
+    assert result.exit_code == 1 and "no checkpoint" in result.output and "without --resume" in result.output
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (run / "metrics.json").is_file()
+
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("chapter 1")
+    (tmp_path / "file.txt").write_text("keep")
+    for out in (foreign, tmp_path / "file.txt"):
+        result = runner.invoke(main, [*args[:3], "--output", str(out), *TINY, "--overwrite"])
+        assert result.exit_code == 1 and "refusing to replace" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert (foreign / "thesis.tex").read_text() == "chapter 1" and (
+        tmp_path / "file.txt"
+    ).read_text() == "keep"

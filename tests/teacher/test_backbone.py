@@ -142,3 +142,26 @@ def test_smollm2_gguf():
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     assert hidden.shape == (2, batch.input_ids.shape[1], 576) and torch.isfinite(hidden).all()
+
+
+def test_an_unreachable_hub_id_fails_at_once(monkeypatch):
+    from teacher import backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone, "_hub_reachable", lambda endpoint, timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(DistillError, match="'someorg/no-such-model': .*does not answer.*HF_HUB_OFFLINE=1"):
+        backbone.load_backbone("someorg/no-such-model")
+    assert time.perf_counter() - started < 5
+
+
+def test_hf_hub_offline_is_respected(monkeypatch):
+    from teacher import backbone
+
+    def no_network(endpoint, timeout=3.0):
+        raise AssertionError("offline: the hub must not be asked")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(backbone, "_hub_reachable", no_network)
+    with pytest.raises(DistillError, match="HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"):
+        backbone.load_backbone("someorg/no-such-model")

@@ -104,9 +104,30 @@ def test_full_distributions_and_all_positions(setup, teacher_run, tmp_path):
 
 
 def test_existing_score_directory_is_refused(setup, teacher_run, tmp_path):
-    (tmp_path / "scores").mkdir()
+    assert export(setup, teacher_run, tmp_path / "scores", "--top-k", "3").exit_code == 0
     result = export(setup, teacher_run, tmp_path / "scores")
     assert result.exit_code != 0 and "already exists" in result.output
+    assert export(setup, teacher_run, tmp_path / "scores", "--overwrite", "--top-k", "4").exit_code == 0
+    assert json.loads((tmp_path / "scores" / "manifest.json").read_text())["k"] == 4
+
+
+def test_overwrite_never_replaces_a_file_or_a_foreign_directory(setup, teacher_run, tmp_path):
+    (tmp_path / "file.txt").write_text("keep")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("chapter 1")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text('{"format_version": 1, "fingerprint": "x"}')
+    for out, why in (
+        ("file.txt", "is not a directory"),
+        ("mine", "no manifest.json"),
+        ("data", "is a dataset"),
+    ):
+        result = export(setup, teacher_run, tmp_path / out, "--overwrite")
+        assert result.exit_code == 1 and why in result.output and "refusing to replace" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert (tmp_path / "file.txt").read_text() == "keep"
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "chapter 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file.txt", "mine"]
 
 
 def test_student_distills_the_exported_scores(setup, teacher_run, tmp_path):

@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
 from distill.errors import DistillError
 from teacher.backbone import load_backbone
+from teacher.e4srec import peft_lora
 from teacher.moe_lora_layer import MoELoRALinear, inject_moe_lora, moe_gates, moe_lora_layers
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -67,7 +68,7 @@ def test_fresh_adapter_equals_base_model(tiny, inputs):
 
 def _peft_copy(tiny: nn.Module, r: int, lora_alpha: float) -> nn.Module:
     config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=TARGETS, lora_dropout=0.0)
-    return get_peft_model(copy.deepcopy(tiny), config)
+    return peft_lora(copy.deepcopy(tiny), config)
 
 
 def _peft_layer(peft_model: nn.Module, name: str) -> nn.Module:

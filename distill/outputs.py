@@ -1,0 +1,188 @@
+"""What a writing command may replace, and what a killed writer left behind.
+
+Every command that writes (``prepare``, ``student-train``, ``teacher-train``, ``export-logits``,
+``pipeline``) asks :func:`claim` before it touches its output. ``--overwrite`` replaces only a
+directory that distill recognisably wrote, and only one of the kind the command writes:
+
+- a dataset: ``meta.json`` with a ``format_version`` and a ``fingerprint``;
+- a score directory: ``manifest.json`` with a ``format_version`` and its ``shards``;
+- a run: ``config.json`` with one of the run kinds of :data:`RUN_KINDS`;
+- a pipeline output: stage directories (``data``, ``sasrec``, ``teacher``, ``scores``, ``distilled``),
+  each of its kind above or empty, at least one not empty. ``distill pipeline --overwrite`` replaces
+  its stages (and its own ``summary.md``) only, so it also writes into a directory of other files
+  that holds no stage: those files stay.
+
+Anything else (a regular file, a directory of someone's files, a run where a dataset is expected) is
+refused with one line naming the path and why; nothing is deleted. Writers build their output under
+``.NAME.tmp-PID`` and rename it into place; what a killed writer left (``.NAME.tmp-PID``,
+``.NAME.old-PID`` of a process that no longer runs) is removed by the next writer of ``NAME``, and an
+``.NAME.old-PID`` whose ``NAME`` is gone (killed between the two renames of a replacement) is put back.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+# The ``kind`` of a run's config.json (student.run.KIND and teacher.model.KINDS; tests keep them equal).
+RUN_KINDS = ("student", "teacher-moe-lora", "teacher-e4srec")
+# What ``distill pipeline`` writes into its output directory: each stage's directory and its kind.
+PIPELINE_STAGES = {
+    "data": "dataset",
+    "sasrec": "run",
+    "teacher": "run",
+    "scores": "scores",
+    "distilled": "run",
+}
+PIPELINE_SUMMARY = "summary.md"
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def kind_of(path: str | Path) -> str | None:
+    """``"dataset"``, ``"scores"``, ``"run"`` or ``"pipeline"`` for a directory distill wrote, else None."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return None
+    meta = _json_object(path / "meta.json")
+    if meta is not None and "format_version" in meta and "fingerprint" in meta:
+        return "dataset"
+    manifest = _json_object(path / "manifest.json")
+    if manifest is not None and "format_version" in manifest and "shards" in manifest:
+        return "scores"
+    config = _json_object(path / "config.json")
+    if config is not None and config.get("kind") in RUN_KINDS:
+        return "run"
+    stages = _stages(path)
+    if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and _stages_ours(path, stages):
+        return "pipeline"
+    return None
+
+
+def _stages(path: Path) -> dict[str, str | None]:
+    """The kind of each pipeline stage directory (or file) present in ``path``."""
+    return {name: kind_of(path / name) for name in PIPELINE_STAGES if (path / name).exists()}
+
+
+def _stages_ours(path: Path, stages: dict[str, str | None]) -> bool:
+    """Whether every stage present is a directory distill wrote, of that stage's kind, or empty."""
+    return all(kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items())
+
+
+_NAMES = {"dataset": "dataset", "scores": "score directory", "run": "run", "pipeline": "pipeline output"}
+_RECOGNISED_BY = {
+    "dataset": "meta.json with a format_version and a fingerprint",
+    "scores": "manifest.json with a format_version and shards",
+    "run": "config.json with a run kind",
+    "pipeline": f"stage directories ({', '.join(PIPELINE_STAGES)}) that distill wrote",
+}
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(p for p in path.iterdir() if not _TEMP.match(p.name))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale(directory: str | Path, name: str | None = None) -> None:
+    """Remove the ``.NAME.tmp-PID`` and ``.NAME.old-PID`` entries of ``directory`` (all names, or only
+    ``name``) whose process no longer runs; an old copy whose ``NAME`` is missing is renamed back."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for entry in sorted(directory.iterdir()):
+        match = _TEMP.match(entry.name)
+        if match is None or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
+            continue
+        target = directory / match["name"]
+        if match["what"] == "old" and not target.exists() and not target.is_symlink():
+            entry.rename(target)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _writable_ancestor(path: Path) -> None:
+    """Refuse early (one line) when the nearest existing ancestor of ``path`` cannot be written."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DistillError(f"cannot create {path}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise DistillError(f"cannot write {path}: permission denied on {parent}")
+            return
+
+
+def claim(
+    path: str | Path, *, kind: str, overwrite: bool, what: str, hint: str = "use --overwrite to replace it"
+) -> bool:
+    """Check that a command that writes a ``kind`` output may write ``path``; clean what a killed
+    writer of it left behind.
+
+    Args:
+        kind: ``"dataset"``, ``"scores"``, ``"run"`` or ``"pipeline"``.
+        overwrite: whether the user asked to replace an existing output.
+        what: how messages name the path ("output directory", "score directory", ...).
+        hint: what the message for an existing output suggests.
+
+    Returns:
+        True when a non-empty output exists and will be replaced.
+
+    Raises:
+        DistillError: (one line) the path is a file, exists without ``overwrite``, is not a ``kind``
+            distill wrote, or cannot be written.
+    """
+    path = Path(path)
+    clean_stale(path.parent, path.name)
+    if path.is_symlink() and not path.exists():
+        raise DistillError(f"{what} {path} is a broken symbolic link; refusing to replace it")
+    if path.exists() and not path.is_dir():
+        raise DistillError(f"{what} {path} exists and is not a directory; refusing to replace a file")
+    _writable_ancestor(path)
+    if not path.exists() or _is_empty_dir(path):
+        return False
+    if not overwrite:
+        raise DistillError(f"{what} {path} already exists ({hint})")
+    found = kind_of(path)
+    if kind == "pipeline" and found is None and _stages_ours(path, _stages(path)):
+        return True  # no stage to replace, and the user's other files stay
+    if found != kind:
+        why = f"it is a {_NAMES[found]}" if found else f"no {_RECOGNISED_BY[kind]}"
+        raise DistillError(
+            f"{what} {path} is not a {_NAMES[kind]} written by distill ({why}); refusing to replace it"
+        )
+    return True
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a directory distill wrote: renamed aside first (``.NAME.old-PID``, which the next writer
+    cleans if this process is killed), then deleted."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    path.rename(old)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""A real ``distill student-train`` process killed (SIGKILL) at a random moment, then started again
+(``--resume`` when it left a checkpoint, a plain rerun when it did not) ends with exactly the metrics
+of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = ["--max-len", "20", "--hidden", "16", "--batch-size", "32", "--epochs", "4", "--device", "cpu"]
+
+
+def command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "student-train", "--data", str(data), "-o", str(out), *ARGS, *extra]
+
+
+@pytest.mark.slow
+def test_killed_at_a_random_moment_then_resumed_equals_uninterrupted(synthetic_dataset, tmp_path):
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        main, ["student-train", "--data", str(synthetic_dataset), "-o", str(tmp_path / "full"), *ARGS]
+    )
+    assert result.exit_code == 0, result.output
+    train_seconds = time.perf_counter() - started
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    run = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        command(synthetic_dataset, run),
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    while not (run / "config.json").exists() and proc.poll() is None:  # past the imports: training
+        time.sleep(0.01)
+    delay = random.uniform(0, train_seconds)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists(), f"the run ended within {delay:.2f}s: kill it sooner"
+
+    resume = ["--resume"] if (run / "last" / "state.pt").exists() else []
+    again = subprocess.run(
+        command(synthetic_dataset, run, *resume),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, f"killed after {delay:.2f}s; rerun {resume}: {again.stderr[-2000:]}"
+    resumed = json.loads((run / "metrics.json").read_text())
+    for key in ("best_epoch", "valid", "test"):
+        assert resumed[key] == full[key], f"killed after {delay:.2f}s of {train_seconds:.2f}s ({key})"
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]

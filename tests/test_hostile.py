@@ -1,0 +1,210 @@
+"""Hostile inputs through the CLI (issue 13): every one is a one-line error, leaves nothing behind and
+deletes nothing distill did not write. ``bench/hostile_inputs.py`` runs the same kinds of case as
+separate processes and tabulates them in ``bench/results/hostile_inputs.md``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+STUDENT = ["--max-len", "8", "--hidden", "8", "--epochs", "1", "--device", "cpu"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    info = ("warning: ", "read as --format")  # what stderr says besides the error
+    lines = [ln for ln in result.output.strip().splitlines() if not any(i in ln for i in info)]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def student_run(synthetic_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("hostile") / "sasrec"
+    result = invoke("student-train", "--data", synthetic_dataset, "-o", run, *STUDENT)
+    assert result.exit_code == 0 and "unfinished" not in result.output, result.output  # its own last load
+    return run
+
+
+def test_prepare_overwrite_keeps_unrelated_files(tmp_path):
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / "thesis.tex").write_text("chapter 1")
+    one_line_error(
+        invoke("prepare", "--synthetic", "-o", out, "--overwrite"), "not a dataset written by distill"
+    )
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    (out / "data").mkdir()  # a stage's name does not make a directory distill's
+    (out / "data" / "ratings.csv").write_text("user,item\n")
+    one_line_error(invoke("pipeline", "-o", out, "--overwrite"), "not a pipeline output written by distill")
+    assert (out / "data" / "ratings.csv").is_file() and (out / "thesis.tex").is_file()
+
+
+@pytest.mark.parametrize("command", ["student-train", "teacher-train", "pipeline", "prepare"])
+def test_an_output_that_is_a_file_is_refused(command, synthetic_dataset, student_run, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    args = {
+        "student-train": ["--data", synthetic_dataset, *STUDENT],
+        "teacher-train": [
+            "--data",
+            synthetic_dataset,
+            "--sasrec",
+            student_run,
+            "--max-len",
+            5,
+            "--device",
+            "cpu",
+        ],
+        "pipeline": [],
+        "prepare": ["--synthetic"],
+    }[command]
+    one_line_error(
+        invoke(command, *args, "-o" if command != "teacher-train" else "--output", target, "--overwrite"),
+        "exists and is not a directory",
+    )
+    assert target.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_an_unwritable_directory_is_one_line(tmp_path, monkeypatch):
+    import distill.outputs
+
+    monkeypatch.setattr(distill.outputs.os, "access", lambda path, mode: False)
+    one_line_error(invoke("prepare", "--synthetic", "-o", tmp_path / "x"), "permission denied on")
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    monkeypatch.setattr("polars.DataFrame.write_parquet", refuse)
+    one_line_error(invoke("prepare", "--synthetic", "-o", tmp_path / "x"), "Permission denied")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_batch_size_zero(synthetic_dataset, student_run):
+    one_line_error(
+        invoke("evaluate", "--run", student_run, "--data", synthetic_dataset, "--batch-size", "0"),
+        "batch_size must be at least 1",
+    )
+
+
+def test_a_run_config_that_is_not_an_object(synthetic_dataset, student_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    (run / "config.json").write_text("[1, 2]")
+    one_line_error(invoke("evaluate", "--run", run, "--data", synthetic_dataset), "is not a JSON object")
+
+
+def test_an_edited_model_config_names_the_weight(synthetic_dataset, student_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden"] = 32
+    (run / "config.json").write_text(json.dumps(config))
+    one_line_error(
+        invoke("evaluate", "--run", run, "--data", synthetic_dataset),
+        "does not fit its config: item_emb.weight has shape (41, 8), its config gives (41, 32)",
+    )
+
+
+def test_a_max_len_too_large_to_allocate(synthetic_dataset, tmp_path):
+    result = invoke(
+        "student-train",
+        "--data",
+        synthetic_dataset,
+        "-o",
+        tmp_path / "r",
+        "--max-len",
+        10**13,
+        "--device",
+        "cpu",
+    )
+    one_line_error(result, "out of memory", "--max-len")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_teacher_max_len_beyond_its_sasrec(synthetic_dataset, student_run, tmp_path):
+    result = invoke(
+        "teacher-train",
+        "--data",
+        synthetic_dataset,
+        "--sasrec",
+        student_run,
+        "--output",
+        tmp_path / "t",
+        "--max-len",
+        9,
+        "--device",
+        "cpu",
+    )
+    one_line_error(result, "teacher max_len 9 is longer than its SASRec run's max_len 8", "--max-len 8 or less")
+    assert not (tmp_path / "t").exists()
+
+
+def test_misleading_messages_are_precise(synthetic_dataset, tmp_path):
+    (tmp_path / "f.txt").write_text("1 2\n")
+    one_line_error(
+        invoke("evaluate", "--run", tmp_path, "--data", tmp_path / "f.txt"),
+        "is a file, not a dataset directory",
+    )
+    one_line_error(invoke("prepare", tmp_path, "-o", tmp_path / "out"), "is a directory")
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"{10**25 + u} {i}\n" for u in range(3) for i in range(1, 4)))
+    assert invoke("prepare", big, "-o", tmp_path / "big").exit_code == 0  # 26-digit ids are integers
+    (tmp_path / "bin.csv").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    message = one_line_error(
+        invoke("prepare", tmp_path / "bin.csv", "-o", tmp_path / "o2"), "not a text file"
+    )
+    assert "\x1f" not in message
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("".join(f"{u} {i}\n" for u in range(4) for i in range(1, 4)) + "9 1 2\n")
+    one_line_error(invoke("prepare", mixed, "-o", tmp_path / "o3"), "cannot tell the format", "--format")
+    assert not any((tmp_path / o).exists() for o in ("out", "o2", "o3"))
+
+
+def test_auto_detection_says_what_it_chose(tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("".join(f"{u} {i}\n" for u in range(4) for i in range(1, 4)))
+    result = invoke("prepare", data, "-o", tmp_path / "out")
+    assert result.exit_code == 0 and "read as --format sasrec (the first 12 lines are 'user item' pairs)" in (
+        result.output
+    )
+
+
+def test_an_unfinished_run_is_used_with_a_warning(synthetic_dataset, student_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    (run / "metrics.json").unlink()
+    result = invoke("evaluate", "--run", run, "--data", synthetic_dataset, "--split", "test")
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: {run} is unfinished (no metrics.json): using its best checkpoint so far, from epoch 1"
+        in (result.output)
+    )
+    result = invoke("evaluate", "--run", student_run, "--data", synthetic_dataset, "--split", "test")
+    assert "unfinished" not in result.output
+    result = invoke(
+        "teacher-train",
+        "--data",
+        synthetic_dataset,
+        "--sasrec",
+        run,
+        "--output",
+        tmp_path / "t",
+        "--max-len",
+        9,
+        "--device",
+        "cpu",
+    )
+    assert result.output.startswith(f"warning: {run} is unfinished") and "Error: teacher max_len 9" in result.output
