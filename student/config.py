@@ -164,9 +164,15 @@ class ServeConfig:
     port: int = option(8000, "Port to listen on.")
     max_k: int = option(100, "Largest k a request may ask for.")
     max_history: int = option(2000, "Longest history a request may send (raw item ids).")
+    max_batch: int = option(1, "Score up to N requests that arrive together in one call (1: no batching).")
+    threads: int = option(1, "Torch threads for scoring (one request is small: more threads mostly wait).")
     device: str = option("cpu")
 
     def __post_init__(self) -> None:
-        check(self, required={"run": "--run RUN"}, at_least_one=("max_k", "max_history"))
+        check(
+            self,
+            required={"run": "--run RUN"},
+            at_least_one=("max_k", "max_history", "max_batch", "threads"),
+        )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")

@@ -7,7 +7,8 @@
 - Items already in the history are not recommended (unless asked), however long the history: the
   model reads its last ``max_len`` items, the exclusion uses all of them.
 - A history that is empty (or empty once unknown ids are dropped) gets the most popular items, by
-  interactions in the whole dataset, and says so (``popular``); their scores are those counts.
+  interactions in the whole dataset (ties: the lower item id first), and says so (``popular``); their
+  scores are those counts.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class Recommender:
         self.model = model.eval()
         self.data = data
         self.device = model.item_emb.weight.device
-        counts = np.bincount(data.items, minlength=data.num_items + 1).astype(np.float32)
-        self.popularity = torch.from_numpy(counts).to(self.device)  # (N + 1,) interactions per item
+        counts = np.bincount(data.items, minlength=data.num_items + 1)[1:]  # (N,) interactions per item
+        order = np.argsort(-counts, kind="stable")  # fixed order among ties, whatever the batch
+        self.popular_items = (order + 1).tolist()  # item ids, most popular first
+        self.popular_counts = counts[order].astype(float).tolist()
 
     @classmethod
     def load(
@@ -165,9 +168,6 @@ class Recommender:
                 inputs[row, width - len(tail) :] = tail
         scores = self.model.score(self.model.user_embedding(torch.from_numpy(inputs).to(self.device)))
         scores = scores.float()  # (B, N + 1)
-        if any(popular):
-            rows = torch.tensor(popular, device=self.device)
-            scores = torch.where(rows[:, None], self.popularity, scores)
         scores[:, 0] = float("-inf")  # padding
         if exclude_seen:
             seen = np.zeros((B, max(1, max(len(h) for h in ids))), dtype=np.int64)  # 0 = pad, masked anyway
@@ -178,7 +178,9 @@ class Recommender:
         top_scores, top_items = top_scores.cpu().tolist(), top_items.cpu().tolist()
 
         items, values, titles = [], [], []
-        for row_scores, row_items in zip(top_scores, top_items, strict=True):
+        for row_scores, row_items, fallback in zip(top_scores, top_items, popular, strict=True):
+            if fallback:  # nothing seen, nothing to mask
+                row_items, row_scores = self.popular_items[:k], self.popular_counts[:k]
             kept = [(i, s) for i, s in zip(row_items, row_scores, strict=True) if s != float("-inf")]
             items.append([self.data.raw_item(i) for i, _ in kept])
             values.append([s for _, s in kept])

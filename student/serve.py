@@ -9,19 +9,76 @@
   a user the dataset does not have. Unknown item ids in a history are not an error: they are dropped
   and listed in ``unknown``.
 
-One request is scored at a time, on the event loop: on a small CPU the model is the bottleneck and
-threads scoring side by side only contend for the same cores. Concurrent requests are not batched:
-see ``bench/results/latency.md`` for the measurement behind that.
+Scoring runs on one worker thread beside the event loop (which keeps reading requests meanwhile), with
+``threads`` torch threads: on a small shared CPU, threads scoring side by side only contend for the
+same cores. Requests that arrive while a batch is being scored wait and are scored together in the
+next one, up to ``max_batch`` histories (1: one request per call). Nothing waits for a batch to fill,
+so a lone request is never delayed. ``bench/results/latency.md`` measures both settings.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model of a route defined in a
 # function from its annotation, which must then be the class itself, not a string.
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from distill.errors import DistillError
 from student.config import ServeConfig
 from student.recommend import Recommender
+
+
+class Batcher:
+    """Scores requests on one worker thread, together when they arrive while it is busy.
+
+    Args:
+        recommender: the loaded student.
+        max_batch: the most histories one call scores.
+    """
+
+    def __init__(self, recommender: Recommender, max_batch: int = 1) -> None:
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.pending: list[tuple[list, int, bool, asyncio.Future]] = []
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+        self.drainer: asyncio.Task | None = None
+
+    async def recommend(self, history: list, k: int, exclude_seen: bool) -> dict:
+        """What :meth:`Recommender.recommend` answers for one history, as a dictionary."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((history, k, exclude_seen, future))
+        if self.drainer is None or self.drainer.done():
+            self.drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+            try:
+                answers = await loop.run_in_executor(self.worker, self._score, batch)
+            except Exception as e:  # handed to each waiting request, not swallowed
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+
+    def _score(self, batch: list[tuple[list, int, bool, asyncio.Future]]) -> list[dict]:
+        """One call per ``exclude_seen`` value, at the largest ``k`` asked; each answer cut to its ``k``."""
+        answers: list[dict | None] = [None] * len(batch)
+        for exclude in (True, False):
+            rows = [i for i, (_, _, e, _) in enumerate(batch) if e == exclude]
+            if not rows:
+                continue
+            k = max(batch[i][1] for i in rows)
+            recs = self.recommender.recommend([batch[i][0] for i in rows], k, exclude).as_dicts()
+            for i, answer in zip(rows, recs, strict=True):
+                answers[i] = {**answer, "items": answer["items"][: batch[i][1]]}
+        return answers
 
 
 def _modules() -> tuple[Any, Any]:
@@ -33,19 +90,23 @@ def _modules() -> tuple[Any, Any]:
     return fastapi, pydantic
 
 
-def create_app(recommender: Recommender, max_k: int = 100, max_history: int = 2000) -> Any:
+def create_app(
+    recommender: Recommender, max_k: int = 100, max_history: int = 2000, max_batch: int = 1
+) -> Any:
     """The FastAPI app that serves ``recommender``.
 
     Args:
         recommender: the loaded student.
         max_k: the largest ``k`` a request may ask for (also at most the catalogue size).
         max_history: the longest history a request may send.
+        max_batch: the most concurrent requests scored in one call (1: no batching).
     """
     fastapi, pydantic = _modules()
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     k_limit = min(max_k, recommender.num_items)
+    batcher = Batcher(recommender, max_batch)
 
     class RecommendRequest(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="forbid")
@@ -79,6 +140,7 @@ def create_app(recommender: Recommender, max_k: int = 100, max_history: int = 20
             "dataset": recommender.data.fingerprint,
             "max_k": k_limit,
             "max_history": max_history,
+            "max_batch": max_batch,
         }
 
     @app.post("/recommend")
@@ -90,7 +152,7 @@ def create_app(recommender: Recommender, max_k: int = 100, max_history: int = 20
                 raise fastapi.HTTPException(status_code=404, detail=str(e)) from None
         else:
             history = request.history
-        return recommender.recommend([history], request.k, request.exclude_seen).as_dicts()[0]
+        return await batcher.recommend(history, request.k, request.exclude_seen)
 
     return app
 
@@ -102,7 +164,9 @@ def run(cfg: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise DistillError("serving needs the serve extra: pip install 'distill[serve]'") from None
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     recommender = Recommender.load(cfg.run, cfg.data, cfg.device)
-    uvicorn.run(
-        create_app(recommender, cfg.max_k, cfg.max_history), host=cfg.host, port=cfg.port, log_level="warning"
-    )
+    app = create_app(recommender, cfg.max_k, cfg.max_history, cfg.max_batch)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

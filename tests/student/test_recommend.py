@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +106,17 @@ def test_cli_recommend_errors_are_one_line(ring_run, args, message):
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [result.output.strip()] and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_help_of_the_new_commands_does_not_import_torch():
+    code = (
+        "import sys, cli\n"
+        "from click.testing import CliRunner\n"
+        "for command in ('recommend', 'export-model', 'serve'):\n"
+        "    result = CliRunner().invoke(cli.main, [command, '--help'])\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "assert 'torch' not in sys.modules, 'distill --help imported torch'\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

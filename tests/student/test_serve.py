@@ -55,3 +55,51 @@ def test_bad_requests_are_4xx_with_a_message(client, body, status, message):
         answer = client.post("/recommend", json=body)
     assert answer.status_code == status, answer.text
     assert isinstance(answer.json()["detail"], str) and message in answer.json()["detail"]
+
+
+def test_concurrent_requests_batched_answer_as_one_at_a_time(ring_run):
+    import asyncio
+
+    import httpx
+
+    from student.serve import create_app
+
+    recommender = Recommender.load(*ring_run)
+    bodies = [
+        {"history": ["m1", "m2"], "k": 2},
+        {"history": ["m5"], "k": 4, "exclude_seen": False},
+        {"history": [], "k": 3},
+        {"user": "u7", "k": 1},
+        {"history": ["m9", "nope"]},
+    ] * 3
+
+    async def answers(max_batch: int) -> list:
+        app = create_app(recommender, max_batch=max_batch)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            replies = await asyncio.gather(*(http.post("/recommend", json=body) for body in bodies))
+        assert all(r.status_code == 200 for r in replies)
+        return [r.json() for r in replies]
+
+    sizes = []
+    recommend = recommender.recommend
+
+    def spy(histories, *args):
+        sizes.append(len(histories))
+        return recommend(histories, *args)
+
+    recommender.recommend = spy
+    batched = asyncio.run(answers(4))
+    assert max(sizes) > 1 and max(sizes) <= 4  # requests did meet in a batch
+    sizes.clear()
+    alone = asyncio.run(answers(1))
+    assert set(sizes) == {1}
+
+    def items(replies):
+        return [[i["item"] for i in a["items"]] for a in replies]
+
+    assert items(batched) == items(alone)
+    assert [len(a["items"]) for a in batched[:5]] == [2, 4, 3, 1, 10]
+    for a, b in zip(batched, alone, strict=True):
+        assert a["unknown"] == b["unknown"] and a["popular"] == b["popular"]
+        assert [i["score"] for i in a["items"]] == pytest.approx([i["score"] for i in b["items"]], abs=1e-5)
