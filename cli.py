@@ -243,7 +243,6 @@ def serve(cfg: ServeConfig) -> None:
     """Serve a student over HTTP: POST /recommend, GET /health (needs the serve extra)."""
     from student.serve import run
 
-    click.echo(f"serving {cfg.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /health)")
     run(cfg)
 
 

@@ -169,4 +169,5 @@ def run(cfg: ServeConfig) -> None:
     torch.set_num_threads(cfg.threads)
     recommender = Recommender.load(cfg.run, cfg.data, cfg.device)
     app = create_app(recommender, cfg.max_k, cfg.max_history, cfg.max_batch)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    # uvicorn says where it listens; one log line per request would cost more than scoring one.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +52,12 @@ def test_export_refuses_to_overwrite(ring_run, tmp_path):
     result = CliRunner().invoke(main, ["export-model", "--run", str(ring_run[0]), "-o", str(out)])
     assert result.exit_code == 1 and "already exists" in result.output
     assert out.read_text() == "mine" and not vocabulary_path(out).exists()
+
+
+def test_without_the_onnx_extra_the_error_says_what_to_install(ring_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(main, ["export-model", "--run", str(ring_run[0]), "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == "Error: ONNX export needs the onnx extra: pip install 'distill[onnx]'"
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -103,3 +103,16 @@ def test_concurrent_requests_batched_answer_as_one_at_a_time(ring_run):
     for a, b in zip(batched, alone, strict=True):
         assert a["unknown"] == b["unknown"] and a["popular"] == b["popular"]
         assert [i["score"] for i in a["items"]] == pytest.approx([i["score"] for i in b["items"]], abs=1e-5)
+
+
+def test_without_the_serve_extra_the_error_says_what_to_install(ring_run, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    result = CliRunner().invoke(main, ["serve", "--run", str(ring_run[0]), "--port", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == "Error: serving needs the serve extra: pip install 'distill[serve]'"
