@@ -23,7 +23,7 @@ import click
 from distill.config import PrepareConfig
 from distill.errors import DistillError
 from pipeline.config import EvaluateConfig, PipelineConfig
-from student.config import StudentTrainConfig
+from student.config import ExportModelConfig, RecommendConfig, ServeConfig, StudentTrainConfig
 from teacher.config import ExportConfig, TeacherTrainConfig
 
 # Options worded the same wherever they appear: config field -> (flags, help).
@@ -265,6 +265,40 @@ def evaluate(cfg: EvaluateConfig) -> None:
     table = format_table(run(cfg))
     click.echo(f"{cfg.run}; {MASKING_NOTE}")
     click.echo(table)
+
+
+# ------------------------------------------------------------------------------------------ using a student
+@main.command()
+@_command(RecommendConfig, single_process=True)
+def recommend(cfg: RecommendConfig) -> None:
+    """Top-k items for a user of the dataset (--user) or a history of raw item ids (--history).
+
+    Items already in the history are left out; unknown item ids are ignored and named; an empty
+    history gets the most popular items.
+    """
+    from student.recommend import format_recommendations, run
+
+    recommendations, _ = run(cfg)
+    click.echo(format_recommendations(recommendations, as_json=cfg.json))
+
+
+@main.command("export-model")
+@_command(ExportModelConfig, single_process=True)
+def export_model(cfg: ExportModelConfig) -> None:
+    """Write a student's scoring path (history -> scores of every item) as ONNX, vocabulary beside it."""
+    from student.export import run
+
+    written = run(cfg)
+    click.echo(f"wrote {cfg.output} and {written['vocabulary']} ({written['num_items']:,} items)")
+
+
+@main.command()
+@_command(ServeConfig, single_process=True)
+def serve(cfg: ServeConfig) -> None:
+    """Serve a student over HTTP: POST /recommend, GET /health (needs the serve extra)."""
+    from student.serve import run
+
+    run(cfg)
 
 
 if __name__ == "__main__":

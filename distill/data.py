@@ -119,6 +119,8 @@ class Dataset:
         self.items = sequences["items"].explode().to_numpy().astype(np.int64)
         self._titles = items["title"].to_list()
         self._raw_items = items["raw_item"].to_list()
+        self._item_ids: dict[str, int] | None = None  # raw id -> id, built on first use
+        self._user_ids: dict[str, int] | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -145,6 +147,24 @@ class Dataset:
     def raw_item(self, item: int) -> str:
         """The item's id in the raw input."""
         return self._raw_items[item - 1]
+
+    def item_id(self, raw_item: str) -> int | None:
+        """The item id of a raw item id (as a string), or None when the dataset has no such item."""
+        if self._item_ids is None:
+            self._item_ids = {raw: i for i, raw in enumerate(self._raw_items, start=1)}
+        return self._item_ids.get(str(raw_item))
+
+    def user_id(self, raw_user: str) -> int | None:
+        """The user id of a raw user id (as a string), or None when the dataset has no such user.
+
+        The raw ids are read from ``sequences.parquet`` on first use: training never needs them.
+        """
+        if self._user_ids is None:
+            raw = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "raw_user"])
+            self._user_ids = dict(
+                zip(map(str, raw["raw_user"].to_list()), raw["user"].to_list(), strict=True)
+            )
+        return self._user_ids.get(str(raw_user))
 
     def sequence(self, user: int) -> np.ndarray:
         """A user's whole chronological sequence (train, valid and test items)."""

@@ -1,0 +1,110 @@
+"""``distill export-model``: a student's scoring path as ONNX, usable without this package.
+
+The graph maps ``history`` (B, L) int64 item ids, left-padded with 0, any B and any L (only the last
+``max_len`` columns are read) to ``scores`` (B, num_items) float32, where column j scores item id j + 1.
+Beside ``model.onnx`` lies ``model.items.json``: the id convention, ``max_len``, the dataset
+fingerprint, and one row per item id (raw id, title). Masking seen items and taking the top k is the
+caller's (a few lines of numpy; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+from student.config import ExportModelConfig
+from student.recommend import dataset_of
+from student.run import load_run
+from student.sasrec import SASRec
+
+FORMAT_VERSION = 1  # of the vocabulary file
+
+
+class Scorer(nn.Module):
+    """A SASRec's next-item scores for the last column of each history: what the ONNX file computes."""
+
+    def __init__(self, model: SASRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: Tensor) -> Tensor:
+        """``(B, L)`` item ids, left-padded with 0 → ``(B, num_items)`` scores of item ids 1..num_items."""
+        history = history[:, -self.model.config.max_len :]  # right-aligned positions: the tail is enough
+        return self.model.score(self.model.user_embedding(history))[:, 1:]
+
+
+def vocabulary_path(onnx_path: str | Path) -> Path:
+    """Where the vocabulary of ``model.onnx`` lies: ``model.items.json``."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".items.json")
+
+
+def export_onnx(model: SASRec, path: str | Path, opset: int = 18) -> None:
+    """Write ``model``'s scoring path to ``path`` as ONNX (dynamic batch and length) and check it.
+
+    Raises:
+        DistillError: the ``onnx`` extra is not installed.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise DistillError("ONNX export needs the onnx extra: pip install 'distill[onnx]'") from None
+    scorer = Scorer(model.cpu()).eval()  # export restores the mode it found: eval, not Scorer's train
+    example = torch.randint(1, model.config.num_items + 1, (2, min(8, model.config.max_len)))
+    with warnings.catch_warnings():
+        # The tracer warns of SASRec's `L > max_len` check (always false after the slice in Scorer) and
+        # of unpacking q, k, v (always 3): both are constants of the graph by design.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            scorer,
+            (example,),
+            str(path),
+            input_names=["history"],
+            output_names=["scores"],
+            dynamic_axes={"history": {0: "batch", 1: "length"}, "scores": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def run(cfg: ExportModelConfig) -> dict:
+    """Export ``cfg.run`` to ``cfg.output`` and its vocabulary beside it; returns the vocabulary header."""
+    output, vocab = Path(cfg.output), vocabulary_path(cfg.output)
+    for path in (output, vocab):
+        if path.exists() and not cfg.overwrite:
+            raise DistillError(f"{path} already exists (use --overwrite to replace it)")
+    data = dataset_of(cfg.run, cfg.data)
+    model = load_run(cfg.run, data, "cpu")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "model": output.name,
+        "run": str(Path(cfg.run).resolve()),
+        "dataset": data.identity(),
+        "input": "history: (batch, length) int64 item ids, oldest first, left-padded with 0",
+        "output": "scores: (batch, num_items) float32; column j scores item id j + 1",
+        "max_len": model.config.max_len,
+        "num_items": data.num_items,
+    }
+    items = [
+        {"id": i, "raw_id": data.raw_item(i), "title": data.title(i)} for i in range(1, data.num_items + 1)
+    ]
+    # Both files go to temporary names first: a failed export leaves nothing behind.
+    tmp_model = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp_vocab = vocab.with_name(f".{vocab.name}.tmp-{os.getpid()}")
+    try:
+        export_onnx(model, tmp_model, cfg.opset)
+        tmp_vocab.write_text(json.dumps({**header, "items": items}, ensure_ascii=False, indent=1) + "\n")
+        tmp_model.replace(output)
+        tmp_vocab.replace(vocab)
+    finally:
+        tmp_model.unlink(missing_ok=True)
+        tmp_vocab.unlink(missing_ok=True)
+    return {**header, "vocabulary": str(vocab)}
