@@ -20,7 +20,7 @@ import click
 
 from distill.config import PrepareConfig
 from distill.errors import DistillError
-from pipeline.config import EvaluateConfig, PipelineConfig
+from pipeline.config import CompareConfig, EvaluateConfig, PipelineConfig
 from student.config import StudentTrainConfig
 from teacher.config import ExportConfig, TeacherTrainConfig
 
@@ -131,6 +131,7 @@ def main() -> None:
       distill student-train --teacher-scores DIR   the student on labels + soft labels
       distill pipeline       all of the above on the synthetic data (the quickstart)
       distill evaluate       full-ranking metrics of a saved run
+      distill compare        runs side by side, with paired per-user differences and their uncertainty
     """
 
 
@@ -210,6 +211,18 @@ def evaluate(cfg: EvaluateConfig) -> None:
     table = format_table(run(cfg))
     click.echo(f"{cfg.run}; {MASKING_NOTE}")
     click.echo(table)
+
+
+# ---------------------------------------------------------------------------------------------- compare
+@main.command()
+@click.argument("runs", nargs=-1, type=click.Path())
+@_command(CompareConfig, single_process=True)
+def compare(cfg: CompareConfig) -> None:
+    """Compare RUNS (students or teachers) on one split of --data: metrics side by side, and the per-user
+    paired difference of --metric against the first run with a bootstrap 95% interval."""
+    from pipeline.compare import report, run
+
+    click.echo(report(cfg, run(cfg)))
 
 
 if __name__ == "__main__":

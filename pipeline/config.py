@@ -65,3 +65,26 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check(self, required={"run": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``distill compare``: several runs side by side on one split of one dataset, with per-user paired
+    differences of a metric against the first run and a bootstrap 95% interval of their mean."""
+
+    runs: tuple[str, ...] = ()
+    data: str = option("", "The dataset directory the runs were trained on.")
+    split: Literal["valid", "test"] = option("test", "Which held-out target to rank.")
+    metric: str = option("ndcg@10", "Metric of the paired differences: hr@K, ndcg@K or mrr.")
+    samples: int = option(10000, "Bootstrap resamples of the users.")
+    seed: int = option(0, "Seed of the bootstrap.")
+    batch_size: int = option(256, "Users per scoring batch.")
+    device: str = option("auto")
+
+    def __post_init__(self) -> None:
+        check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"))
+        if len(self.runs) < 2:
+            raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
+        name, _, k = self.metric.partition("@")
+        if not (name in ("hr", "ndcg") and k.isdigit() and int(k) > 0) and self.metric != "mrr":
+            raise ValueError(f"metric must be hr@K, ndcg@K or mrr, got {self.metric!r}")

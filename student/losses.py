@@ -126,7 +126,7 @@ def _fused_chunk(
     """One chunk of :class:`_ChunkedSoftmaxCE` whose rows ``scored`` have ``teacher_rows``.
 
     Adds the chunk's loss to ``total`` and its KD to ``kd_total`` in place; returns d(loss)/d(logits)
-    ``(C, V)``, over ``logp``'s storage.
+    ``(C, V)``, over ``logp``'s storage (``logits`` is overwritten).
     """
     alpha, temperature = soft.alpha, soft.temperature
     items, t_logits = soft.fetch(teacher_rows)
@@ -136,10 +136,17 @@ def _fused_chunk(
     # At T = 1 with scale 1 (both losses at T = 1), softmax(z / T) is the CE's own softmax(z).
     shared = temperature == 1.0 and scale == 1.0
     if shared:
-        log_q = logp if whole else logp[scored]  # (m, V)
+        log_q_items = logp.gather(1, items) if whole else logp[scored[:, None], items]  # (m, k)
     else:
-        log_q = torch.log_softmax((logits if whole else logits[scored]) / temperature, dim=-1)
-    kd_rows = scale * -(p * log_q.gather(1, items)).sum(-1) + offset  # (m,)
+        # softmax(z / T) with a single exp over the rows; log q only where the teacher has mass.
+        z = logits.div_(temperature) if whole else logits[scored].div_(temperature)  # (m, V)
+        top = z.amax(dim=-1, keepdim=True)
+        picked = z.gather(1, items)  # (m, k)
+        q = z.sub_(top).exp_()
+        norm = q.sum(dim=-1, keepdim=True)
+        q.div_(norm)  # (m, V) softmax(z / T)
+        log_q_items = picked - top - norm.log()
+    kd_rows = scale * -(p * log_q_items).sum(-1) + offset  # (m,)
     ce_weights = torch.ones_like(ce_rows)
     ce_weights[scored] = 1.0 - alpha
     total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
@@ -151,10 +158,12 @@ def _fused_chunk(
     if shared:
         # (1 - α)(P - onehot) + α(P - p) = P - (1 - α)·onehot - α·p
         probs[arange, targets] -= ce_weights
-        probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
+        if whole:
+            probs.scatter_add_(1, items, p * -step)
+        else:
+            probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
         return probs
     probs[arange, targets] -= 1.0
-    q = log_q.exp_()  # (m, V) softmax(z / T)
     sub = probs if whole else probs[scored]
     sub.mul_(1.0 - alpha).add_(q, alpha=step).scatter_add_(1, items, p * -step)
     if not whole:
