@@ -33,7 +33,7 @@ class PipelineConfig:
     top_k: int = 100
     kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
     alphas: tuple[float, ...] = option(
-        (0.3, 0.7), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
+        (0.5,), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
     )
     temperatures: tuple[float, ...] = option((1.0, 2.0), "KD temperatures to try (comma-separated).")
     seed: int = option(0, "Random seed of every stage.")
