@@ -69,7 +69,8 @@ def main() -> None:
 
     vocab = moe.get_input_embeddings().num_embeddings
     input_ids = torch.randint(0, vocab, (args.batch, args.tokens))
-    gate_logits = torch.zeros(args.batch, experts, requires_grad=True)  # stands in for the gating MLP
+    # per-token gates, as the dense teacher uses them; they stand in for the gating MLP
+    gate_logits = torch.zeros(args.batch, args.tokens, experts, requires_grad=True)
 
     def moe_step(optimizer: torch.optim.Optimizer) -> None:
         with moe_gates(moe, gate_logits.softmax(-1)):

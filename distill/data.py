@@ -46,6 +46,17 @@ class Samples:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """Windows of training sequences, each scored at its last ``width`` columns (see
+    :meth:`Dataset.train_windows`), as numpy arrays."""
+
+    users: np.ndarray  # (S,)
+    histories: np.ndarray  # (S, context) the items a model reads, left-padded with 0
+    targets: np.ndarray  # (S, width) the item after each of the last `width` columns; 0 where not scored
+    positions: np.ndarray  # (S, width) each target's index in its user's sequence; -1 where not scored
+
+
+@dataclass(frozen=True)
 class EvalBatch:
     """Users to rank the whole catalogue for, with what their history is and what comes next."""
 
@@ -198,25 +209,54 @@ class Dataset:
         starts, ends = self.history_bounds("train")
         return np.clip(np.minimum(ends - starts - 1, max_len), 0, None)
 
+    def train_windows(
+        self, width: int, context: int, *, last: int | None = None, stride: int | None = None
+    ) -> Windows:
+        """Windows of the training sequences for models that score every position of a window at once.
+
+        A window reads ``context`` items (left-padded) and scores its last ``width`` columns: column j
+        predicts the item after it. Window ends step back from the end of each training sequence by
+        ``stride`` (default ``width``: the windows tile the sequence and every target is scored exactly
+        once; 1: one window per target, scoring only its last column, as one prompt per prefix). With
+        ``last``, only each user's last ``last`` training targets are scored.
+
+        Args:
+            width: positions scored per window (``<= context``).
+            context: history columns a window holds.
+            last: score only the last ``last`` targets of each user (None: every target).
+            stride: distance between consecutive window ends; at most ``width``.
+
+        Returns:
+            Windows in user order, chronological within a user.
+        """
+        stride = width if stride is None else stride
+        if not 1 <= stride <= width <= context:
+            raise ValueError(f"need 1 <= stride <= width <= context, got {stride}, {width}, {context}")
+        starts, ends = self.history_bounds("train")
+        n = ends - starts  # training items per user; targets are positions 1..n-1
+        lo = np.ones_like(n) if last is None else np.maximum(n - last, 1)
+        count = np.where(n > lo, -(-(n - lo) // stride), 0)
+        users = np.repeat(np.arange(self.num_users), count)
+        k = np.arange(len(users)) - np.repeat(np.cumsum(count) - count, count)  # window index in its user
+        end = n[users] - (count[users] - 1 - k) * stride  # (S,) exclusive end of the window's targets
+        q = end[:, None] - width + np.arange(width)[None, :]  # (S, width) target position of each column
+        scored = q >= np.maximum(end - stride, lo[users])[:, None]
+        flat = starts[users][:, None] + q
+        return Windows(
+            users=users,
+            histories=window(self.items, starts[users], starts[users] + end - 1, context),
+            targets=np.where(scored, self.items[flat.clip(0)], 0),
+            positions=np.where(scored, q, -1),
+        )
+
     def prefix_samples(self, per_user: int | None, max_len: int) -> Samples:
         """Every training target with the ``max_len`` items before it, or each user's last ``per_user``.
 
         Targets are the items of ``train`` that have at least one item before them, in user order and
-        chronological order within a user.
+        chronological order within a user: :meth:`train_windows` of width 1.
         """
-        starts, ends = self.history_bounds("train")
-        available = np.clip(ends - starts - 1, 0, None)
-        count = available if per_user is None else np.minimum(available, per_user)
-        users = np.repeat(np.arange(self.num_users), count)
-        # The j-th sample of a user targets flat index ends - count + j.
-        within = np.arange(len(users)) - np.repeat(np.cumsum(count) - count, count)
-        target_at = np.repeat(ends - count, count) + within
-        return Samples(
-            users=users,
-            positions=target_at - starts[users],
-            histories=window(self.items, starts[users], target_at, max_len),
-            targets=self.items[target_at],
-        )
+        w = self.train_windows(1, max_len, last=per_user, stride=1)
+        return Samples(w.users, w.positions[:, 0], w.histories, w.targets[:, 0])
 
     def eval_batches(
         self, split: str, batch_size: int, max_len: int, users: np.ndarray | None = None

@@ -11,10 +11,10 @@ A backbone spec is one of:
 The backbone is the base model without the LM head (``AutoModel``, e.g. ``LlamaModel``), frozen and in
 eval mode: teachers train adapters, projectors and heads around it, never its own weights.
 
-Padding is on the right. With left padding, Llama's default position ids (``0..T-1`` per column) would
-shift every real token of a short prompt; with right padding the real tokens of every row sit at
-positions ``0..len-1``, exactly as unpadded, and causal attention keeps them blind to the padding that
-follows. Read the last real token of row b at ``attention_mask[b].sum() - 1``.
+Prompts are left-padded (see :mod:`teacher.prompts`) and carry explicit ``position_ids`` that count
+real tokens only, so the real tokens of every row sit at positions ``0..len-1`` exactly as unpadded, and
+the attention mask hides the padding before them. The tokenizer's own ``padding_side`` is never used to
+build prompts.
 """
 
 from __future__ import annotations

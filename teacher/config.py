@@ -49,19 +49,36 @@ class TeacherTrainConfig:
     llm: str = option("tiny", "Backbone: 'tiny', a .gguf file, a model directory or a hub id.")
     llm_layers: int | None = option(None, "Keep only the first N decoder layers.")
     dtype: Literal["float32", "bfloat16"] = option("float32", "Backbone dtype.")
-    max_len: int = option(10, "History items in the prompt.")
+    max_len: int = option(10, "History items in the prompt (at most the SASRec run's max_len).")
+    objective: Literal["dense", "last"] = option(
+        "dense",
+        "dense: cross-entropy at every history position of windows tiling each sequence; last: at the "
+        "last position of one prompt per target (the user's last --positions targets).",
+    )
     positions: int = option(
         4,
-        "Train on the last N targets of each training sequence (--samples-per-user: its old name).",
+        "--objective last: train on the last N targets of each training sequence "
+        "(--samples-per-user: its old name).",
         "--positions",
         "--samples-per-user",
+    )
+    fuse_sasrec: bool = option(
+        True,
+        "Score = the teacher's dot product + SASRec's score for the same position; an untrained teacher "
+        "ranks as its SASRec.",
+        "--fuse-sasrec/--no-fuse-sasrec",
     )
     titles: bool = option(
         True,
         "MoE-LoRA: put item titles before their slots when the dataset has titles.",
         "--titles/--no-titles",
     )
+    title_tokens: int = option(24, "MoE-LoRA: keep at most N tokens of each title.")
     experts: int = option(4, "MoE-LoRA: number of LoRA experts.")
+    moe_scaling: Literal["total", "expert"] = option(
+        "total",
+        "MoE-LoRA: scale updates by lora_alpha / r (total rank) or by lora_alpha / (r / experts) (iLoRA).",
+    )
     r: int | None = option(
         None, f"LoRA rank (MoE-LoRA: total, split across experts). {_per_teacher('r')}", "--lora-r"
     )
@@ -106,6 +123,7 @@ class TeacherTrainConfig:
             at_least_one=(
                 "max_len",
                 "positions",
+                "title_tokens",
                 "experts",
                 "r",
                 "epochs",
@@ -129,15 +147,17 @@ class TeacherTrainConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """``distill export-logits``: a teacher run's soft labels over the catalogue, as a score directory.
+    """``distill export-logits``: a scorer's soft labels over the catalogue, as a score directory.
+
+    The scorer is a ``teacher-train`` run or a ``student-train`` run (any scorer is a teacher).
 
     ``positions`` is how many of each user's last training targets get a row (None: every one);
     ``top_k`` how many items each row keeps (None: the whole catalogue). ``all_positions`` and
     ``full`` are the same as ``positions = None`` and ``top_k = None``, and win over them.
     """
 
-    run: str = option("", "A `distill teacher-train` run.")
-    data: str = option("", "The dataset directory the teacher was trained on.")
+    run: str = option("", "A `distill teacher-train` or `distill student-train` run: the scorer.")
+    data: str = option("", "The dataset directory the run was trained on.")
     output: str = option("", "Score directory to write.", "--output", "-o")
     top_k: int | None = option(100, "Items kept per row (--full keeps the whole catalogue).")
     full: bool = option(False, "Keep every item: full distributions (overrides --top-k).")
@@ -145,7 +165,10 @@ class ExportConfig:
         4, "Score each user's last N training targets (--all-positions: every one)."
     )
     all_positions: bool = option(False, "Score every training target (overrides --positions).")
-    batch_size: int = option(16, "Prefixes per scoring batch.")
+    per_prefix: bool = option(
+        False, "One forward per scored position instead of one per window (the anchors' way; for comparison)."
+    )
+    batch_size: int = option(16, "Windows per scoring batch.")
     device: str = option("auto")
     overwrite: bool = option(False)
 

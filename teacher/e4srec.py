@@ -1,15 +1,25 @@
 """The E4SRec teacher: frozen SASRec item embeddings as LLM inputs, peft LoRA, a head over all items.
 
-Input = instruction tokens + ``Linear(item embedding)`` of each history item + response tokens;
-the last hidden state goes through ``Linear(hidden, num_items + 1)``.
+Input = instruction tokens + ``Linear(item embedding)`` of each history item; the hidden state at item
+i's position goes through ``Linear(hidden, num_items + 1)`` and scores item i + 1.
+
+Where this differs from E4SRec, and why:
+
+- **Dense.** E4SRec reads one hidden state after a response prompt. Here every item position is scored,
+  so one pass over a window trains on (and exports) all its positions; no response text follows.
+- **Fused with SASRec** (``fuse_sasrec``): the score adds SASRec's own score for the same position, as
+  one dot product ``[h ; 1 ; s] · [W_n ; b_n ; e_n]`` with the head's weight ``W`` and bias ``b``. The
+  head starts at zero, so an untrained teacher ranks exactly as its SASRec.
 """
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from student.sasrec import SASRec
 from teacher.backbone import hidden_size
 from teacher.prompts import Prompts
 
@@ -19,50 +29,74 @@ class E4SRecTeacher(nn.Module):
 
     Args:
         backbone: frozen decoder (``AutoModel``); wrapped by ``get_peft_model``.
-        item_embeddings: ``(num_items + 1, d)`` SASRec item table; copied and kept frozen.
+        sasrec: the SASRec run; frozen. Its item table feeds the inputs, its states the fused score.
         placeholder_id: token id of the slots the projected items go into.
         r, lora_alpha, lora_dropout, target_modules: peft ``LoraConfig`` fields.
+        fuse_sasrec: add SASRec's own score (see the module docstring).
     """
 
     def __init__(
         self,
         backbone: PreTrainedModel,
-        item_embeddings: Tensor,
+        sasrec: SASRec,
         *,
         placeholder_id: int,
         r: int,
         lora_alpha: float,
         lora_dropout: float,
         target_modules: tuple[str, ...],
+        fuse_sasrec: bool = True,
     ):
         super().__init__()
         lora = LoraConfig(
             r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
         )
         self.backbone = get_peft_model(backbone, lora)
-        self.register_buffer("item_table", item_embeddings.detach().clone())  # (N + 1, d), frozen
+        self.sasrec = sasrec.requires_grad_(False).eval()
         self.placeholder_id = placeholder_id
+        self.fuse_sasrec = fuse_sasrec
+        table = sasrec.item_embeddings()
         width = hidden_size(backbone)
-        self.projector = nn.Linear(item_embeddings.shape[1], width)
-        self.head = nn.Linear(width, item_embeddings.shape[0])
+        self.projector = nn.Linear(table.shape[1], width)
+        self.head = nn.Linear(width, table.shape[0])
+        if fuse_sasrec:  # the teacher's part of the score starts at zero: it ranks as SASRec does
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
-    def forward(self, prompts: Prompts, history: Tensor) -> Tensor:
-        """Score every item for each prompt.
+    def train(self, mode: bool = True) -> E4SRecTeacher:
+        super().train(mode)
+        self.sasrec.eval()
+        return self
+
+    def forward(self, prompts: Prompts, history: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """Queries at the last ``width`` history columns, and the item vectors they score.
 
         Args:
-            prompts: token ids with one slot per non-pad history item.
-            history: ``(B, L)`` item ids, left-padded with 0.
+            prompts: token ids with one slot per non-pad item of ``history[:, -width:]``.
+            history: ``(B, C)`` item ids, left-padded with 0 (``C >= width``; SASRec reads all of it).
+            width: history columns the prompt holds and the teacher scores.
 
         Returns:
-            ``(B, num_items + 1)`` float32 scores; column 0 is padding.
+            ``(B, width, D)`` float32 queries (zero at padding) and ``(num_items + 1, D)`` float32 item
+            vectors: scores are ``queries @ items.T``.
         """
-        embeds = self.backbone.get_input_embeddings()(prompts.input_ids)  # (B, T, H)
+        window = history[:, -width:]
+        real = window != 0  # (B, w)
         slots = prompts.input_ids == self.placeholder_id  # (B, T)
-        items = self.item_table[history[history != 0]]  # (S, d)
-        if int(slots.sum()) != len(items):
-            raise ValueError(f"{int(slots.sum())} slots for {len(items)} history items")
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.projector(items).to(embeds.dtype))
+        if int(slots.sum()) != int(real.sum()):
+            raise ValueError(f"{int(slots.sum())} slots for {int(real.sum())} history items")
+        embeds = self.backbone.get_input_embeddings()(prompts.input_ids)  # (B, T, H)
+        items_in = self.sasrec.item_embeddings().detach()[window[real]]  # (S, d), frozen
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.projector(items_in).to(embeds.dtype))
         out = self.backbone(
             inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids
         )
-        return self.head(out.last_hidden_state[:, -1].float())  # (B, N + 1)
+        hidden = out.last_hidden_state.float()  # (B, T, H)
+        queries = hidden.new_zeros(*real.shape, hidden.shape[-1] + 1)  # (B, w, H + 1): [h ; 1]
+        queries[real] = torch.cat([hidden[slots], hidden.new_ones(len(hidden[slots]), 1)], dim=-1)
+        items = torch.cat([self.head.weight, self.head.bias[:, None]], dim=-1)  # (N + 1, H + 1)
+        if self.fuse_sasrec:
+            states = self.sasrec(history)[:, -width:].float()  # (B, w, d)
+            queries = torch.cat([queries, states], dim=-1)
+            items = torch.cat([items, self.sasrec.item_embeddings().float()], dim=-1)
+        return queries, items

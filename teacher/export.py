@@ -1,56 +1,102 @@
-"""``distill export-logits``: run a trained teacher over the training prefixes, keep its top-k scores.
+"""``distill export-logits``: run a scorer over the training sequences, keep its top-k scores per position.
 
-Each row is the teacher's prediction for one training target given the items before it (its last
-``max_len``, as in training): the ``top_k`` highest-scoring items (padding excluded) and their raw
-scores, descending. Rows are written in user order through :class:`distill.scores.ScoreWriter`, so
-the score directory appears only when complete. Under ``torchrun`` each rank scores a contiguous
-block of the prefixes and writes its own shards into the same directory.
+Any scorer is a teacher: either LLM teacher, or a ``student-train`` run (SASRec: self-distillation, or a
+wide SASRec into a narrow one). A row is the scorer's prediction for one training target given the
+items before it: the ``top_k`` highest-scoring items (padding excluded) and their raw scores,
+descending.
+
+Dense by default: every scorer scores all positions of a window in one pass (SASRec at every column
+of its input, a teacher at every history slot), and windows tile each training sequence from its end,
+so a user's rows cost one forward per window. ``per_prefix`` instead runs one forward per row (the
+history up to the target, scored at its end): the anchors' way, kept to measure against.
+
+Rows are written in user order through :class:`distill.scores.ScoreWriter`, so the score directory
+appears only when complete. Under ``torchrun`` each rank scores a contiguous block of the windows and
+writes its own shards into the same directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from distill.data import Dataset
 from distill.dist import block, setup_device
+from distill.errors import DistillError
 from distill.scores import ScoreWriter, refuse_existing
 from distill.training import log, progress, read_json
+from student.run import load_run
 from teacher.config import ExportConfig
-from teacher.model import load_teacher
+from teacher.model import KINDS, load_teacher
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What export needs of a model: ``scores(history (B, context)) -> (B, width, num_items + 1)``, the
+    scores after each of the last ``width`` history columns."""
+
+    kind: str
+    width: int
+    context: int
+    scores: Callable[[torch.Tensor], torch.Tensor]
+
+
+def load_scorer(run_dir: str | Path, data: Dataset, device: torch.device) -> Scorer:
+    """The scorer of a ``student-train`` or ``teacher-train`` run, checked against ``data``."""
+    kind = read_json(Path(run_dir) / "config.json", "run").get("kind")
+    if kind == "student":
+        sasrec = load_run(run_dir, data, device)
+        n = sasrec.config.max_len
+        return Scorer(kind, n, n, lambda history: sasrec.score(sasrec(history.to(device))))
+    if kind in KINDS.values():
+        teacher = load_teacher(run_dir, data, device)
+        return Scorer(kind, teacher.max_len, teacher.context, teacher.scores)
+    raise DistillError(f"{run_dir} is neither a student nor a teacher run (kind {kind!r})")
 
 
 @torch.no_grad()
 def run(cfg: ExportConfig) -> dict:
-    """Score every selected training prefix and write the score directory; returns its manifest."""
+    """Score the selected training positions and write the score directory; returns its manifest."""
     data = Dataset(cfg.data)
     refuse_existing(Path(cfg.output), cfg.overwrite)  # before the minutes it takes to load a teacher
     device = setup_device(cfg.device)
-    teacher = load_teacher(cfg.run, data, device)
-    run_config = read_json(Path(cfg.run) / "config.json", "teacher run")
+    scorer = load_scorer(cfg.run, data, device)
     k = data.num_items if cfg.top_k is None else min(cfg.top_k, data.num_items)
-    samples = data.prefix_samples(cfg.positions, teacher.max_len)
+    windows = data.train_windows(
+        scorer.width, scorer.context, last=cfg.positions, stride=1 if cfg.per_prefix else None
+    )
     manifest = {
-        "teacher": {"kind": run_config["kind"], "run": str(Path(cfg.run).resolve())},
+        "teacher": {"kind": scorer.kind, "run": str(Path(cfg.run).resolve())},
         "dataset": data.identity(),
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
-        "max_len": teacher.max_len,
+        "scoring": "per-prefix" if cfg.per_prefix else "dense",
+        "max_len": scorer.width,
     }
-    log(f"scoring {len(samples.targets):,} training prefixes with {cfg.run}, keeping the top {k:,} items")
-    mine = block(len(samples.targets))  # this rank's rows (all of them in a single process)
+    rows = int((windows.positions >= 0).sum())
+    log(
+        f"scoring {rows:,} training positions in {len(windows.users):,} windows with {cfg.run}, "
+        f"keeping the top {k:,} items"
+    )
+    mine = block(len(windows.users))  # this rank's windows (all of them in a single process)
     with ScoreWriter(cfg.output, manifest, overwrite=cfg.overwrite) as writer:
         with progress(total=mine.stop - mine.start, desc="export") as bar:
             for i in range(mine.start, mine.stop, cfg.batch_size):
-                rows = slice(i, min(i + cfg.batch_size, mine.stop))
-                scores = teacher(torch.from_numpy(samples.histories[rows]))  # (B, N + 1)
-                logits, items = scores[:, 1:].topk(k, dim=-1)  # (B, k) descending; column 0 is padding
+                batch = slice(i, min(i + cfg.batch_size, mine.stop))
+                scored = torch.from_numpy(windows.positions[batch] >= 0)  # (B, w)
+                scores = scorer.scores(torch.from_numpy(windows.histories[batch]))  # (B, w, N + 1)
+                logits, items = scores[scored.to(scores.device)][:, 1:].topk(
+                    k, dim=-1
+                )  # (M, k); 0 is padding
+                users = windows.users[batch][:, None].repeat(scored.shape[1], axis=1)
                 writer.write(
-                    samples.users[rows],
-                    samples.positions[rows],
+                    users[scored.numpy()],
+                    windows.positions[batch][scored.numpy()],
                     (items + 1).cpu().numpy(),
                     logits.cpu().numpy(),
                 )
-                bar.update(len(items))
+                bar.update(batch.stop - batch.start)
     return {**manifest, "rows": writer.rows}

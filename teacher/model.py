@@ -31,22 +31,57 @@ KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 
 
 class Teacher:
-    """A teacher model with the prompt builder that feeds it: ``scores = teacher(history)``."""
+    """A teacher model with the prompt builder that feeds it.
 
-    def __init__(self, model: nn.Module, prompts: PromptBuilder, max_len: int, device: torch.device):
-        self.model, self.prompts, self.max_len, self.device = model, prompts, max_len, device
+    It reads histories of ``context`` items (its SASRec's ``max_len``: SASRec encodes all of them) and
+    puts the last ``max_len`` into the prompt; every one of those positions is scored.
+    """
 
-    def __call__(self, history: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-        """``(B, L)`` left-padded histories (the last ``max_len`` are read) → ``(B, num_items + 1)``.
+    def __init__(
+        self, model: nn.Module, prompts: PromptBuilder, max_len: int, context: int, device: torch.device
+    ):
+        self.model, self.prompts, self.device = model, prompts, device
+        self.max_len, self.context = max_len, context
+
+    def queries(
+        self, history: torch.Tensor, module: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L)`` left-padded histories (the last ``context`` are read) → queries ``(B, max_len, D)``
+        at the last ``max_len`` columns and item vectors ``(num_items + 1, D)``; scores are their dot
+        products.
 
         ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
         """
-        history = history[:, -self.max_len :]
-        return (module or self.model)(self.prompts(history).to(self.device), history.to(self.device))
+        history = history[:, -self.context :]
+        prompts = self.prompts(history[:, -self.max_len :]).to(self.device)
+        return (module or self.model)(prompts, history.to(self.device), self.max_len)
+
+    def scores(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores at every one of the last ``max_len`` columns, ``(B, max_len, num_items + 1)``: column j
+        predicts the item after it (rows of padding columns are meaningless)."""
+        queries, items = self.queries(history)
+        return queries @ items.T
+
+    def __call__(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores after the last history item, ``(B, num_items + 1)``."""
+        queries, items = self.queries(history)
+        return queries[:, -1] @ items.T
+
+
+def prompt_context(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
+    """The history a teacher reads: its SASRec's ``max_len``, which must hold the prompt's ``max_len``."""
+    context = sasrec.config.max_len
+    if cfg.max_len > context:
+        raise DistillError(
+            f"teacher max_len {cfg.max_len} is longer than its SASRec run's max_len {context} "
+            f"({cfg.sasrec}): use --max-len {context} or less"
+        )
+    return context
 
 
 def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device: torch.device) -> Teacher:
     """Load the backbone and wrap it as the configured teacher (fresh adapters and heads)."""
+    context = prompt_context(cfg, sasrec)
     backbone, tokenizer = load_backbone(cfg.llm, layers=cfg.llm_layers, dtype=cfg.dtype)
     [placeholder] = add_special_tokens(backbone, tokenizer, [HISTORY_TOKEN])
     lora = {
@@ -54,6 +89,7 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
         "lora_alpha": cfg.lora_alpha,
         "lora_dropout": cfg.lora_dropout,
         "target_modules": tuple(cfg.target_modules),
+        "fuse_sasrec": cfg.fuse_sasrec,
     }
     if cfg.teacher == "moe-lora":
         model = MoELoRATeacher(
@@ -61,16 +97,19 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
             sasrec,
             placeholder_id=placeholder,
             experts=cfg.experts,
+            per_expert_scaling=cfg.moe_scaling == "expert",
             train_sasrec=cfg.train_sasrec,
             **lora,
         )
         titles = [None] + [data.title(i) for i in range(1, data.num_items + 1)]
         use_titles = cfg.titles and data.has_titles
-        prompts = PromptBuilder(tokenizer, placeholder, MOE_LORA_PROMPT, titles if use_titles else None)
+        prompts = PromptBuilder(
+            tokenizer, placeholder, MOE_LORA_PROMPT, titles if use_titles else None, cfg.title_tokens
+        )
     else:
-        model = E4SRecTeacher(backbone, sasrec.item_embeddings(), placeholder_id=placeholder, **lora)
+        model = E4SRecTeacher(backbone, sasrec, placeholder_id=placeholder, **lora)
         prompts = PromptBuilder(tokenizer, placeholder, E4SREC_PROMPT)
-    return Teacher(model.to(device), prompts, cfg.max_len, device)
+    return Teacher(model.to(device), prompts, cfg.max_len, context, device)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,5 +156,5 @@ def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: in
     teacher.model.eval()
     users = shard(data.eval_users() if users is None else users)
     return evaluate(
-        lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.max_len, users)
+        lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.context, users)
     )

@@ -1,10 +1,27 @@
 """The MoE-LoRA teacher (iLoRA-style): a frozen LLM reading SASRec states, gated LoRA experts.
 
-- Each ``[HistoryEmb]`` slot of the prompt gets ``projector(SASRec state at that history item)``.
-- A gating MLP on the SASRec user embedding (the last state) gives softmax weights over the experts
-  of every MoE-LoRA layer, per example.
-- Scores = last hidden state · ``projector(item embeddings)`` over the whole catalogue: the same
-  projector maps SASRec's space into the backbone's for both the history and the candidates.
+- Each ``[HistoryEmb]`` slot of the prompt gets ``slot_projector(SASRec state at that history item)``.
+- A gating MLP on SASRec states gives softmax weights over the experts of every MoE-LoRA layer.
+- The hidden state at item i's slot is the query that scores item i + 1 against
+  ``item_projector(item embedding)`` over the whole catalogue.
+
+Where this differs from iLoRA, and why:
+
+- **Dense.** iLoRA reads one hidden state, after the prompt, per example. Here every history slot is
+  scored, so one pass over a window trains on (and exports) all of its positions, as SASRec does.
+- **Per-token gates.** iLoRA gates a whole prompt by the user's last SASRec state; with every slot
+  scored that would let early positions see the last item through their adapters. The gate at a token
+  reads the SASRec state of the latest history item at or before it; tokens before the first slot (the
+  instruction, the first item's title) read a learned default state (``gate.empty``). At the last slot
+  this is iLoRA's per-user gate.
+- **Two projectors.** Slots hold *contextual* SASRec states, candidates are *raw* item embeddings: two
+  different inputs, so each gets its own MLP (iLoRA uses one).
+- **Fused with SASRec** (``fuse_sasrec``): the score is the teacher's dot product plus SASRec's own score
+  for the same position, written as one dot product of concatenated vectors,
+  ``[h ; s] · [item_projector(e) ; e]``. The item projector's last layer starts at zero, so an untrained
+  teacher ranks exactly as its SASRec and training learns what the LLM adds.
+- **Scaling.** ``lora_alpha / r`` with ``r`` the total rank by default; iLoRA's code uses the expert rank
+  (E times larger): ``per_expert_scaling``.
 """
 
 from __future__ import annotations
@@ -19,15 +36,46 @@ from teacher.moe_lora_layer import inject_moe_lora, moe_gates
 from teacher.prompts import Prompts
 
 
+class Gate(nn.Module):
+    """Softmax weights over E experts from a SASRec state; ``empty`` stands for "no item yet"."""
+
+    def __init__(self, d: int, experts: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, experts))
+        self.empty = nn.Parameter(torch.zeros(d))
+
+    def forward(self, states: Tensor, real: Tensor, slots: Tensor) -> Tensor:
+        """Per-token gates for prompts whose slots hold ``states``.
+
+        Args:
+            states: ``(B, w, d)`` SASRec states of the window, left-padded.
+            real: ``(B, w)`` True at real items.
+            slots: ``(B, T)`` True at ``[HistoryEmb]`` tokens, one per real item, in order.
+
+        Returns:
+            ``(B, T, E)``: at each token, the gate of the latest item at or before it (``empty`` before
+            the first).
+        """
+        B, w, _ = states.shape
+        logits = self.mlp(torch.cat([states, self.empty.expand(B, 1, -1)], dim=1))  # (B, w + 1, E)
+        seen = slots.cumsum(1)  # (B, T) slots at or before each token
+        first = w - real.sum(1, keepdim=True)  # (B, 1) column of each row's first real item
+        column = torch.where(seen > 0, first + seen - 1, w)  # column w is the empty state
+        index = column.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        return torch.softmax(logits.gather(1, index), dim=-1)
+
+
 class MoELoRATeacher(nn.Module):
-    """A decoder backbone with MoE-LoRA adapters, scoring items from a SASRec-encoded history.
+    """A decoder backbone with MoE-LoRA adapters, scoring items at every SASRec-encoded history slot.
 
     Args:
         backbone: frozen decoder (``AutoModel``), modified in place by :func:`inject_moe_lora`.
         sasrec: the ID encoder; frozen unless ``train_sasrec``.
         placeholder_id: token id of ``[HistoryEmb]``.
-        experts, r, lora_alpha, lora_dropout, target_modules: the MoE-LoRA adapters (``r`` total).
+        experts, r, lora_alpha, lora_dropout, target_modules, per_expert_scaling: the MoE-LoRA
+            adapters (``r`` total).
         train_sasrec: fine-tune the ID encoder too.
+        fuse_sasrec: add SASRec's own score (see the module docstring).
     """
 
     def __init__(
@@ -41,17 +89,23 @@ class MoELoRATeacher(nn.Module):
         lora_alpha: float,
         lora_dropout: float,
         target_modules: tuple[str, ...],
+        per_expert_scaling: bool = False,
         train_sasrec: bool = False,
+        fuse_sasrec: bool = True,
     ):
         super().__init__()
-        inject_moe_lora(backbone, target_modules, experts, r, lora_alpha, lora_dropout)
+        inject_moe_lora(backbone, target_modules, experts, r, lora_alpha, lora_dropout, per_expert_scaling)
         self.backbone = backbone
         self.sasrec = sasrec.requires_grad_(train_sasrec)
-        self.train_sasrec = train_sasrec
+        self.train_sasrec, self.fuse_sasrec = train_sasrec, fuse_sasrec
         self.placeholder_id = placeholder_id
         d, width = sasrec.config.hidden, hidden_size(backbone)
-        self.projector = nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, width))
-        self.gate = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, experts))
+        self.slot_projector = nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, width))
+        self.item_projector = nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, width))
+        if fuse_sasrec:  # the teacher's part of the score starts at zero: it ranks as SASRec does
+            nn.init.zeros_(self.item_projector[-1].weight)
+            nn.init.zeros_(self.item_projector[-1].bias)
+        self.gate = Gate(d, experts)
 
     def train(self, mode: bool = True) -> MoELoRATeacher:
         super().train(mode)
@@ -59,39 +113,35 @@ class MoELoRATeacher(nn.Module):
             self.sasrec.eval()  # a frozen encoder runs without dropout
         return self
 
-    def forward(self, prompts: Prompts, history: Tensor) -> Tensor:
-        """Score every item for each prompt.
+    def forward(self, prompts: Prompts, history: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """Queries at the last ``width`` history columns, and the item vectors they score.
 
         Args:
-            prompts: token ids with one ``[HistoryEmb]`` slot per non-pad history item.
-            history: ``(B, L)`` item ids, left-padded with 0.
+            prompts: token ids with one ``[HistoryEmb]`` slot per non-pad item of ``history[:, -width:]``.
+            history: ``(B, C)`` item ids, left-padded with 0: what SASRec reads (``C >= width``).
+            width: history columns the prompt holds and the teacher scores.
 
         Returns:
-            ``(B, num_items + 1)`` float32 scores; column 0 is padding.
+            ``(B, width, D)`` float32 queries (zero at padding) and ``(num_items + 1, D)`` float32 item
+            vectors: scores are ``queries @ items.T``; row 0 of ``items`` is padding.
         """
-        states = self.sasrec(history)  # (B, L, d)
-        gates = torch.softmax(self.gate(states[:, -1]), dim=-1)  # (B, E)
-        hidden = self.encode(prompts, states[history != 0], gates)  # (B, H)
-        items = self.projector(self.sasrec.item_embeddings())  # (N + 1, H)
-        return hidden.float() @ items.float().T
-
-    def encode(self, prompts: Prompts, slot_values: Tensor, gates: Tensor) -> Tensor:
-        """Last hidden state of the backbone with slots filled by ``projector(slot_values)``.
-
-        Args:
-            slot_values: ``(S, d)``, one row per ``[HistoryEmb]`` slot in row-major order.
-            gates: ``(B, E)`` expert weights.
-
-        Returns:
-            ``(B, H)``.
-        """
-        embeds = self.backbone.get_input_embeddings()(prompts.input_ids)  # (B, T, H)
+        states = self.sasrec(history)[:, -width:]  # (B, w, d)
+        real = history[:, -width:] != 0  # (B, w)
         slots = prompts.input_ids == self.placeholder_id  # (B, T)
-        if int(slots.sum()) != len(slot_values):
-            raise ValueError(f"{int(slots.sum())} [HistoryEmb] slots for {len(slot_values)} history items")
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.projector(slot_values).to(embeds.dtype))
-        with moe_gates(self.backbone, gates):
+        if int(slots.sum()) != int(real.sum()):
+            raise ValueError(f"{int(slots.sum())} [HistoryEmb] slots for {int(real.sum())} history items")
+        embeds = self.backbone.get_input_embeddings()(prompts.input_ids)  # (B, T, H)
+        values = self.slot_projector(states[real]).to(embeds.dtype)  # (S, H), row-major like the slots
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
+        with moe_gates(self.backbone, self.gate(states, real, slots)):
             out = self.backbone(
                 inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids
             )
-        return out.last_hidden_state[:, -1]  # (B, H): prompts are left-padded
+        hidden = out.last_hidden_state.float()  # (B, T, H)
+        queries = hidden.new_zeros(*real.shape, hidden.shape[-1])  # (B, w, H)
+        queries[real] = hidden[slots]
+        items = self.item_projector(self.sasrec.item_embeddings()).float()  # (N + 1, H)
+        if self.fuse_sasrec:
+            queries = torch.cat([queries, states.float()], dim=-1)  # (B, w, H + d)
+            items = torch.cat([items, self.sasrec.item_embeddings().float()], dim=-1)  # (N + 1, H + d)
+        return queries, items

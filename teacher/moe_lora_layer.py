@@ -1,8 +1,8 @@
 """Mixture-of-experts LoRA (iLoRA-style) around frozen ``nn.Linear`` layers.
 
-Each wrapped layer computes, for example b with gate vector ``g_b`` (E,)::
+Each wrapped layer computes, for token t of example b with gate vector ``g_{b,t}`` (E,)::
 
-    y = W0 x + scaling * sum_e g_{b,e} * B_e A_e dropout(x),        scaling = lora_alpha / r
+    y = W0 x + scaling * sum_e g_{b,t,e} * B_e A_e dropout(x),        scaling = lora_alpha / r
 
 with E experts of rank ``r_e = r // E``: the total rank ``r`` is split evenly across the experts, as
 iLoRA does, so the adapter has as many parameters as one peft LoRA of rank ``r``.
@@ -11,8 +11,9 @@ The layer keeps peft's LoRA contract (``peft/tuners/lora/layer.py``): it wraps t
 ``base_layer``; ``lora_A`` starts kaiming-uniform and ``lora_B`` at zero, so a fresh adapter changes
 nothing; ``scaling = lora_alpha / r``; ``merge``/``unmerge`` add and subtract a weight delta.
 
-On the scaling. ``r`` in ``lora_alpha / r`` is the *total* rank, as in MOELoRA/iLoRA, not the expert
-rank. Two consequences, both checked in the tests:
+On the scaling. By default ``r`` in ``lora_alpha / r`` is the *total* rank (MOELoRA's convention), not
+the expert rank. iLoRA's code scales by ``lora_alpha / (r / E)``, the expert rank: E times larger;
+``per_expert_scaling=True`` gives that. With the default, two consequences, both checked in the tests:
 
 - with all gates equal to 1 the layer is exactly a peft LoRA of rank ``r`` with the same
   ``lora_alpha``, whose ``lora_A``/``lora_B`` are the experts' stacked;
@@ -20,12 +21,15 @@ rank. Two consequences, both checked in the tests:
   ``A_e``/``B_e`` with ``lora_alpha' = lora_alpha * r_e / r = lora_alpha / E`` (so that
   ``lora_alpha' / r_e == lora_alpha / r``).
 
-Gates (softmax weights from the teacher's gating network, ``(B, E)``, one row per example) are an input
-of the batch, set on every layer of a model by the :func:`moe_gates` context manager; a layer called
-without gates raises.
+Gates (softmax weights from the teacher's gating network) are an input of the batch: ``(B, E)``, one row
+per example (iLoRA's per-user gate), or ``(B, T, E)``, one row per token (the dense teacher's gate, read
+from the latest history item at or before each token, so no token's adapter sees a later item). They are
+set on every layer of a model by the :func:`moe_gates` context manager; a layer called without gates
+raises.
 
 Cost. The experts are evaluated together as one rank-``r`` LoRA with a per-example diagonal between its
-two factors: ``z = dropout(x) @ A_all.T`` (B, T, E*r_e), ``z *= scaling * repeat(g, r_e)`` and
+two factors: ``z = dropout(x) @ A_all.T`` (B, T, E*r_e), ``z *= scaling * repeat(g, r_e)`` (per example
+or per token, the same elementwise product) and
 ``z @ B_all.T``. That is the FLOPs of a peft LoRA of rank ``r`` plus one elementwise product, with no
 loop over experts.
 """
@@ -55,11 +59,13 @@ class MoELoRALinear(nn.Module):
         lora_alpha: Scale numerator: the update is multiplied by ``lora_alpha / r`` (see the module
             docstring for how this relates to peft).
         lora_dropout: Dropout probability on the adapter's input (not on the base path), as in peft.
+        per_expert_scaling: Scale by ``lora_alpha / (r // E)`` (iLoRA's code) instead of
+            ``lora_alpha / r``.
 
     Attributes:
         lora_A: ``(E, r_e, in_features)``, kaiming-uniform like peft's ``lora_A``.
         lora_B: ``(E, out_features, r_e)``, zeros.
-        scaling: ``lora_alpha / r``.
+        scaling: ``lora_alpha / r``, or ``lora_alpha / (r // E)`` with ``per_expert_scaling``.
         merged: Whether a delta for a fixed gate vector is currently folded into ``base_layer.weight``.
 
     The adapter parameters are float32 whatever the base dtype (peft's ``autocast_adapter_dtype``):
@@ -67,7 +73,13 @@ class MoELoRALinear(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Linear, experts: int, r: int, lora_alpha: float, lora_dropout: float
+        self,
+        base_layer: nn.Linear,
+        experts: int,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float,
+        per_expert_scaling: bool = False,
     ) -> None:
         super().__init__()
         if experts < 1 or r < 1:
@@ -84,7 +96,7 @@ class MoELoRALinear(nn.Module):
         self.r = r
         self.rank_per_expert = r // experts
         self.lora_alpha = lora_alpha
-        self.scaling = lora_alpha / r
+        self.scaling = lora_alpha / (self.rank_per_expert if per_expert_scaling else r)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         device = base_layer.weight.device
         self.lora_A = nn.Parameter(
@@ -116,13 +128,17 @@ class MoELoRALinear(nn.Module):
         return self.base_layer.bias
 
     def set_gates(self, gates: Tensor | None) -> None:
-        """Set (or clear, with ``None``) the per-example gates; prefer :func:`moe_gates`.
+        """Set (or clear, with ``None``) the gates; prefer :func:`moe_gates`.
 
         Args:
-            gates: ``(B, E)`` expert weights for the next forward passes, or ``None``.
+            gates: ``(B, E)`` per-example or ``(B, T, E)`` per-token expert weights for the next forward
+                passes, or ``None``.
         """
-        if gates is not None and (gates.dim() != 2 or gates.shape[1] != self.experts):
-            raise ValueError(f"gates must have shape (batch, {self.experts}), got {tuple(gates.shape)}")
+        if gates is not None and (gates.dim() not in (2, 3) or gates.shape[-1] != self.experts):
+            raise ValueError(
+                f"gates must have shape (batch, {self.experts}) or (batch, tokens, {self.experts}), "
+                f"got {tuple(gates.shape)}"
+            )
         self._gates = gates
 
     @property
@@ -194,7 +210,7 @@ class MoELoRALinear(nn.Module):
 
         Raises:
             RuntimeError: No gates are set (and the layer is not merged), or their batch size is not
-                ``B``.
+                ``B`` (per-token gates: their shape is not ``(B, T, E)``).
         """
         result = self.base_layer(x)
         if self.merged:
@@ -208,9 +224,13 @@ class MoELoRALinear(nn.Module):
             raise RuntimeError(
                 f"gates are set for a batch of {gates.shape[0]} but the input has batch size {x.shape[0]}"
             )
+        if gates.dim() == 3 and gates.shape[:2] != x.shape[:2]:
+            raise RuntimeError(
+                f"per-token gates {tuple(gates.shape)} do not match the input {tuple(x.shape)}"
+            )
         a_all, b_all = self._stacked()
-        per_rank = gates.to(a_all.dtype).repeat_interleave(self.rank_per_expert, dim=1) * self.scaling
-        if x.dim() == 3:
+        per_rank = gates.to(a_all.dtype).repeat_interleave(self.rank_per_expert, dim=-1) * self.scaling
+        if x.dim() == 3 and gates.dim() == 2:
             per_rank = per_rank[:, None, :]  # (B, 1, E*r_e): one gate row for every position
         z = F.linear(self.lora_dropout(x.to(a_all.dtype)), a_all)  # (..., E*r_e)
         update = F.linear(z * per_rank, b_all)  # (..., out)
@@ -239,8 +259,8 @@ def moe_gates(model: nn.Module, gates: Tensor) -> Iterator[None]:
 
     Args:
         model: A module containing :class:`MoELoRALinear` layers.
-        gates: ``(B, E)`` expert weights, one row per example of the batch; gradients flow back
-            through them to whatever produced them.
+        gates: ``(B, E)`` expert weights, one row per example of the batch, or ``(B, T, E)``, one
+            row per token; gradients flow back through them to whatever produced them.
 
     Example:
         >>> with moe_gates(backbone, gate_net(user_emb)):
@@ -266,6 +286,7 @@ def inject_moe_lora(
     r: int,
     lora_alpha: float,
     lora_dropout: float,
+    per_expert_scaling: bool = False,
 ) -> list[str]:
     """Wrap every ``nn.Linear`` whose name ends in one of ``target_modules`` with :class:`MoELoRALinear`.
 
@@ -280,6 +301,7 @@ def inject_moe_lora(
         r: Total rank, divisible by ``experts``.
         lora_alpha: See :class:`MoELoRALinear`.
         lora_dropout: See :class:`MoELoRALinear`.
+        per_expert_scaling: See :class:`MoELoRALinear`.
 
     Returns:
         The full names of the replaced modules.
@@ -302,7 +324,10 @@ def inject_moe_lora(
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, MoELoRALinear(getattr(parent, child), experts, r, lora_alpha, lora_dropout))
+        layer = MoELoRALinear(
+            getattr(parent, child), experts, r, lora_alpha, lora_dropout, per_expert_scaling
+        )
+        setattr(parent, child, layer)
     for pname, param in model.named_parameters():
         param.requires_grad_(pname.rsplit(".", 1)[-1] in LORA_PARAMS)
     return names

