@@ -77,7 +77,6 @@ def run(cfg: PipelineConfig) -> dict:
             llm=cfg.llm,
             epochs=cfg.teacher_epochs,
             max_len=cfg.teacher_max_len,
-            positions=cfg.positions,
             batch_size=16,
             seed=cfg.seed,
             device=cfg.device,

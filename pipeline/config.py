@@ -29,7 +29,7 @@ class PipelineConfig:
     teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
     max_len: int = 50
     teacher_max_len: int = 10
-    positions: int | None = option(1, "Training targets per user the teacher scores (none: every one).")
+    positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N
     top_k: int = 100
     kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
     alphas: tuple[float, ...] = option(
