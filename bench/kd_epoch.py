@@ -106,7 +106,7 @@ def main() -> None:
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions; d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
         f"- teacher: RANDOM top-{k} rows at all {rows:,} training positions (for timing only), written with "
-        f"ScoreWriter in {write_seconds:.0f} s; KD = kl, alpha 0.5",
+        f"ScoreWriter in {write_seconds:.0f} s (0 s: an earlier run's directory, reused); KD = kl, alpha 0.5",
         "",
         "| arm | epoch seconds | vs plain |",
         "|---|---:|---:|",
