@@ -40,7 +40,7 @@ DATA = (ROOT / ".." / "shared" / "data" / "ml-100k" / "ml-100k.inter").resolve()
 OUT = ROOT / "bench" / "out" / "kd_value"
 RESULTS = ROOT / "bench" / "results" / "kd_value.md"
 DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, seconds) of this invocation
-COMMON = ["--max-len", "50", "--lr", "0.002", "--patience", "10", "--device", "cpu"]
+COMMON = ["--max-len", "50", "--lr", "0.002", "--patience", "5", "--device", "cpu"]
 
 
 def distill(*args: str) -> tuple[float, str]:
@@ -54,6 +54,9 @@ def distill(*args: str) -> tuple[float, str]:
 def student(name: str, seed: int, epochs: int, extra: list[str], log: list[str]) -> tuple[dict, float]:
     run = OUT / name
     if name in DONE:  # the seed-0 run of a picked grid point
+        return DONE[name]
+    if (run / "metrics.json").is_file():  # finished by an earlier invocation: rerunning costs only the report
+        DONE[name] = json.loads((run / "metrics.json").read_text()), float("nan")
         return DONE[name]
     seconds, cmd = distill(
         "student-train", "--data", str(OUT / "data"), "--output", str(run), "--hidden", "16",
@@ -106,8 +109,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     log: list[str] = []
     started_all = time.perf_counter()
-    _, cmd = distill("prepare", str(DATA), "--output", str(OUT / "data"), "--overwrite")
-    log.append(cmd.replace(str(DATA), "../shared/data/ml-100k/ml-100k.inter"))
+    if not (OUT / "data" / "meta.json").is_file():
+        distill("prepare", str(DATA), "--output", str(OUT / "data"))
+    log.append(
+        f"distill prepare ../shared/data/ml-100k/ml-100k.inter --output {(OUT / 'data').relative_to(ROOT)}"
+    )
     data = Dataset(OUT / "data")
     teacher_metrics, teacher_seconds = student_teacher(args.epochs, log)
     arms: dict[str, dict] = {"d=16 plain": {"runs": {}, "seconds": {}}}
@@ -118,7 +124,7 @@ def main() -> None:
     for top_k in [None if k == "full" else int(k) for k in args.top_ks.split(",")]:
         label = "full catalogue" if top_k is None else f"top {top_k}"
         scores = OUT / f"scores-{'full' if top_k is None else top_k}"
-        export_seconds = sasrec_scores(OUT / "teacher", data, scores, top_k)
+        export_seconds = sasrec_scores(OUT / "teacher", data, scores, top_k) if not scores.is_dir() else 0.0
         teacher_args = ["--teacher-scores", str(scores)]
         grid = [(0.0, None, arms["d=16 plain"]["runs"][seeds[0]]["valid"]["ndcg@10"])]
         for alpha in args.alphas.split(","):
@@ -154,6 +160,8 @@ def main() -> None:
 
 
 def student_teacher(epochs: int, log: list[str]) -> tuple[dict, float]:
+    if (OUT / "teacher" / "metrics.json").is_file():
+        return json.loads((OUT / "teacher" / "metrics.json").read_text()), float("nan")
     seconds, cmd = distill(
         "student-train", "--data", str(OUT / "data"), "--output", str(OUT / "teacher"), "--hidden", "128",
         "--epochs", str(epochs), "--seed", "0", *COMMON,
@@ -175,7 +183,7 @@ def write_report(args, seeds, teacher, teacher_seconds, arms, picks, compare_lin
         f"--temperatures {args.temperatures} --epochs {args.epochs} --top-ks {args.top_ks}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores shared with other jobs "
         f"(wall times are inflated and noisy); whole benchmark {total / 60:.1f} min",
-        f"- all students: 2 blocks, max_len 50, lr 0.002, at most {args.epochs} epochs, patience 10 on "
+        f"- all students: 2 blocks, max_len 50, lr 0.002, at most {args.epochs} epochs, patience 5 on "
         "validation NDCG@10, test at the best validation epoch; full ranking over all 1,682 items, history "
         "items masked",
         f"- teacher: d=128 SASRec, seed 0: valid NDCG@10 {teacher['valid']['ndcg@10']:.4f}, test NDCG@10 "
