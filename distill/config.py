@@ -237,7 +237,7 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         inner = args[0] if args else str
         if isinstance(value, str):
             items = [v.strip() for v in value.split(",") if v.strip()]
-            value = [_Raw(v) if isinstance(value, _Raw) else v for v in items]
+            value = [_Raw(v) for v in items]  # comma-separated text: each item parsed by its type
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, inner, key, source) for v in value)

@@ -2,8 +2,12 @@
 
 Computed in float32 whatever the inputs' dtype. ``student_logits`` cover the whole catalogue with
 column 0 as padding (never part of a softmax); ``teacher_items`` / ``teacher_logits`` are the
-teacher's k best items per row, descending, as a score directory stores them. The student's loss is
-``(1 - alpha) * CE(labels) + alpha * KD`` at the positions that have teacher scores.
+teacher's k best items per row, descending, as a score directory stores them. The student's loss,
+per position, is ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored the position and
+CE alone where it did not, averaged over positions.
+
+These functions are the references. Training computes the same values in the student's chunked CE
+pass (``student/losses.py``), which needs each loss in one form: :func:`soft_targets`.
 """
 
 from __future__ import annotations
@@ -60,10 +64,42 @@ def rank(
     if len(student_logits) == 0:
         return student_logits.new_zeros((), dtype=torch.float32)
     log_q = _log_softmax_items(student_logits, temperature)  # (M, N + 1)
-    k = teacher_items.shape[1]
-    weights = torch.exp(-torch.arange(k, device=log_q.device, dtype=torch.float32) / RANK_DECAY)
-    weights = weights / weights.sum()  # (k,)
+    weights = _rank_weights(teacher_items.shape[1], log_q.device)  # (k,)
     return -(log_q.gather(1, teacher_items) * weights).sum(-1).mean()
+
+
+def soft_targets(kd: str, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, float, Tensor]:
+    """A KD loss written as a scaled cross-entropy against a distribution on the teacher's k items.
+
+    Per row, ``KD = scale · (-Σ_j p_j · log softmax(s / T)[item_j]) + offset``, so a pass that already
+    has the student's log-softmax over the catalogue gets the value from a gather, and the gradient
+    w.r.t. the student's logits is ``(scale / T) · (softmax(s / T) - p)`` with ``p`` scattered onto
+    the catalogue. ``kl``: ``p = softmax(t / T)``, ``scale = T²``, ``offset = T² Σ p log p``;
+    ``rank``: ``p`` = the position weights, ``scale = 1``, ``offset = 0``.
+
+    Args:
+        kd: ``"kl"`` or ``"rank"``.
+        teacher_logits: ``(M, k)`` raw teacher scores, descending.
+        temperature: T.
+
+    Returns:
+        ``p`` ``(M, k)`` float32 (rows sum to 1), ``scale``, ``offset`` ``(M,)`` float32.
+    """
+    logits = teacher_logits.float()
+    if kd == "kl":
+        log_p = torch.log_softmax(logits / temperature, dim=-1)  # (M, k)
+        p = log_p.exp()
+        return p, temperature**2, temperature**2 * (p * log_p).sum(-1)
+    if kd == "rank":
+        weights = _rank_weights(logits.shape[1], logits.device)
+        return weights.expand_as(logits), 1.0, logits.new_zeros(logits.shape[0])
+    raise ValueError(f"unknown distillation loss {kd!r}; expected one of {sorted(KD)}")
+
+
+def _rank_weights(k: int, device: torch.device) -> Tensor:
+    """``w_r ∝ exp(-r / RANK_DECAY)``, normalised: ``(k,)`` float32."""
+    weights = torch.exp(-torch.arange(k, device=device, dtype=torch.float32) / RANK_DECAY)
+    return weights / weights.sum()
 
 
 def _log_softmax_items(student_logits: Tensor, temperature: float) -> Tensor:

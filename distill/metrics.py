@@ -93,6 +93,43 @@ def evaluate(
     return metrics.compute()
 
 
+@torch.no_grad()
+def user_ranks(
+    score: Callable[[object], torch.Tensor], batches: Iterable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank of every user's target, for per-user comparisons of two models.
+
+    Args:
+        score: ``score(batch) -> (B, num_items + 1)``, as for :func:`evaluate`.
+        batches: :class:`distill.data.EvalBatch`-like objects with ``users``, ``targets`` and ``seen``.
+
+    Returns:
+        ``users`` ``(U,)`` int64 and their 0-based pessimistic ``ranks`` ``(U,)`` int64, in batch order.
+    """
+    users, ranks = [], []
+    for batch in batches:
+        users.append(batch.users.cpu())
+        ranks.append(full_ranks(score(batch), batch.targets, batch.seen).cpu())
+    if not users:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(users), torch.cat(ranks)
+
+
+def per_user(ranks: torch.Tensor, metric: str = "ndcg@10") -> torch.Tensor:
+    """One metric (``hr@K``, ``ndcg@K`` or ``mrr``) per user from 0-based ranks ``(U,)``: ``(U,)`` float64.
+
+    Its mean is what :func:`evaluate` reports for that metric.
+    """
+    r = ranks.double()
+    name, _, k = metric.partition("@")
+    if name == "mrr" and not k:
+        return 1.0 / (r + 1)
+    if name in ("hr", "ndcg") and k.isdigit():
+        hit = (r < int(k)).double()
+        return hit if name == "hr" else hit / torch.log2(r + 2)
+    raise ValueError(f"unknown metric {metric!r}; expected hr@K, ndcg@K or mrr")
+
+
 def format_table(
     results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS, label: str = "split"
 ) -> str:

@@ -39,6 +39,7 @@ PIPELINE_STAGES = {
     "sasrec": "run",
     "teacher": "run",
     "scores": "scores",
+    "grid": "runs",
     "distilled": "run",
 }
 PIPELINE_SUMMARY = "summary.md"
@@ -55,7 +56,8 @@ def _json_object(path: Path) -> dict[str, Any] | None:
 
 
 def kind_of(path: str | Path) -> str | None:
-    """``"dataset"``, ``"scores"``, ``"run"`` or ``"pipeline"`` for a directory distill wrote, else None."""
+    """``"dataset"``, ``"scores"``, ``"run"``, ``"runs"`` (a directory of runs, as the pipeline's grid) or
+    ``"pipeline"`` for a directory distill wrote, else None."""
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         return None
@@ -68,6 +70,9 @@ def kind_of(path: str | Path) -> str | None:
     config = _json_object(path / "config.json")
     if config is not None and config.get("kind") in RUN_KINDS:
         return "run"
+    entries = [p for p in path.iterdir() if not _TEMP.match(p.name)]
+    if entries and all(kind_of(p) == "run" for p in entries):
+        return "runs"
     stages = _stages(path)
     if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and _stages_ours(path, stages):
         return "pipeline"
@@ -84,11 +89,18 @@ def _stages_ours(path: Path, stages: dict[str, str | None]) -> bool:
     return all(kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items())
 
 
-_NAMES = {"dataset": "dataset", "scores": "score directory", "run": "run", "pipeline": "pipeline output"}
+_NAMES = {
+    "dataset": "dataset",
+    "scores": "score directory",
+    "run": "run",
+    "runs": "directory of runs",
+    "pipeline": "pipeline output",
+}
 _RECOGNISED_BY = {
     "dataset": "meta.json with a format_version and a fingerprint",
     "scores": "manifest.json with a format_version and shards",
     "run": "config.json with a run kind",
+    "runs": "run directories only",
     "pipeline": f"stage directories ({', '.join(PIPELINE_STAGES)}) that distill wrote",
 }
 

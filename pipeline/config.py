@@ -13,8 +13,10 @@ class PipelineConfig:
     """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
 
     prepare (the synthetic data unless ``data`` names a prepared directory) → SASRec → teacher →
-    export-logits → the distilled student. Each stage's full config is written to its own run
-    directory; run the stages one by one for every option.
+    export-logits → distilled students on a grid of ``alphas`` × ``temperatures`` (α = 0 is the plain
+    SASRec itself), one picked on validation NDCG@10; none when the teacher ranks below the plain
+    student on validation. Each stage's full config is written to its own run directory; run the
+    stages one by one for every option.
     """
 
     output: str = option("", "Directory for every stage's output.", "--output", "-o")
@@ -27,11 +29,13 @@ class PipelineConfig:
     teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
     max_len: int = 50
     teacher_max_len: int = 10
-    positions: int = 1
+    positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N
     top_k: int = 100
     kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
-    alpha: float = option(0.5, "Loss = (1 - alpha) * CE(labels) + alpha * KD.")
-    temperature: float = 1.0
+    alphas: tuple[float, ...] = option(
+        (0.5,), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
+    )
+    temperatures: tuple[float, ...] = option((1.0, 2.0), "KD temperatures to try (comma-separated).")
     seed: int = option(0, "Random seed of every stage.")
     device: str = option("auto")
     overwrite: bool = option(False, "Replace the runs of an earlier pipeline.")
@@ -51,6 +55,10 @@ class PipelineConfig:
                 "top_k",
             ),
         )
+        if any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be positive, got {self.temperatures}")
 
 
 @dataclass(frozen=True)
@@ -65,3 +73,26 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check(self, required={"run": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``distill compare``: several runs side by side on one split of one dataset, with per-user paired
+    differences of a metric against the first run and a bootstrap 95% interval of their mean."""
+
+    runs: tuple[str, ...] = ()
+    data: str = option("", "The dataset directory the runs were trained on.")
+    split: Literal["valid", "test"] = option("test", "Which held-out target to rank.")
+    metric: str = option("ndcg@10", "Metric of the paired differences: hr@K, ndcg@K or mrr.")
+    samples: int = option(10000, "Bootstrap resamples of the users.")
+    seed: int = option(0, "Seed of the bootstrap.")
+    batch_size: int = option(256, "Users per scoring batch.")
+    device: str = option("auto")
+
+    def __post_init__(self) -> None:
+        check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"))
+        if len(self.runs) < 2:
+            raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
+        name, _, k = self.metric.partition("@")
+        if not (name in ("hr", "ndcg") and k.isdigit() and int(k) > 0) and self.metric != "mrr":
+            raise ValueError(f"metric must be hr@K, ndcg@K or mrr, got {self.metric!r}")

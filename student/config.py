@@ -43,9 +43,11 @@ class SASRecConfig:
 class StudentTrainConfig:
     """``distill student-train``: SASRec on next-item labels, and on a teacher's soft labels when given.
 
-    With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss is
-    ``(1 - alpha) * CE(labels) + alpha * KD`` where KD (``kl`` or ``rank``, at ``temperature``) is
-    computed at the positions the teacher scored. ``length_group`` > 1 batches users of similar
+    With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss per position is
+    ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did
+    not, averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the
+    chunked full-softmax CE pass, so distillation needs ``loss = "ce"``. ``alpha = 0`` trains exactly
+    as without a teacher. ``length_group`` > 1 batches users of similar
     length together (see :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on
     ML-1M slower progress per epoch too, so the default is the plain shuffle (1).
 
@@ -84,7 +86,9 @@ class StudentTrainConfig:
     kd: Literal["kl", "rank"] = option(
         "kl", "Distillation loss: kl (Hinton) or rank (position-weighted top-k)."
     )
-    alpha: float = option(0.5, "Loss = (1 - alpha) * CE(labels) + alpha * KD.")
+    alpha: float = option(
+        0.5, "Per position the teacher scored: (1 - alpha) * CE(label) + alpha * KD; CE alone elsewhere."
+    )
     temperature: float = option(1.0, "Distillation temperature.")
 
     def __post_init__(self) -> None:
@@ -107,6 +111,8 @@ class StudentTrainConfig:
             raise ValueError(
                 f"alpha mixes label and distillation loss and must be in [0, 1], got {self.alpha}"
             )
+        if self.teacher_scores and self.loss != "ce":
+            raise ValueError("distillation (--teacher-scores) is fused with --loss ce; --loss bce has none")
 
     def sasrec(self, num_items: int) -> SASRecConfig:
         """The model config for a catalogue of ``num_items`` items."""

@@ -7,16 +7,42 @@ live in ``distill/losses.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from distill.losses import soft_targets
 from student.sasrec import SASRec
 
 
+@dataclass(frozen=True)
+class SoftLabels:
+    """The teacher's side of a fused CE + KD pass over the ``N`` non-pad positions of a batch.
+
+    Attributes:
+        rows: ``(N,)`` long, the teacher's row for each position, -1 where it scored none.
+        fetch: teacher rows ``(m,)`` -> their items ``(m, k)`` long (ids ``1..num_items``) and raw
+            logits ``(m, k)`` float32, on any device; called once per chunk, so a full-catalogue
+            teacher never has more than a chunk of rows in memory.
+        kd: ``"kl"`` or ``"rank"`` (see :func:`distill.losses.soft_targets`).
+        alpha: weight of KD at a scored position: ``(1 - alpha) * CE + alpha * KD`` there.
+        temperature: KD temperature T.
+    """
+
+    rows: Tensor
+    fetch: Callable[[Tensor], tuple[Tensor, Tensor]]
+    kd: str
+    alpha: float
+    temperature: float
+
+
 class _ChunkedSoftmaxCE(torch.autograd.Function):
-    """Summed softmax cross-entropy of ``h @ E.T`` whose gradients are computed chunk by chunk.
+    """Summed softmax cross-entropy of ``h @ E.T`` whose gradients are computed chunk by chunk, with
+    the distillation term fused in when ``soft`` is given.
 
     Autograd through ``F.cross_entropy`` keeps the whole ``(N, V)`` log-softmax alive until backward and
     then walks it several more times. Here each chunk of rows computes its logits, loss and the gradients
@@ -24,39 +50,125 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     exist and backward is a scalar multiply (first-order only). The price is that forward does the
     backward's matmuls even if backward is never called, so callers use it only when a gradient is
     wanted.
+
+    Distillation reuses the chunk's logits, softmax and both matmuls: at a scored row the gradient
+    w.r.t. the logits is ``(1 - α)(softmax(z) - onehot) + α (scale / T)(softmax(z / T) - p)``
+    (:func:`distill.losses.soft_targets`); at T = 1 the two softmaxes are one. Rows the teacher did
+    not score, and every row when α = 0, take exactly the plain CE path.
+
+    Returns the summed loss and, not differentiable, the summed KD over scored rows (for logging).
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    def forward(
+        ctx: FunctionCtx, h: Tensor, E: Tensor, targets: Tensor, chunk_size: int, soft: SoftLabels | None
+    ) -> tuple[Tensor, Tensor]:
         # h: (N, d) float32; E: (V, d) float32; targets: (N,) long in [0, V)
         want_h, want_E = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(h) if want_h else None  # (N, d)
         grad_E = torch.zeros_like(E) if want_E else None  # (V, d)
         total = h.new_zeros(())
+        kd_total = h.new_zeros(())
+        distill = soft is not None and soft.alpha > 0
         for start in range(0, h.shape[0], chunk_size):
             h_c = h[start : start + chunk_size]  # (C, d)
             t_c = targets[start : start + chunk_size]  # (C,)
-            logp = torch.log_softmax(h_c @ E.T, dim=-1)  # (C, V)
-            total -= logp.gather(1, t_c.unsqueeze(1)).sum()
-            # d(sum CE)/d(logits) = softmax - onehot, built in place over the log-probabilities.
-            probs = logp.exp_()
-            probs[torch.arange(t_c.shape[0], device=t_c.device), t_c] -= 1.0
+            arange = torch.arange(t_c.shape[0], device=t_c.device)
+            logits = h_c @ E.T  # (C, V)
+            logp = torch.log_softmax(logits, dim=-1)  # (C, V)
+            ce_rows = -logp[arange, t_c]  # (C,)
+            scored = None
+            if distill:
+                rows = soft.rows[start : start + chunk_size]  # (C,)
+                scored = (rows >= 0).nonzero().squeeze(1)  # (m,) rows of the chunk
+                if scored.numel() == 0:
+                    scored = None
+            if scored is None:
+                total += ce_rows.sum()
+                # d(sum CE)/d(logits) = softmax - onehot, built in place over the log-probabilities.
+                probs = logp.exp_()
+                probs[arange, t_c] -= 1.0
+            else:
+                probs = _fused_chunk(logits, logp, t_c, ce_rows, scored, rows[scored], soft, total, kd_total)
             if grad_h is not None:
                 torch.mm(probs, E, out=grad_h[start : start + chunk_size])
             if grad_E is not None:
                 grad_E.addmm_(probs.T, h_c)
         ctx.save_for_backward(grad_h, grad_E)
-        return total
+        ctx.mark_non_differentiable(kd_total)
+        return total, kd_total
 
     @staticmethod
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(
+        ctx: FunctionCtx, grad_out: Tensor, _grad_kd: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         grad_h, grad_E = ctx.saved_tensors
         return (
             None if grad_h is None else grad_h * grad_out,
             None if grad_E is None else grad_E * grad_out,
             None,
             None,
+            None,
         )
+
+
+def _fused_chunk(
+    logits: Tensor,
+    logp: Tensor,
+    targets: Tensor,
+    ce_rows: Tensor,
+    scored: Tensor,
+    teacher_rows: Tensor,
+    soft: SoftLabels,
+    total: Tensor,
+    kd_total: Tensor,
+) -> Tensor:
+    """One chunk of :class:`_ChunkedSoftmaxCE` whose rows ``scored`` have ``teacher_rows``.
+
+    Adds the chunk's loss to ``total`` and its KD to ``kd_total`` in place; returns d(loss)/d(logits)
+    ``(C, V)``, over ``logp``'s storage (``logits`` is overwritten).
+    """
+    alpha, temperature = soft.alpha, soft.temperature
+    items, t_logits = soft.fetch(teacher_rows)
+    items = items.to(logits.device).long() - 1  # (m, k): column of each teacher item in E
+    p, scale, offset = soft_targets(soft.kd, t_logits.to(logits.device), temperature)  # (m, k), (m,)
+    whole = scored.numel() == logits.shape[0]  # a dense teacher scores every row: no row copies
+    # At T = 1 with scale 1 (both losses at T = 1), softmax(z / T) is the CE's own softmax(z).
+    shared = temperature == 1.0 and scale == 1.0
+    if shared:
+        log_q_items = logp.gather(1, items) if whole else logp[scored[:, None], items]  # (m, k)
+    else:
+        # softmax(z / T) with a single exp over the rows; log q only where the teacher has mass.
+        z = logits.div_(temperature) if whole else logits[scored].div_(temperature)  # (m, V)
+        top = z.amax(dim=-1, keepdim=True)
+        picked = z.gather(1, items)  # (m, k)
+        q = z.sub_(top).exp_()
+        norm = q.sum(dim=-1, keepdim=True)
+        q.div_(norm)  # (m, V) softmax(z / T)
+        log_q_items = picked - top - norm.log()
+    kd_rows = scale * -(p * log_q_items).sum(-1) + offset  # (m,)
+    ce_weights = torch.ones_like(ce_rows)
+    ce_weights[scored] = 1.0 - alpha
+    total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
+    kd_total += kd_rows.sum()
+
+    step = alpha * scale / temperature
+    arange = torch.arange(targets.shape[0], device=targets.device)
+    probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
+    if shared:
+        # (1 - α)(P - onehot) + α(P - p) = P - (1 - α)·onehot - α·p
+        probs[arange, targets] -= ce_weights
+        if whole:
+            probs.scatter_add_(1, items, p * -step)
+        else:
+            probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
+        return probs
+    probs[arange, targets] -= 1.0
+    sub = probs if whole else probs[scored]
+    sub.mul_(1.0 - alpha).add_(q, alpha=step).scatter_add_(1, items, p * -step)
+    if not whole:
+        probs[scored] = sub
+    return probs
 
 
 def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
@@ -93,6 +205,36 @@ def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None = 
     Returns:
         Scalar float32 mean cross-entropy over non-pad positions (0 if there are none).
     """
+    return _chunked_loss(model, h, targets, chunk_size, None)[0]
+
+
+def ce_kd_loss(
+    model: SASRec, h: Tensor, targets: Tensor, soft: SoftLabels, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy mixed with distillation, per position, in the same chunked pass as :func:`ce_loss`.
+
+    Per non-pad position: ``(1 - alpha) * CE + alpha * KD`` where the teacher scored it, CE alone where
+    it did not; the mean over positions. KD is :func:`distill.losses.kl` or :func:`distill.losses.rank`
+    of that position's logits (the functions of the same name are the references), computed from the
+    chunk's own log-softmax, so a teacher at every position costs one ``(chunk, V)`` gather and scatter
+    per chunk (and one more softmax at T != 1). With ``alpha = 0`` this is exactly :func:`ce_loss`.
+
+    Args:
+        model: The student; only its item table is used.
+        h: States from ``model(seq)``, ``(B, L, d)``.
+        targets: Next-item ids, ``(B, L)`` long; 0 marks positions to ignore.
+        soft: The teacher's rows for the ``N`` non-pad positions of ``targets`` in row-major order.
+        chunk_size: As for :func:`ce_loss`.
+
+    Returns:
+        The scalar mixed loss and, detached, the mean KD over scored positions (0 if none).
+    """
+    return _chunked_loss(model, h, targets, chunk_size, soft)
+
+
+def _chunked_loss(
+    model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None, soft: SoftLabels | None
+) -> tuple[Tensor, Tensor]:
     if chunk_size is None:
         chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
     if chunk_size < 1:
@@ -102,16 +244,23 @@ def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None = 
     labels = targets[mask] - 1  # (N,) shifted: row 0 of the table (padding) is dropped below
     items = model.item_embeddings()[1:].float()  # (num_items, d)
     count = h_sel.shape[0]
+    if soft is not None and soft.rows.shape != (count,):
+        raise ValueError(f"soft labels for {tuple(soft.rows.shape)} rows, the batch has {count} positions")
+    kd_mean = h.new_zeros((), dtype=torch.float32)
     if count == 0:
         # Keep the graph connected so backward() still works on an all-padding batch.
-        return h.sum().float() * 0.0
+        return h.sum().float() * 0.0, kd_mean
     # Under autocast the logit matmuls would otherwise run in half precision.
     with torch.autocast(h.device.type, enabled=False):
-        if torch.is_grad_enabled() and (h_sel.requires_grad or items.requires_grad):
-            total = _ChunkedSoftmaxCE.apply(h_sel, items, labels, chunk_size)
+        wants_grad = torch.is_grad_enabled() and (h_sel.requires_grad or items.requires_grad)
+        if wants_grad or (soft is not None and soft.alpha > 0):
+            total, kd_total = _ChunkedSoftmaxCE.apply(h_sel, items, labels, chunk_size, soft)
+            scored = 0 if soft is None else int((soft.rows >= 0).sum())
+            if scored:
+                kd_mean = kd_total / scored
         else:
             total = _summed_ce_no_grad(h_sel, items, labels, chunk_size)
-    return total / count
+    return total / count, kd_mean
 
 
 def sample_negatives(

@@ -19,7 +19,6 @@ from distill.config import to_dict
 from distill.data import Dataset
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
-from distill.losses import KD
 from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
@@ -35,7 +34,7 @@ from distill.training import (
     write_json,
 )
 from student.config import StudentTrainConfig
-from student.losses import bce_loss, ce_loss, sample_negatives
+from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.run import KIND, evaluate_model, load_run
 from student.sasrec import SASRec
 
@@ -74,6 +73,9 @@ def run(cfg: StudentTrainConfig) -> dict:
             "teacher": teacher.manifest.get("teacher"),
             "k": teacher.k,
             "rows": len(teacher.items),
+            "kd": cfg.kd,
+            "alpha": cfg.alpha,
+            "temperature": cfg.temperature,
         }
     first_epoch, history = 1, []
     if cfg.resume:
@@ -101,16 +103,16 @@ def run(cfg: StudentTrainConfig) -> dict:
             for batch in batches:
                 inputs, targets, index = shard(batch.inputs), shard(batch.targets), shard(batch.index)
                 h = net(inputs.to(device))  # (B, L, d)
-                if cfg.loss == "ce":
+                if teacher is not None:
+                    soft = soft_labels(teacher, index, targets, cfg)
+                    loss, kd = ce_kd_loss(model, h, targets.to(device), soft)
+                    total_kd += kd.item()
+                elif cfg.loss == "ce":
                     loss = ce_loss(model, h, targets.to(device))
                 else:
                     negatives = sample_negatives(targets, data.num_items, cfg.negatives).to(device)
                     loss = bce_loss(model, h, targets.to(device), negatives)
                 loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
-                if teacher is not None:
-                    kd = distillation(model, h, index, teacher, cfg)
-                    loss = (1 - cfg.alpha) * loss + cfg.alpha * kd
-                    total_kd += kd.item()
                 check_loss(loss, epoch, steps + 1, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -160,19 +162,14 @@ def run(cfg: StudentTrainConfig) -> dict:
     )
 
 
-def distillation(
-    model: SASRec, h: torch.Tensor, index: torch.Tensor, teacher: TeacherScores, cfg: StudentTrainConfig
-) -> torch.Tensor:
-    """The KD loss at the positions of a batch that the teacher scored (0 when it scored none).
+def soft_labels(
+    teacher: TeacherScores, index: torch.Tensor, targets: torch.Tensor, cfg: StudentTrainConfig
+) -> SoftLabels:
+    """The teacher's rows for a batch's non-pad positions, in the order :func:`ce_kd_loss` reads them.
 
     Args:
-        h: student states ``(B, L, d)``.
         index: flat target indices ``(B, L)`` of the batch (-1 at padding).
+        targets: next-item ids ``(B, L)`` (0 at padding).
     """
-    rows = teacher.lookup(index)  # (B, L), -1 where the teacher has no score
-    scored = rows >= 0
-    rows = rows[scored]  # (M,)
-    student_logits = model.score(h[scored.to(h.device)])  # (M, num_items + 1)
-    return KD[cfg.kd](
-        student_logits, teacher.items[rows].to(h.device), teacher.logits[rows].to(h.device), cfg.temperature
-    )
+    rows = teacher.lookup(index)[targets != 0]  # (N,), -1 where the teacher has no score
+    return SoftLabels(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature)

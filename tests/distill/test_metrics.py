@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from distill.metrics import RankingMetrics, evaluate, full_ranks
+from distill.metrics import RankingMetrics, evaluate, full_ranks, per_user, user_ranks
 
 
 def metrics_of(ranks: list[int], ks=(1, 5, 10)) -> dict[str, float]:
@@ -142,3 +143,22 @@ def test_evaluate_over_batches():
     result = evaluate(lambda b: b.scores, batches, ks=(1,))
     assert result["hr@1"] == 0.5
     assert result["mrr"] == pytest.approx(0.75)
+
+
+def test_per_user_metrics_average_to_the_reported_ones():
+    torch.manual_seed(0)
+    scores = torch.randn(30, 21)
+    targets = torch.randint(1, 21, (30,))
+    batches = [
+        SimpleNamespace(
+            users=torch.arange(i, i + 10), targets=targets[i : i + 10], seen=None, scores=scores[i : i + 10]
+        )
+        for i in range(0, 30, 10)
+    ]
+    expected = evaluate(lambda b: b.scores, batches)
+    users, ranks = user_ranks(lambda b: b.scores, batches)
+    assert users.tolist() == list(range(30))
+    for metric in ("hr@5", "ndcg@10", "mrr"):
+        assert per_user(ranks, metric).mean().item() == pytest.approx(expected[metric])
+    with pytest.raises(ValueError, match="unknown metric"):
+        per_user(ranks, "auc")

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.losses import KD
 from student.config import SASRecConfig
-from student.losses import bce_loss, ce_loss, sample_negatives
+from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.sasrec import SASRec
 
 NUM_ITEMS = 11
@@ -169,3 +170,79 @@ def test_training_a_few_steps_lowers_the_loss(loss_name: str) -> None:
     for _ in range(60):
         last = step()
     assert last < 0.5 * first
+
+
+# -------------------------------------------------------------------------------- fused distillation
+def teacher_table(k: int, rows: int = 30, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teacher's table: ``rows`` rows of its ``k`` best items, descending logits."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.stack([torch.randperm(NUM_ITEMS, generator=gen)[:k] + 1 for _ in range(rows)])
+    logits = (3 * torch.randn(rows, k, generator=gen)).sort(dim=1, descending=True).values
+    return items, logits
+
+
+def soft_labels(targets, k, kd, alpha, temperature, every=True):
+    items, logits = teacher_table(k)
+    count = int((targets != 0).sum())
+    rows = torch.arange(count) % len(items)
+    if not every:
+        rows[::3] = -1  # the teacher did not score every third position
+    return SoftLabels(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature)
+
+
+def unfused(model, h, targets, soft):
+    """Reference: (1 - α)·CE + α·KD where scored, CE elsewhere, from distill.losses on whole logits."""
+    mask = targets != 0
+    logits = model.score(h)[mask]  # (N, V + 1)
+    labels = targets[mask]
+    masked = logits.clone()
+    masked[:, 0] = float("-inf")
+    ce = F.cross_entropy(masked, labels, reduction="none")  # (N,)
+    scored = soft.rows >= 0
+    items, t_logits = soft.fetch(soft.rows[scored])
+    kd = KD[soft.kd](logits[scored], items, t_logits, soft.temperature) * int(scored.sum())
+    weights = torch.where(scored, 1 - soft.alpha, 1.0)
+    return ((weights * ce).sum() + soft.alpha * kd) / len(labels)
+
+
+@pytest.mark.parametrize("kd", ["kl", "rank"])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("k,every", [(4, True), (4, False), (NUM_ITEMS, True)])
+@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
+def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, chunk_size) -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    soft = soft_labels(targets, k, kd, 0.7, temperature, every)
+    expected = unfused(model, model(seq), targets, soft)
+    expected_grads = grads(expected, model)
+    loss, kd_mean = ce_kd_loss(model, model(seq), targets, soft, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, expected)
+    assert not kd_mean.requires_grad and kd_mean > 0
+    actual_grads = grads(loss, model)
+    assert actual_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(actual_grads[name], grad, msg=name)
+
+
+def test_fused_kd_at_alpha_zero_is_exactly_ce() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    expected = ce_loss(model, model(seq), targets, chunk_size=5)
+    expected_grads = grads(expected, model)
+    loss, _ = ce_kd_loss(model, model(seq), targets, soft_labels(targets, 4, "kl", 0.0, 2.0), chunk_size=5)
+    assert torch.equal(loss, expected)
+    for name, grad in grads(loss, model).items():
+        assert torch.equal(grad, expected_grads[name]), name
+
+
+def test_fused_kd_is_zero_when_the_teacher_is_the_student_at_t_1() -> None:
+    model = make_model()
+    seq, targets = make_batch()
+    with torch.no_grad():
+        own = model.score(model(seq))[targets != 0][:, 1:]  # (N, V): the student's own scores
+    t_logits, order = own.sort(dim=1, descending=True)
+    soft = SoftLabels(torch.arange(len(own)), lambda r: (order[r] + 1, t_logits[r]), "kl", 1.0, 1.0)
+    loss, kd_mean = ce_kd_loss(model, model(seq), targets, soft, chunk_size=5)
+    assert abs(kd_mean.item()) < 1e-5 and abs(loss.item()) < 1e-5
+    for name, grad in grads(loss, model).items():
+        torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-5, rtol=0, msg=name)

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,7 +12,9 @@ from safetensors.torch import load_file
 
 from cli import main
 from distill.config import PrepareConfig
+from distill.data import Dataset
 from distill.prepare import run as prepare
+from distill.scores import ScoreWriter
 from student.config import StudentTrainConfig
 
 TINY = ["--max-len", "20", "--hidden", "16", "--batch-size", "64", "--device", "cpu", "--eval-every", "1"]
@@ -263,3 +266,30 @@ def test_overwrite_and_restart_rules(dataset, tmp_path):
     assert (foreign / "thesis.tex").read_text() == "chapter 1" and (
         tmp_path / "file.txt"
     ).read_text() == "keep"
+
+
+def random_scores(dataset, out, k=10, seed=0):
+    """A score directory with random top-k rows at every training position (ScoreWriter, no teacher)."""
+    data = Dataset(dataset)
+    samples = data.prefix_samples(None, 20)
+    rng = np.random.default_rng(seed)
+    items = np.stack([rng.choice(data.num_items, k, replace=False) + 1 for _ in samples.targets])
+    logits = -np.sort(rng.random((len(items), k)), axis=1).astype(np.float32)  # descending
+    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(), "k": k, "positions": "all"}
+    with ScoreWriter(out, manifest) as writer:
+        writer.write(samples.users, samples.positions, items, -logits)
+    return out
+
+
+def test_alpha_zero_reproduces_plain_training_bit_for_bit(dataset, tmp_path):
+    runner = CliRunner()
+    scores = random_scores(dataset, tmp_path / "scores")
+    plain = train(runner, dataset, tmp_path / "plain", "--epochs", "2")
+    teacher = ["--teacher-scores", str(scores)]
+    zero = train(runner, dataset, tmp_path / "zero", "--epochs", "2", *teacher, "--alpha", "0")
+    assert [h["loss"] for h in zero["history"]] == [h["loss"] for h in plain["history"]]
+    assert zero["test"] == plain["test"]
+    weights = [(tmp_path / run / "best" / "model.safetensors").read_bytes() for run in ("plain", "zero")]
+    assert weights[0] == weights[1]
+    mixed = train(runner, dataset, tmp_path / "kd", "--epochs", "2", *teacher, "--alpha", "0.5")
+    assert mixed["history"][0]["kd_loss"] > 0 and mixed["history"][0]["loss"] != plain["history"][0]["loss"]
