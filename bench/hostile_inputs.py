@@ -250,7 +250,9 @@ def write(rows: list[tuple], how: str) -> None:
         "is written before a refusal (no output directory, no temporary directory), and `--overwrite` "
         "replaces only a directory distill wrote, of the kind the command writes. The `exploding loss` "
         "row shows the NaN guard stopping the run at the epoch and step where the loss stopped being "
-        "finite. Seconds include loading the tiny backbone where the command builds a teacher, and "
+        "finite. A hub id that is not cached fails in well under a second with no network (before: 45 s "
+        "of retries, measured here on the same case). Seconds include loading the tiny backbone where "
+        "the command builds a teacher, and "
         "importing torch for the separate processes.",
         "",
     ]

@@ -95,9 +95,10 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
     Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
     """
     run = Path(path)
-    checkpoint = (run / "last" / STATE).is_file() or (run / "best" / WEIGHTS).is_file()
     if is_main_process():
-        clean_stale(run)
+        clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
+    barrier()
+    checkpoint = (run / "last" / STATE).is_file() or (run / "best" / WEIGHTS).is_file()
     if resume:
         if not run.is_dir() or not any(run.iterdir()):
             state = "is empty" if run.is_dir() else "does not exist"

@@ -254,3 +254,13 @@ def test_weights_are_written_with_the_permissions_of_every_other_file(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
     assert modes == {"model.safetensors": 0o640, "config.json": 0o640}
+
+
+def test_a_checkpoint_a_kill_left_renamed_aside_is_put_back(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run / "last", {"w": torch.zeros(1)}, {"kind": "student"}, {"epoch": 2})
+    (run / "config.json").write_text('{"kind": "student"}')
+    (run / "last").rename(run / ".last.old-999999999")  # killed between the two renames
+    with pytest.raises(DistillError, match="already exists.*--resume"):
+        prepare_run_dir(run, resume=False)  # not taken for a run without a checkpoint
+    assert prepare_run_dir(run, resume=True) == run and (run / "last" / STATE).is_file()
