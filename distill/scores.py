@@ -46,6 +46,17 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     claim(path, kind="scores", overwrite=overwrite, what="score directory")
 
 
+def refuse_non_finite(logits: np.ndarray, users: np.ndarray, positions: np.ndarray, where: str) -> None:
+    """Soft labels must be numbers: one line naming the first row whose logits are NaN or infinite."""
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise DistillError(
+            f"{where}: {int((~finite).sum())} rows hold NaN or infinite logits (first: user "
+            f"{int(users[row])}, position {int(positions[row])}); the teacher that scored them is broken"
+        )
+
+
 class ScoreWriter:
     """Writes a score directory shard by shard; use as a context manager.
 
@@ -81,13 +92,7 @@ class ScoreWriter:
         """Add rows: ``users``, ``positions`` ``(n,)``; ``items``, ``logits`` ``(n, k)``, descending."""
         if items.shape != (len(users), self.k) or logits.shape != items.shape:
             raise ValueError(f"expected items and logits of shape ({len(users)}, {self.k})")
-        finite = np.isfinite(logits).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise DistillError(
-                f"refusing to write {self.path}: the scores of user {int(users[row])} at position "
-                f"{int(positions[row])} are not finite (NaN or inf): the teacher is broken"
-            )
+        refuse_non_finite(logits, users, positions, f"refusing to write {self.path}")
         self._pending.append((users, positions, items, logits))
         self._pending_rows += len(users)
         if self._pending_rows >= self.rows_per_shard:
@@ -230,13 +235,7 @@ def read_scores(path: str | Path, data: Dataset) -> TeacherScores:
             raise DistillError(f"{path}: item ids outside 1..{data.num_items}")
         items[done : done + frame.height] = shard_items
         shard_logits = frame["logits"].explode().to_numpy().reshape(-1, k)
-        finite = np.isfinite(shard_logits).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise DistillError(
-                f"{path}: {int((~finite).sum())} rows of {shard} hold NaN or infinite logits (first: user "
-                f"{users[row]}, position {positions[row]}); export the scores again from a sound teacher"
-            )
+        refuse_non_finite(shard_logits, users, positions, f"{path / shard}")
         logits[done : done + frame.height] = shard_logits
         row_of[starts[users] + positions] = np.arange(done, done + frame.height)
         done += frame.height
