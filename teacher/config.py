@@ -34,8 +34,10 @@ def _per_teacher(key: str) -> str:
 class TeacherTrainConfig:
     """``distill teacher-train``: an LLM teacher over a dataset, built on a SASRec student run.
 
-    A training sample is (the last ``max_len`` items before a target, the target), for the last
-    ``positions`` targets of each user's training sequence. ``r``, ``lora_alpha``,
+    The teacher reads windows of its SASRec's ``max_len`` items and prompts with the last ``max_len``
+    of them; ``objective = "dense"`` scores every prompt position of windows tiling each training
+    sequence, ``"last"`` one window per target for each user's last ``positions`` targets, scored at
+    its end. ``fuse_sasrec`` adds SASRec's own score. ``r``, ``lora_alpha``,
     ``lora_dropout`` and ``target_modules`` default per teacher (:data:`TEACHER_DEFAULTS`) when left
     unset. For the MoE-LoRA teacher ``r`` is the total rank, split evenly across ``experts``.
     """
