@@ -212,36 +212,16 @@ def main() -> None:
             )
     if args.export:
         teacher = OUT / Path(str(gguf)).stem / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
-        dense = distill(
-            "export-logits",
-            "--run",
-            teacher,
-            "--data",
-            data_dir,
-            "--output",
-            OUT / "scores-dense",
-            "--all-positions",
-            "--overwrite",
-            "--device",
-            "cpu",
-        )
-        rows_dense = json.loads((OUT / "scores-dense" / "manifest.json").read_text())["rows"]
-        prefix = distill(
-            "export-logits",
-            "--run",
-            teacher,
-            "--data",
-            data_dir,
-            "--output",
-            OUT / "scores-prefix",
-            "--positions",
-            2,
-            "--per-prefix",
-            "--overwrite",
-            "--device",
-            "cpu",
-        )
-        rows_prefix = json.loads((OUT / "scores-prefix" / "manifest.json").read_text())["rows"]
+
+        def export(name: str, *options: object) -> tuple[float, int]:
+            """Whole-process seconds and rows of one export of ``teacher``."""
+            out = OUT / name
+            seconds = distill("export-logits", "--run", teacher, "--data", data_dir, "--output", out,
+                              *options, "--overwrite", "--device", "cpu")  # fmt: skip
+            return seconds, json.loads((out / "manifest.json").read_text())["rows"]
+
+        dense, rows_dense = export("scores-dense", "--all-positions")
+        prefix, rows_prefix = export("scores-prefix", "--positions", 2, "--per-prefix")
         append(
             f"\nExport on `{rel(teacher)}` (whole-process wall time, backbone load included): dense, every "
             f"training position: {rows_dense:,} rows in {dense:.0f} s ({rows_dense / dense:.1f} rows/s); "
