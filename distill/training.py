@@ -89,8 +89,9 @@ def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> No
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
     """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
 
-    A directory a run left without a checkpoint (killed or failed before its first epoch ended) is
-    started afresh without ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
+    A directory an unfinished run left without a resumable checkpoint (killed or failed before its first
+    epoch's ``RUN/last`` was written, perhaps after its ``RUN/best``) is started afresh without
+    ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
     :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
     Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
     """
@@ -98,7 +99,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
     if is_main_process():
         clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
     barrier()
-    checkpoint = (run / "last" / STATE).is_file() or (run / "best" / WEIGHTS).is_file()
+    resumable = (run / "last" / STATE).is_file()
     if resume:
         if not run.is_dir() or not any(run.iterdir()):
             state = "is empty" if run.is_dir() else "does not exist"
@@ -109,7 +110,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
                 "to start it afresh)"
             )
         return run
-    restart = not checkpoint and kind_of(run) == "run"
+    restart = not resumable and not (run / "metrics.json").exists() and kind_of(run) == "run"
     clear = claim(
         run,
         kind="run",

@@ -193,6 +193,23 @@ def test_a_run_without_checkpoint_starts_afresh(tmp_path, capsys):
     assert "holds no checkpoint" in capsys.readouterr().err
 
 
+def test_a_run_killed_between_its_first_best_and_last_checkpoints_starts_afresh(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run / "best", {"w": torch.zeros(1)}, {"kind": "student"})
+    (run / "config.json").write_text('{"kind": "student"}')
+    assert prepare_run_dir(run, resume=False) == run and list(run.iterdir()) == []
+
+
+def test_a_finished_run_is_never_started_afresh_without_overwrite(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run / "best", {"w": torch.zeros(1)}, {"kind": "student"})
+    (run / "config.json").write_text('{"kind": "student"}')
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(DistillError, match="already exists"):
+        prepare_run_dir(run, resume=False)
+    assert (run / "best").is_dir()
+
+
 def test_prepare_run_dir_cleans_what_a_killed_run_left(tmp_path):
     run = tmp_path / "run"
     save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 1})
