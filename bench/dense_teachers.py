@@ -4,8 +4,8 @@ Every arm trains a teacher on one fixed SASRec run with the real ``distill`` com
 time), selects its epoch on validation and reports test NDCG@10 / HR@10 beside the SASRec's, with the
 per-user paired difference of test NDCG@10 against the SASRec and a bootstrap 95% interval. Then it
 times export of training positions, dense (one pass per window) vs per-prefix (one pass per row), on the
-same teacher. Results are appended to ``bench/results/dense_teachers.md`` arm by arm, so a long run
-leaves what it finished.
+same teacher. Results are appended to ``bench/results/dense_teachers_<backbone>.md`` arm by arm, so a
+long run leaves what it finished.
 
     python bench/dense_teachers.py [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
 
@@ -40,7 +40,7 @@ from distill.metrics import full_ranks  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
 OUT = ROOT / "bench" / "out" / "dense100k"  # per backbone: OUT / <llm name> / <arm>-s<seed>
-RESULTS = ROOT / "bench" / "results" / "dense_teachers.md"
+RESULTS = ROOT / "bench" / "results"  # dense_teachers_<backbone>.md
 
 ARMS = {
     # name: (teacher kind, extra teacher-train options)
@@ -100,8 +100,8 @@ def bootstrap(diff: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[floa
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def append(line: str) -> None:
-    with RESULTS.open("a") as f:
+def append(results: Path, line: str) -> None:
+    with results.open("a") as f:
         f.write(line + "\n")
 
 
@@ -147,11 +147,13 @@ def main() -> None:
     data = Dataset(data_dir)
     base = user_ndcg(sasrec, data)
     base_metrics = json.loads((sasrec / "metrics.json").read_text())["test"]
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Dense teachers fused with SASRec on MovieLens-100K (SmolLM2-135M-Instruct, CPU)\n\n"
-            f"Machine: 2 CPU cores, shared with other jobs (wall times are not speeds). "
-            f"Backbone: {str(gguf).split('site-packages/')[-1]} (bfloat16).\n\n"
+    backbone = Path(str(gguf)).stem
+    results = RESULTS / f"dense_teachers_{backbone.split('.')[0].lower()}.md"
+    if not results.exists():
+        results.write_text(
+            f"# Dense teachers fused with SASRec on MovieLens-100K ({backbone}, CPU)\n\n"
+            f"Machine: 2 CPU cores. Backbone: `{str(gguf).split('site-packages/')[-1]}` (bfloat16), its first "
+            f"{args.llm_layers} decoder layers.\n\n"
             f"SASRec (every teacher's encoder, `{rel(sasrec)}`): test NDCG@10 {base_metrics['ndcg@10']:.4f}, "
             f"HR@10 {base_metrics['hr@10']:.4f}.\n\n"
             "| arm | seed | test NDCG@10 | test HR@10 | ×SASRec | paired ΔNDCG@10 [95% CI] | valid NDCG@10 "
@@ -160,7 +162,7 @@ def main() -> None:
     for seed in args.seeds.split(","):
         for arm in args.arms.split(","):
             kind, extra = ARMS[arm]
-            run = OUT / Path(str(gguf)).stem / f"{arm}-s{seed}"
+            run = OUT / backbone / f"{arm}-s{seed}"
             common = [
                 "--llm",
                 gguf,
@@ -206,12 +208,13 @@ def main() -> None:
             t = metrics["test"]
             speed = metrics["history"][0].get("positions_per_s", float("nan"))
             append(
+                results,
                 f"| {arm} | {seed} | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | "
                 f"{t['ndcg@10'] / base_metrics['ndcg@10']:.3f} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] | "
                 f"{metrics['valid']['ndcg@10']:.4f} | {metrics['best_epoch']} | {speed:.1f} | {wall:.0f} |"
             )
     if args.export:
-        teacher = OUT / Path(str(gguf)).stem / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
+        teacher = OUT / backbone / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
 
         def export(name: str, *options: object) -> tuple[float, int]:
             """Whole-process seconds and rows of one export of ``teacher``."""
@@ -223,12 +226,13 @@ def main() -> None:
         dense, rows_dense = export("scores-dense", "--all-positions")
         prefix, rows_prefix = export("scores-prefix", "--positions", 2, "--per-prefix")
         append(
+            results,
             f"\nExport on `{rel(teacher)}` (whole-process wall time, backbone load included): dense, every "
             f"training position: {rows_dense:,} rows in {dense:.0f} s ({rows_dense / dense:.1f} rows/s); "
             f"per-prefix, each user's last 2: {rows_prefix:,} rows in {prefix:.0f} s "
             f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n"
         )
-    append(f"\n{datetime.date.today()}: `python bench/dense_teachers.py {shlex.join(sys.argv[1:])}`\n")
+    append(results, f"\n{datetime.date.today()}: `python bench/dense_teachers.py {shlex.join(sys.argv[1:])}`\n")
 
 
 if __name__ == "__main__":
