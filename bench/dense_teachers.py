@@ -154,8 +154,8 @@ def main() -> None:
     if not results.exists():
         results.write_text(
             f"# Dense teachers fused with SASRec on MovieLens-100K ({backbone}, CPU)\n\n"
-            f"Machine: 2 CPU cores. Backbone: `{str(gguf).split('site-packages/')[-1]}` ({args.dtype}), its first "
-            f"{args.llm_layers} decoder layers.\n\n"
+            f"Machine: 2 CPU cores. Backbone: `{str(gguf).split('site-packages/')[-1]}` ({args.dtype}), "
+            f"its first {args.llm_layers} decoder layers.\n\n"
             f"SASRec (every teacher's encoder, `{rel(sasrec)}`): test NDCG@10 {base_metrics['ndcg@10']:.4f}, "
             f"HR@10 {base_metrics['hr@10']:.4f}.\n\n"
             "| arm | seed | test NDCG@10 | test HR@10 | ×SASRec | paired ΔNDCG@10 [95% CI] | valid NDCG@10 "
@@ -213,7 +213,7 @@ def main() -> None:
                 results,
                 f"| {arm} | {seed} | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | "
                 f"{t['ndcg@10'] / base_metrics['ndcg@10']:.3f} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] | "
-                f"{metrics['valid']['ndcg@10']:.4f} | {metrics['best_epoch']} | {speed:.1f} | {wall:.0f} |"
+                f"{metrics['valid']['ndcg@10']:.4f} | {metrics['best_epoch']} | {speed:.1f} | {wall:.0f} |",
             )
     if args.export:
         teacher = OUT / backbone / f"{args.arms.split(',')[0]}-s{args.seeds.split(',')[0]}"
@@ -232,9 +232,10 @@ def main() -> None:
             f"\nExport on `{rel(teacher)}` (whole-process wall time, backbone load included): dense, every "
             f"training position: {rows_dense:,} rows in {dense:.0f} s ({rows_dense / dense:.1f} rows/s); "
             f"per-prefix, each user's last 2: {rows_prefix:,} rows in {prefix:.0f} s "
-            f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n"
+            f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n",
         )
-    append(results, f"\n{datetime.date.today()}: `python bench/dense_teachers.py {shlex.join(sys.argv[1:])}`\n")
+    command = f"python bench/dense_teachers.py {shlex.join(sys.argv[1:])}"
+    append(results, f"\n{datetime.date.today()}: `{command}`\n")
 
 
 if __name__ == "__main__":
