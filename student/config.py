@@ -47,9 +47,11 @@ class StudentTrainConfig:
     ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did
     not, averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the
     chunked full-softmax CE pass, so distillation needs ``loss = "ce"``. ``alpha = 0`` trains exactly
-    as without a teacher. ``length_group`` > 1 batches users of similar
-    length together (see :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on
-    ML-1M slower progress per epoch too, so the default is the plain shuffle (1).
+    as without a teacher. ``hint_run`` (a wider SASRec run) adds ``hint_weight`` times the
+    representation loss of :mod:`student.hint` at every position, with or without soft labels.
+    ``length_group`` > 1 batches users of similar length together (see
+    :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on ML-1M slower progress
+    per epoch too, so the default is the plain shuffle (1).
 
     The architecture fields mirror :class:`SASRecConfig` (whose checks they go through);
     ``num_items`` comes from the data.
@@ -90,6 +92,13 @@ class StudentTrainConfig:
         0.5, "Per position the teacher scored: (1 - alpha) * CE(label) + alpha * KD; CE alone elsewhere."
     )
     temperature: float = option(1.0, "Distillation temperature.")
+    hint_run: str | None = option(
+        None,
+        "A `distill student-train` run (max_len at least --max-len) whose hidden states the student "
+        "learns to reproduce through distillation experts (DE-RRD's DE).",
+    )
+    hint_weight: float = option(1.0, "--hint-run: weight of the representation loss added to the loss.")
+    hint_experts: int = option(4, "--hint-run: number of distillation experts.")
 
     def __post_init__(self) -> None:
         check(self, required={"data": "--data DIR", "output": "--output RUN"})
@@ -103,9 +112,10 @@ class StudentTrainConfig:
                 "length_group",
                 "eval_every",
                 "eval_batch_size",
+                "hint_experts",
             ),
             positive=("lr", "temperature"),
-            non_negative=("weight_decay", "patience"),
+            non_negative=("weight_decay", "patience", "hint_weight"),
         )
         if not 0 <= self.alpha <= 1:
             raise ValueError(

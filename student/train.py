@@ -34,6 +34,7 @@ from distill.training import (
     write_json,
 )
 from student.config import StudentTrainConfig
+from student.hint import DistillationExperts
 from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.run import KIND, evaluate_model, load_run
 from student.sasrec import SASRec
@@ -45,6 +46,7 @@ def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
+    hinter = load_hint_run(cfg, data) if cfg.hint_run else None  # likewise
     device = setup_device(cfg.device)
     seed_everything(cfg.seed)
     rank, ranks = world()
@@ -52,13 +54,17 @@ def run(cfg: StudentTrainConfig) -> dict:
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)  # once the model fits
+    experts = None
+    if hinter is not None:  # after the student (its initial weights stay), before ranks reseed (one init)
+        experts = DistillationExperts(cfg.hidden, hinter.config.hidden, cfg.hint_experts).to(device)
+        hinter.to(device)
     net = model
     if ranks > 1:
         net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights
         torch.manual_seed(cfg.seed + rank)  # but each rank draws its own dropout masks and negatives
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
-    )
+    trained = [*model.parameters(), *(experts.parameters() if experts is not None else ())]
+    optimizer = torch.optim.Adam(trained, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    stateful = {"optimizer": optimizer, **({"hint_experts": experts} if experts is not None else {})}
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
@@ -77,10 +83,17 @@ def run(cfg: StudentTrainConfig) -> dict:
             "alpha": cfg.alpha,
             "temperature": cfg.temperature,
         }
+    if hinter is not None:
+        run_config["hint_run"] = {
+            "path": str(Path(cfg.hint_run).resolve()),
+            "hidden": hinter.config.hidden,
+            "weight": cfg.hint_weight,
+            "experts": cfg.hint_experts,
+        }
     first_epoch, history = 1, []
     if cfg.resume:
         first_epoch, history = resume_run(
-            run_dir, run_config, model.load_state_dict, stopper, shuffle, optimizer=optimizer
+            run_dir, run_config, model.load_state_dict, stopper, shuffle, **stateful
         )
     write_json(run_dir / "config.json", run_config)
 
@@ -95,7 +108,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         if stopper.should_stop:
             break
         model.train()
-        started, total_loss, total_kd, steps, sequences = time.perf_counter(), 0.0, 0.0, 0, 0
+        started, total_loss, total_kd, total_hint, steps, sequences = time.perf_counter(), 0.0, 0.0, 0.0, 0, 0
         batches = data.train_batches(
             cfg.batch_size, cfg.max_len, generator=shuffle, length_group=cfg.length_group
         )
@@ -112,17 +125,29 @@ def run(cfg: StudentTrainConfig) -> dict:
                 else:
                     negatives = sample_negatives(targets, data.num_items, cfg.negatives).to(device)
                     loss = bce_loss(model, h, targets.to(device), negatives)
+                if hinter is not None:
+                    real = targets.to(device) != 0
+                    with torch.no_grad():
+                        teacher_states = hinter(inputs.to(device))[real]
+                    hint = experts(h[real], teacher_states)
+                    loss = loss + cfg.hint_weight * hint
+                    total_hint += hint.item()
                 loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
                 check_loss(loss, epoch, steps + 1, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if experts is not None and ranks > 1:  # outside the DDP model: average by hand
+                    for p in experts.parameters():
+                        p.grad = all_sum(p.grad) / ranks
                 optimizer.step()
                 total_loss, steps = total_loss + loss.item(), steps + 1
                 sequences += len(batch.inputs)
                 bar.set_postfix(loss=f"{total_loss / steps:.4f}")
                 bar.update()
         seconds = time.perf_counter() - started
-        total_loss, total_kd = (all_sum(torch.tensor([total_loss, total_kd])) / ranks).tolist()
+        total_loss, total_kd, total_hint = (
+            all_sum(torch.tensor([total_loss, total_kd, total_hint])) / ranks
+        ).tolist()
         train_stats = {
             "loss": total_loss / max(steps, 1),
             "lr": cfg.lr,
@@ -130,6 +155,8 @@ def run(cfg: StudentTrainConfig) -> dict:
         }
         if teacher is not None:
             train_stats["kd_loss"] = total_kd / max(steps, 1)
+        if hinter is not None:
+            train_stats["hint_loss"] = total_hint / max(steps, 1)
         logger.scalars(train_stats, epoch, prefix="train/")
         line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
         record = {"epoch": epoch, "seconds": seconds, **train_stats}
@@ -142,9 +169,7 @@ def run(cfg: StudentTrainConfig) -> dict:
             record.update({f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")})
         selected = None if valid is None else valid[SELECT_ON]
         weights = model.state_dict()
-        if save_epoch(
-            run_dir, weights, run_config, record, history, stopper, shuffle, selected, optimizer=optimizer
-        ):
+        if save_epoch(run_dir, weights, run_config, record, history, stopper, shuffle, selected, **stateful):
             line += "  (best)"
         log(line)
     logger.close()
@@ -160,6 +185,18 @@ def run(cfg: StudentTrainConfig) -> dict:
         lambda split: evaluate_model(best, data, split, cfg.eval_batch_size, device),
         history,
     )
+
+
+def load_hint_run(cfg: StudentTrainConfig, data: Dataset) -> SASRec:
+    """The frozen SASRec of ``--hint-run``, in eval mode; a run from another dataset, or one whose window
+    is shorter than the student's, is a one-line error."""
+    hinter = load_run(cfg.hint_run, data)
+    if hinter.config.max_len < cfg.max_len:
+        raise DistillError(
+            f"--hint-run {cfg.hint_run} reads {hinter.config.max_len} items, fewer than the student's "
+            f"--max-len {cfg.max_len}: use --max-len {hinter.config.max_len} or less"
+        )
+    return hinter.eval().requires_grad_(False)
 
 
 def soft_labels(
