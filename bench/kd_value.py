@@ -3,15 +3,16 @@
 Arms, each over the same paired seeds, the same epoch budget and early-stopping rule: a d=W SASRec on
 labels alone, and d=W SASRecs on labels + the teacher's soft labels at every training position (the
 whole catalogue by default, or its top k), for each student width W. For each KD arm, alpha and T are
-picked on validation NDCG@10 with the first seed from a small grid (alpha 0 is the plain student),
-then run with the other seeds. The teacher's soft labels come from ``distill export-logits --run
-TEACHER --all-positions`` (a ``student-train`` run is a scorer like any teacher). Real commands as
-subprocesses; per-user paired differences through ``distill compare``. Writes
-``bench/results/kd_value_<dataset>.md``.
+picked on validation NDCG@10 with the first seed from a small grid (the plain student is in it),
+then run with the other seeds; likewise the weight of ``--hint-run`` arms (representation
+distillation from the teacher's hidden states) with ``--hint-weights``. The teacher's soft labels
+come from ``distill export-logits --run TEACHER --all-positions`` (a ``student-train`` run is a
+scorer like any teacher). Real commands as subprocesses; per-user paired differences through
+``distill compare``. Writes ``bench/results/kd_value_<dataset>.md``.
 
     python bench/kd_value.py [--data ../shared/data/ml-100k/ml-100k.inter] [--teacher-hidden 128]
         [--students 16] [--seeds 0,1,2] [--alphas 0.5] [--temperatures 1,2] [--epochs 40]
-        [--top-ks full,100]
+        [--top-ks full,100] [--hint-weights 0.1,1]
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--temperatures", default="1,2")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--top-ks", default="full", help="teacher score directories: full and/or k values")
+    parser.add_argument("--hint-weights", default="", help="also --hint-run arms (the teacher's states)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     inter = Path(args.data)
@@ -107,25 +109,34 @@ def main() -> None:
             plain["runs"][seed], plain["seconds"][seed] = student(
                 out, f"d{width}-plain-s{seed}", width, seed, args.epochs, [], log
             )
+        variants = {}  # label -> grid points (shown, run-name part, student-train options)
         for label in exports:
-            scores = out / f"scores-{label.split()[-1] if label != 'full catalogue' else 'full'}"
             tag = "full" if label == "full catalogue" else label.split()[-1]
-            teacher_args = ["--teacher-scores", str(scores)]
-            grid = [(0.0, None, plain["runs"][seeds[0]]["valid"]["ndcg@10"])]
-            for alpha in args.alphas.split(","):
-                for t in args.temperatures.split(","):
-                    run_name = f"d{width}-kd-{tag}-a{float(alpha):g}-t{float(t):g}-s{seeds[0]}"
-                    extra = [*teacher_args, "--alpha", alpha, "--temperature", t]
-                    metrics, _ = student(out, run_name, width, seeds[0], args.epochs, extra, log)
-                    grid.append((float(alpha), float(t), metrics["valid"]["ndcg@10"]))
-            alpha, t, _ = max(grid, key=lambda g: g[2])
-            picks[f"d={width}, {label}"] = {"alpha": alpha, "temperature": t, "grid": grid}
-            if alpha == 0:
-                continue  # the plain student wins on validation: the KD arm is the plain arm
-            arm = arms[f"d={width} KD {label}"] = {"runs": {}, "seconds": {}, "names": {}, "width": width}
+            variants[f"KD {label}"] = [
+                (f"α {float(a):g} T {float(t):g}", f"kd-{tag}-a{float(a):g}-t{float(t):g}",
+                 ["--teacher-scores", str(out / f"scores-{tag}"), "--alpha", a, "--temperature", t])
+                for a in args.alphas.split(",") for t in args.temperatures.split(",")
+            ]  # fmt: skip
+        if args.hint_weights:
+            variants["hint"] = [
+                (f"weight {float(w):g}", f"hint-w{float(w):g}",
+                 ["--hint-run", str(out / "teacher"), "--hint-weight", w])
+                for w in args.hint_weights.split(",")
+            ]  # fmt: skip
+        for label, points in variants.items():
+            grid = [("plain", None, [], plain["runs"][seeds[0]]["valid"]["ndcg@10"])]
+            for shown, part, extra in points:
+                metrics, _ = student(
+                    out, f"d{width}-{part}-s{seeds[0]}", width, seeds[0], args.epochs, extra, log
+                )
+                grid.append((shown, part, extra, metrics["valid"]["ndcg@10"]))
+            shown, part, extra, _ = max(grid, key=lambda g: g[3])  # the first of equals: plain
+            picks[f"d={width}, {label}"] = {"grid": [(g[0], g[3]) for g in grid], "chosen": shown}
+            if part is None:
+                continue  # the plain student wins on validation: this arm is the plain arm
+            arm = arms[f"d={width} {label}"] = {"runs": {}, "seconds": {}, "names": {}, "width": width}
             for seed in seeds:
-                run_name = f"d{width}-kd-{tag}-a{alpha:g}-t{t:g}-s{seed}"
-                extra = [*teacher_args, "--alpha", f"{alpha:g}", "--temperature", f"{t:g}"]
+                run_name = f"d{width}-{part}-s{seed}"
                 arm["runs"][seed], arm["seconds"][seed] = student(
                     out, run_name, width, seed, args.epochs, extra, log
                 )
@@ -172,17 +183,12 @@ def write_report(
         f"({teacher_seconds:.0f} s); soft labels at every training position: "
         + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in exports.items()),
         "",
-        f"Picked on validation (seed {seeds[0]}), valid NDCG@10 per grid point (α 0 = the plain student):",
+        f"Picked on validation (seed {seeds[0]}), valid NDCG@10 per grid point (plain: the plain student):",
         "",
     ]
     for label, pick in picks.items():
-        grid = ", ".join(
-            f"α {a:g}" + ("" if t is None else f" T {t:g}") + f": {v:.4f}" for a, t, v in pick["grid"]
-        )
-        chosen = f"α {pick['alpha']:g}"
-        if pick["temperature"] is not None:
-            chosen += f", T {pick['temperature']:g}"
-        lines.append(f"- {label}: {grid} → **{chosen}**")
+        grid = ", ".join(f"{shown}: {valid:.4f}" for shown, valid in pick["grid"])
+        lines.append(f"- {label}: {grid} → **{pick['chosen']}**")
     lines += [
         "",
         "| arm | test NDCG@10 | test HR@10 | valid NDCG@10 | per-seed test NDCG@10 gain vs plain"
