@@ -257,7 +257,7 @@ def resume_run(
     weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
     if saved.get("dataset", {}).get("fingerprint") != run_config["dataset"]["fingerprint"]:
         raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
-    for key in ("kind", "model"):
+    for key in ("kind", "model", "hint_run"):  # what the checkpoint's state depends on
         if saved.get(key) != run_config.get(key):
             raise DistillError(f"cannot resume {run_dir}: its {key} differs from this run's options")
     load_weights(weights)

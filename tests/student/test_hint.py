@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli import main
 from student.hint import DistillationExperts
 
-from .test_train import dataset, train  # noqa: F401  (the module-scoped synthetic dataset)
+from .test_train import TINY, dataset, train  # noqa: F401  (the module-scoped synthetic dataset)
 
 
 def test_the_loss_is_the_squared_distance_of_the_selected_mix_per_teacher_dimension():
@@ -52,6 +52,9 @@ def test_a_hint_run_trains_resumes_exactly_and_is_recorded(dataset, tmp_path):  
     resumed = train(runner, dataset, tmp_path / "cut", "--epochs", "4", "--resume", *hint)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert resumed["test"] == full["test"]
+    cut = ["student-train", "--data", str(dataset), "--output", str(tmp_path / "cut"), *TINY]
+    result = runner.invoke(main, [*cut, "--epochs", "5", "--resume"])  # without the hint run it was trained with
+    assert result.exit_code != 0 and "its hint_run differs" in result.output
     plain = train(runner, dataset, tmp_path / "plain", "--epochs", "1")
     assert "hint_loss" not in plain["history"][0]
 
