@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from distill.data import Dataset
-from distill.dist import barrier, is_main_process
+from distill.dist import all_sum, barrier, is_main_process
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE
 from distill.outputs import claim, clean_stale, kind_of, remove_dir
@@ -131,10 +131,17 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
 
 def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
     """Stop a run whose training loss became NaN or infinite, before the step that would carry it into
-    the weights: one line naming the epoch and step; the checkpoint of the last finished epoch stays."""
+    the weights: one line naming the epoch and step; the checkpoint of the last finished epoch stays.
+
+    In a multi-process job every rank learns whether any rank's loss is bad (one small all-reduce per
+    step) and all stop together, instead of the others waiting forever for the stopped one.
+    """
     value = loss.item()
-    if math.isfinite(value):
+    bad = all_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0])).item()
+    if bad == 0:
         return
+    if math.isfinite(value):
+        value = "not finite on another rank"
     kept = (
         f"{run_dir / 'last'} keeps epoch {epoch - 1} (--resume continues from it)"
         if (run_dir / "last" / STATE).is_file()

@@ -281,3 +281,12 @@ def test_a_checkpoint_a_kill_left_renamed_aside_is_put_back(tmp_path):
     with pytest.raises(DistillError, match="already exists.*--resume"):
         prepare_run_dir(run, resume=False)  # not taken for a run without a checkpoint
     assert prepare_run_dir(run, resume=True) == run and (run / "last" / STATE).is_file()
+
+
+def test_a_bad_loss_on_another_rank_stops_this_one_too(tmp_path, monkeypatch):
+    from distill import training
+
+    training.check_loss(torch.tensor(1.5), 1, 1, tmp_path)  # finite everywhere: nothing happens
+    monkeypatch.setattr(training, "all_sum", lambda t: t + 1)  # as if one other rank had a NaN
+    with pytest.raises(DistillError, match="training loss is not finite on another rank at epoch 2, step 7"):
+        training.check_loss(torch.tensor(1.5), 2, 7, tmp_path)
