@@ -8,11 +8,14 @@ then run with the other seeds; likewise the weight of ``--hint-run`` arms (repre
 distillation from the teacher's hidden states) with ``--hint-weights``. The teacher's soft labels
 come from ``distill export-logits --run TEACHER --all-positions`` (a ``student-train`` run is a
 scorer like any teacher). Real commands as subprocesses; per-user paired differences through
-``distill compare``. Writes ``bench/results/kd_value_<dataset>.md``.
+``distill compare``. Writes ``bench/results/kd_value_<dataset>.md``. With ``--teacher-run`` any
+finished run (an LLM teacher) is the teacher instead, on its own prepared dataset, and the report is
+``kd_value_<run name>.md``.
 
     python bench/kd_value.py [--data ../shared/data/ml-100k/ml-100k.inter] [--teacher-hidden 128]
         [--students 16] [--seeds 0,1,2] [--alphas 0.5] [--temperatures 1,2] [--epochs 40]
         [--top-ks full,100] [--hint-weights 0.1,1]
+    python bench/kd_value.py --teacher-run RUN --prepared DATASET_DIR --students 64 --top-ks 100
 """
 
 from __future__ import annotations
@@ -77,17 +80,42 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--top-ks", default="full", help="teacher score directories: full and/or k values")
     parser.add_argument("--hint-weights", default="", help="also --hint-run arms (the teacher's states)")
+    parser.add_argument(
+        "--teacher-run",
+        help="a finished run of any kind (e.g. an LLM teacher) as the teacher, instead of training a SASRec; "
+        "needs --prepared, its dataset",
+    )
+    parser.add_argument(
+        "--prepared", help="with --teacher-run: the prepared dataset directory it was trained on"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    inter = Path(args.data)
-    name = inter.stem
-    out = ROOT / "bench" / "out" / f"kd_value_{name}"
     log: list[str] = []
     started_all = time.perf_counter()
-    if not (out / "data" / "meta.json").is_file():
-        distill("prepare", str(inter.resolve()), "--output", str(out / "data"), "--overwrite")
-    log.append(f"distill prepare {args.data} --output {rel(out / 'data')}")
-    teacher_metrics, teacher_seconds = student_teacher(out, args.teacher_hidden, args.epochs, log)
+    if args.teacher_run:
+        teacher_run = Path(args.teacher_run).resolve()
+        name = teacher_run.name
+        out = ROOT / "bench" / "out" / f"kd_value_{name}"
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "data").exists():
+            (out / "data").symlink_to(Path(args.prepared).resolve())  # run names stay relative to `out`
+        if not (out / "teacher").exists():
+            (out / "teacher").symlink_to(teacher_run)
+        teacher_metrics, teacher_seconds = (
+            json.loads((teacher_run / "metrics.json").read_text()),
+            float("nan"),
+        )
+        kind = json.loads((teacher_run / "config.json").read_text())["kind"]
+        if args.hint_weights and kind != "student":
+            parser.error(f"--hint-weights needs a SASRec teacher; {args.teacher_run} is a {kind} run")
+    else:
+        inter = Path(args.data)
+        name = inter.stem
+        out = ROOT / "bench" / "out" / f"kd_value_{name}"
+        if not (out / "data" / "meta.json").is_file():
+            distill("prepare", str(inter.resolve()), "--output", str(out / "data"), "--overwrite")
+        log.append(f"distill prepare {args.data} --output {rel(out / 'data')}")
+        teacher_metrics, teacher_seconds = student_teacher(out, args.teacher_hidden, args.epochs, log)
     arms: dict[str, dict] = {}
     picks = {}
     exports = {}
@@ -168,8 +196,9 @@ def mean_std(values: list[float]) -> str:
 def write_report(
     args, name, seeds, teacher, teacher_seconds, arms, picks, exports, compare_lines, log, total
 ) -> None:
+    teacher_name = f"`{rel(args.teacher_run)}`" if args.teacher_run else f"d={args.teacher_hidden} SASRec"
     lines = [
-        f"# Dense KD on {name}: d={args.teacher_hidden} SASRec teacher → d={args.students} SASRec students",
+        f"# Dense KD on {name}: {teacher_name} teacher → d={args.students} SASRec students",
         "",
         f"- command: `python bench/kd_value.py {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores; whole benchmark "
@@ -177,7 +206,7 @@ def write_report(
         f"- all students: 2 blocks, max_len 50, lr 0.002, at most {args.epochs} epochs, patience 5 on "
         "validation NDCG@10, test at the best validation epoch; full ranking over the whole catalogue, "
         "history items masked",
-        f"- teacher: d={args.teacher_hidden} SASRec, seed 0: valid NDCG@10 "
+        f"- teacher: {teacher_name}, seed 0: valid NDCG@10 "
         f"{teacher['valid']['ndcg@10']:.4f}, "
         f"test NDCG@10 {teacher['test']['ndcg@10']:.4f}, HR@10 {teacher['test']['hr@10']:.4f} "
         f"({teacher_seconds:.0f} s); soft labels at every training position: "
