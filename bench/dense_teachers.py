@@ -4,7 +4,7 @@ Every arm trains a teacher on one fixed SASRec run with the real ``distill`` com
 time), selects its epoch on validation and reports test NDCG@10 / HR@10 beside the SASRec's, with the
 per-user paired difference of test NDCG@10 against the SASRec and a bootstrap 95% interval. Then it
 times export of training positions, dense (one pass per window) vs per-prefix (one pass per row), on the
-same teacher. Results are appended to ``bench/results/dense_teachers_<backbone>.md`` arm by arm, so a
+same teacher. Results are appended to ``bench/results/dense_teachers_<backbone family>.md`` arm by arm, so a
 long run leaves what it finished.
 
     python bench/dense_teachers.py [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
@@ -155,7 +155,7 @@ def main() -> None:
     base = user_ndcg(sasrec, data)
     base_metrics = json.loads((sasrec / "metrics.json").read_text())["test"]
     backbone = Path(str(gguf)).stem
-    results = RESULTS / f"dense_teachers_{backbone.split('.')[0].lower()}.md"
+    results = RESULTS / f"dense_teachers_{backbone.split('-')[0].split('.')[0].lower()}.md"  # _smollm2, _tiny
     if not results.exists():
         results.write_text(
             f"# Dense teachers fused with SASRec on MovieLens-100K ({backbone}, CPU)\n\n"
