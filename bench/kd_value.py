@@ -171,6 +171,14 @@ def main() -> None:
                 arm["names"][seed] = run_name
     compare_lines = []
     for arm_name, arm in arms.items():
+        if "names" in arm:
+            pooled = pooled_difference(out, arm, seeds)
+            zero = "excludes" if pooled["low"] > 0 or pooled["high"] < 0 else "contains"
+            compare_lines.append(
+                f"- **{arm_name}, the {len(seeds)} seeds pooled** (each user's difference averaged over the "
+                f"paired seeds, users resampled): {pooled['mean']:+.4f} [{pooled['low']:+.4f}, "
+                f"{pooled['high']:+.4f}] ({zero} 0)"
+            )
         for seed, run_name in arm.get("names", {}).items():
             runs = [str(out / f"d{arm['width']}-plain-s{seed}"), str(out / run_name)]
             args_ = ["compare", *runs, "--data", str(out / "data"), "--device", "cpu"]
@@ -182,6 +190,23 @@ def main() -> None:
             compare_lines.append(f"- {arm_name}, seed {seed}: {paired}")
     write_report(args, name, seeds, teacher_metrics, teacher_seconds, arms, picks, exports, compare_lines,
                  log, time.perf_counter() - started_all)  # fmt: skip
+
+
+def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
+    """Per-user test NDCG@10 of an arm minus its plain student, averaged over the paired seeds (the same
+    users in every seed), with ``distill compare``'s bootstrap over users."""
+    from distill.data import Dataset
+    from distill.metrics import per_user
+    from pipeline.compare import paired_difference
+    from pipeline.evaluate import scorer
+
+    data = Dataset(out / "data")
+
+    def values(run: Path):
+        return per_user(scorer(str(run), data, 256, "cpu").ranks("test")[1], "ndcg@10").numpy()
+
+    diffs = [values(out / arm["names"][s]) - values(out / f"d{arm['width']}-plain-s{s}") for s in seeds]
+    return paired_difference(sum(diffs) / len(diffs), 2000, 0)
 
 
 def student_teacher(out: Path, hidden: int, epochs: int, log: list[str]) -> tuple[dict, float]:
