@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import resource
 import sys
@@ -101,8 +102,8 @@ def main() -> None:
         f"- command: `python bench/kd_epoch.py {args.data} --k {args.k} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} --batches {args.batches}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}; the machine was shared with other jobs (the arms alternate batch by "
-        "batch, so the ratios hold better than the seconds)",
+        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (the arms alternate "
+        "batch by batch, so the ratios hold better than the seconds on a busy machine)",
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions; d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
         f"- teacher: RANDOM top-{k} rows at all {rows:,} training positions (for timing only), written with "
