@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SIZE: list[str] = []  # --max-len and --patience, set from the options
 DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, seconds) of this invocation
-COMMON = ["--max-len", "50", "--lr", "0.002", "--patience", "5", "--device", "cpu"]
+COMMON = ["--lr", "0.002", "--device", "cpu"]  # and --max-len, --patience from the options
 
 
 def rel(path: Path | str) -> str:
@@ -53,16 +54,18 @@ def distill(*args: str) -> tuple[float, str]:
 def student(
     out: Path, name: str, hidden: int, seed: int, epochs: int, extra: list[str], log: list[str]
 ) -> tuple[dict, float]:
-    """A ``student-train`` run (reused when an earlier invocation finished it): metrics and seconds."""
+    """A ``student-train`` run: metrics and seconds. One an earlier invocation finished is reused, one it
+    left unfinished (killed, or the session ended) is resumed: the benchmark carries over sessions."""
     run = out / name
     if name in DONE:  # the seed-0 run of a picked grid point
         return DONE[name]
     if (run / "metrics.json").is_file():  # finished by an earlier invocation: rerunning costs only the report
         DONE[name] = json.loads((run / "metrics.json").read_text()), float("nan")
         return DONE[name]
+    resume = ["--resume"] if (run / "last" / "state.pt").is_file() else []
     seconds, cmd = distill(
         "student-train", "--data", str(out / "data"), "--output", str(run), "--hidden", str(hidden),
-        "--epochs", str(epochs), "--seed", str(seed), *COMMON, *extra,
+        "--epochs", str(epochs), "--seed", str(seed), *COMMON, *SIZE, *extra, *resume,
     )  # fmt: skip
     log.append(cmd)
     DONE[name] = json.loads((run / "metrics.json").read_text()), seconds
@@ -78,6 +81,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.5")
     parser.add_argument("--temperatures", default="1,2")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--top-ks", default="full", help="teacher score directories: full and/or k values")
     parser.add_argument("--hint-weights", default="", help="also --hint-run arms (the teacher's states)")
     parser.add_argument(
@@ -90,6 +95,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    SIZE.extend(["--max-len", str(args.max_len), "--patience", str(args.patience)])
     log: list[str] = []
     started_all = time.perf_counter()
     if args.teacher_run:
@@ -228,7 +234,8 @@ def write_report(
         f"- command: `python bench/kd_value.py {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores; whole benchmark "
         f"{total / 60:.1f} min (runs an earlier invocation finished are reused: wall time nan)",
-        f"- all students: 2 blocks, max_len 50, lr 0.002, at most {args.epochs} epochs, patience 5 on "
+        f"- all students: 2 blocks, max_len {args.max_len}, lr 0.002, at most {args.epochs} epochs, "
+        f"patience {args.patience} on "
         "validation NDCG@10, test at the best validation epoch; full ranking over the whole catalogue, "
         "history items masked",
         f"- teacher: {teacher_name}, seed 0: valid NDCG@10 "
