@@ -39,10 +39,10 @@ class DistillationExperts(nn.Module):
             teacher: the teacher's states at the same positions, ``(N, d_t)`` (no gradient flows to it).
 
         Returns:
-            A scalar; 0 for ``N = 0``.
+            A scalar; 0 for ``N = 0`` (with zero gradients, so ranks of a job still average alike).
         """
-        if len(student) == 0:
-            return student.sum() * 0.0
+        if len(student) == 0:  # still a function of every parameter: each gets a (zero) gradient to share
+            return sum(p.sum() for p in self.parameters()) * 0.0 + student.sum() * 0.0
         teacher = teacher.detach()
         mapped = torch.stack([expert(student) for expert in self.experts], dim=1)  # (N, E, d_t)
         weights = torch.softmax(self.select(teacher), dim=-1)  # (N, E)

@@ -37,6 +37,7 @@ def test_no_positions_give_zero_loss_with_a_gradient():
     loss = experts(student, torch.zeros(0, 6))
     loss.backward()
     assert loss.item() == 0.0 and student.grad.shape == (0, 4)
+    assert all(p.grad is not None and not p.grad.any() for p in experts.parameters())
 
 
 def test_a_hint_run_trains_resumes_exactly_and_is_recorded(dataset, tmp_path):  # noqa: F811
