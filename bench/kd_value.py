@@ -86,6 +86,12 @@ def main() -> None:
     parser.add_argument("--top-ks", default="full", help="teacher score directories: full and/or k values")
     parser.add_argument("--hint-weights", default="", help="also --hint-run arms (the teacher's states)")
     parser.add_argument(
+        "--also-unpicked",
+        action="store_true",
+        help="where the plain student wins the validation pick, still run the best other grid point on "
+        "every seed, reported as not picked",
+    )
+    parser.add_argument(
         "--teacher-run",
         help="a finished run of any kind (e.g. an LLM teacher) as the teacher, instead of training a SASRec; "
         "needs --prepared, its dataset",
@@ -166,9 +172,13 @@ def main() -> None:
                 grid.append((shown, part, extra, metrics["valid"]["ndcg@10"]))
             shown, part, extra, _ = max(grid, key=lambda g: g[3])  # the first of equals: plain
             picks[f"d={width}, {label}"] = {"grid": [(g[0], g[3]) for g in grid], "chosen": shown}
-            if part is None:
-                continue  # the plain student wins on validation: this arm is the plain arm
-            arm = arms[f"d={width} {label}"] = {"runs": {}, "seconds": {}, "names": {}, "width": width}
+            arm_name = f"d={width} {label}"
+            if part is None:  # the plain student wins on validation: this arm is the plain arm
+                if not args.also_unpicked:
+                    continue
+                shown, part, extra, _ = max(grid[1:], key=lambda g: g[3])  # measured for the record
+                arm_name += f" ({shown}, not picked)"
+            arm = arms[arm_name] = {"runs": {}, "seconds": {}, "names": {}, "width": width}
             for seed in seeds:
                 run_name = f"d{width}-{part}-s{seed}"
                 arm["runs"][seed], arm["seconds"][seed] = student(
