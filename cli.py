@@ -182,11 +182,17 @@ def main() -> None:
       distill prepare        raw interactions -> dataset directory
       distill student-train  SASRec on labels (also the teacher's ID encoder)
       distill teacher-train  an LLM teacher (MoE-LoRA or E4SRec) on top of a SASRec run
-      distill export-logits  the teacher's top-k item scores: soft labels for the student
+      distill export-logits  a run's top-k item scores (a teacher, or a wide SASRec): soft labels
       distill student-train --teacher-scores DIR   the student on labels + soft labels
       distill pipeline       all of the above on the synthetic data (the quickstart)
       distill evaluate       full-ranking metrics of a saved run
       distill compare        runs side by side, with paired per-user differences and their uncertainty
+
+    \b
+    Using a student:
+      distill recommend      top-k items for a user or a history of raw item ids
+      distill export-model   the student as ONNX, with its item vocabulary
+      distill serve          the student over HTTP
     """
 
 
@@ -233,7 +239,8 @@ def teacher_train(cfg: TeacherTrainConfig) -> None:
 @main.command("export-logits")
 @_command(ExportConfig)
 def export_logits(cfg: ExportConfig) -> None:
-    """Write a teacher's top-k item scores for the training prefixes: the student's soft labels."""
+    """Write a run's top-k item scores at training positions (a teacher, or a student-train run): the
+    student's soft labels."""
     from teacher.export import run
 
     manifest = run(cfg)

@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.data import Dataset  # noqa: E402
-from distill.metrics import full_ranks  # noqa: E402
+from distill.metrics import per_user  # noqa: E402
+from pipeline.compare import paired_difference  # noqa: E402
+from pipeline.evaluate import scorer  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
 OUT = ROOT / "bench" / "out" / "dense100k"  # per backbone: OUT / <llm name> / <arm>-s<seed>
@@ -74,31 +75,14 @@ def distill(*args: object) -> float:
 
 def user_ndcg(run: Path, data: Dataset) -> np.ndarray:
     """Per-user test NDCG@10 of a run (full ranking, history masked), in ``data.eval_users()`` order."""
-    from pipeline.evaluate import TEACHER_KINDS
-
-    kind = json.loads((run / "config.json").read_text())["kind"]
-    if kind in TEACHER_KINDS:
-        from teacher.model import load_teacher
-
-        teacher = load_teacher(run, data)
-        score, width = teacher, teacher.context
-    else:
-        from student.run import load_run
-
-        model = load_run(run, data)
-        score, width = (lambda h: model.score(model.user_embedding(h))), model.config.max_len
-    out = []
-    with torch.no_grad():
-        for batch in data.eval_batches("test", 32, width):
-            ranks = full_ranks(score(batch.inputs), batch.targets, batch.seen).double()
-            out.append(torch.where(ranks < 10, 1 / torch.log2(ranks + 2), 0).numpy())
-    return np.concatenate(out)
+    _, ranks = scorer(run, data, 32, "cpu").ranks("test")
+    return per_user(ranks, "ndcg@10").numpy()
 
 
-def bootstrap(diff: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def bootstrap(diff: np.ndarray) -> tuple[float, float]:
+    """The 95% interval of the mean per-user difference: ``distill compare``'s paired bootstrap."""
+    paired = paired_difference(diff, 2000, 0)
+    return paired["low"], paired["high"]
 
 
 def append(results: Path, line: str) -> None:

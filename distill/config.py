@@ -310,3 +310,16 @@ class PrepareConfig:
                 "synthetic data needs num_users >= 1 and num_items >= 10, "
                 f"got {self.num_users}, {self.num_items}"
             )
+
+
+def parse_metric(metric: str) -> tuple[str, int | None]:
+    """``"ndcg@10"`` → ``("ndcg", 10)``, ``"mrr"`` → ``("mrr", None)``; anything else is a ValueError.
+
+    Here (no torch) so that configs can check a metric option as :func:`distill.metrics.per_user` reads it.
+    """
+    name, _, k = metric.partition("@")
+    if name == "mrr" and not k:
+        return name, None
+    if name in ("hr", "ndcg") and k.isdigit() and int(k) > 0:
+        return name, int(k)
+    raise ValueError(f"unknown metric {metric!r}: metric must be hr@K, ndcg@K or mrr")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from distill.config import parse_metric
 from distill.dist import all_sum
 
 DEFAULT_KS = (5, 10, 20)
@@ -121,13 +122,11 @@ def per_user(ranks: torch.Tensor, metric: str = "ndcg@10") -> torch.Tensor:
     Its mean is what :func:`evaluate` reports for that metric.
     """
     r = ranks.double()
-    name, _, k = metric.partition("@")
-    if name == "mrr" and not k:
+    name, k = parse_metric(metric)
+    if name == "mrr":
         return 1.0 / (r + 1)
-    if name in ("hr", "ndcg") and k.isdigit():
-        hit = (r < int(k)).double()
-        return hit if name == "hr" else hit / torch.log2(r + 2)
-    raise ValueError(f"unknown metric {metric!r}; expected hr@K, ndcg@K or mrr")
+    hit = (r < k).double()
+    return hit if name == "hr" else hit / torch.log2(r + 2)
 
 
 def format_table(

@@ -104,7 +104,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
         if not run.is_dir() or not any(run.iterdir()):
             state = "is empty" if run.is_dir() else "does not exist"
             raise DistillError(f"cannot resume: run directory {run} {state}")
-        if not (run / "last" / STATE).is_file():
+        if not resumable:
             raise DistillError(
                 f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
                 "to start it afresh)"

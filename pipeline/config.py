@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import check, option
+from distill.config import check, option, parse_metric
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,4 @@ class CompareConfig:
         check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"))
         if len(self.runs) < 2:
             raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
-        name, _, k = self.metric.partition("@")
-        if not (name in ("hr", "ndcg") and k.isdigit() and int(k) > 0) and self.metric != "mrr":
-            raise ValueError(f"metric must be hr@K, ndcg@K or mrr, got {self.metric!r}")
+        parse_metric(self.metric)

@@ -13,10 +13,11 @@ from distill.data import Dataset, EvalBatch
 from distill.dist import resolve_device
 from distill.errors import DistillError
 from distill.metrics import evaluate, user_ranks
+from distill.outputs import RUN_KINDS
 from distill.training import read_json, warn_if_unfinished
 from pipeline.config import EvaluateConfig
 
-TEACHER_KINDS = ("teacher-moe-lora", "teacher-e4srec")
+TEACHER_KINDS = tuple(kind for kind in RUN_KINDS if kind != "student")
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def scorer(run_dir: str | Path, data: Dataset, batch_size: int, device: str = "a
     if kind in TEACHER_KINDS:
         from teacher.model import load_teacher
 
-        teacher = load_teacher(run_dir, data, dev)
-        warn_if_unfinished(run_dir)
+        teacher = load_teacher(run_dir, data, dev)  # which warns when the run is unfinished
         return RunScorer(
             lambda batch: teacher(batch.inputs),
             teacher.context,  # the teacher reads its SASRec's window

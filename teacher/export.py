@@ -88,13 +88,13 @@ def run(cfg: ExportConfig) -> dict:
                 batch = slice(i, min(i + cfg.batch_size, mine.stop))
                 scored = torch.from_numpy(windows.positions[batch] >= 0)  # (B, w)
                 scores = scorer.scores(torch.from_numpy(windows.histories[batch]))  # (B, w, N + 1)
-                logits, items = scores[scored.to(scores.device)][:, 1:].topk(
-                    k, dim=-1
-                )  # (M, k); 0 is padding
-                users = windows.users[batch][:, None].repeat(scored.shape[1], axis=1)
+                rows = scores[scored.to(scores.device)][:, 1:]  # (M, N): column 0 is padding
+                logits, items = rows.topk(k, dim=-1)  # (M, k) descending
+                mask = scored.numpy()
+                users = windows.users[batch][:, None].repeat(mask.shape[1], axis=1)
                 writer.write(
-                    users[scored.numpy()],
-                    windows.positions[batch][scored.numpy()],
+                    users[mask],
+                    windows.positions[batch][mask],
                     (items + 1).cpu().numpy(),
                     logits.cpu().numpy(),
                 )

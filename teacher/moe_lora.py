@@ -140,8 +140,9 @@ class MoELoRATeacher(nn.Module):
         hidden = out.last_hidden_state.float()  # (B, T, H)
         queries = hidden.new_zeros(*real.shape, hidden.shape[-1])  # (B, w, H)
         queries[real] = hidden[slots]
-        items = self.item_projector(self.sasrec.item_embeddings()).float()  # (N + 1, H)
+        table = self.sasrec.item_embeddings()  # (N + 1, d)
+        items = self.item_projector(table).float()  # (N + 1, H)
         if self.fuse_sasrec:
             queries = torch.cat([queries, states.float()], dim=-1)  # (B, w, H + d)
-            items = torch.cat([items, self.sasrec.item_embeddings().float()], dim=-1)  # (N + 1, H + d)
+            items = torch.cat([items, table.float()], dim=-1)  # (N + 1, H + d)
         return queries, items
