@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIZE: list[str] = []  # --max-len and --patience, set from the options
-DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, seconds) of this invocation
+DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, training seconds) of this invocation
 COMMON = ["--lr", "0.002", "--device", "cpu"]  # and --max-len, --patience from the options
 
 
@@ -54,22 +54,29 @@ def distill(*args: str) -> tuple[float, str]:
 def student(
     out: Path, name: str, hidden: int, seed: int, epochs: int, extra: list[str], log: list[str]
 ) -> tuple[dict, float]:
-    """A ``student-train`` run: metrics and seconds. One an earlier invocation finished is reused, one it
-    left unfinished (killed, or the session ended) is resumed: the benchmark carries over sessions."""
+    """A ``student-train`` run: metrics and training seconds. One an earlier invocation finished is reused,
+    one it left unfinished (killed, or the session ended) is resumed: the benchmark carries over sessions."""
     run = out / name
     if name in DONE:  # the seed-0 run of a picked grid point
         return DONE[name]
     if (run / "metrics.json").is_file():  # finished by an earlier invocation: rerunning costs only the report
-        DONE[name] = json.loads((run / "metrics.json").read_text()), float("nan")
+        DONE[name] = finished(run)
         return DONE[name]
     resume = ["--resume"] if (run / "last" / "state.pt").is_file() else []
-    seconds, cmd = distill(
+    _, cmd = distill(
         "student-train", "--data", str(out / "data"), "--output", str(run), "--hidden", str(hidden),
         "--epochs", str(epochs), "--seed", str(seed), *COMMON, *SIZE, *extra, *resume,
     )  # fmt: skip
     log.append(cmd)
-    DONE[name] = json.loads((run / "metrics.json").read_text()), seconds
+    DONE[name] = finished(run)
     return DONE[name]
+
+
+def finished(run: Path) -> tuple[dict, float]:
+    """A finished run's metrics and its training time: the sum of its epochs' seconds as its history
+    records them, the same figure whether the run went in one go, was resumed, or is reused."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return metrics, sum(epoch["seconds"] for epoch in metrics["history"])
 
 
 def main() -> None:
@@ -113,10 +120,7 @@ def main() -> None:
             (out / "data").symlink_to(Path(args.prepared).resolve())  # run names stay relative to `out`
         if not (out / "teacher").exists():
             (out / "teacher").symlink_to(teacher_run)
-        teacher_metrics, teacher_seconds = (
-            json.loads((teacher_run / "metrics.json").read_text()),
-            float("nan"),
-        )
+        teacher_metrics, teacher_seconds = finished(teacher_run)
         kind = json.loads((teacher_run / "config.json").read_text())["kind"]
         if args.hint_weights and kind != "student":
             parser.error(f"--hint-weights needs a SASRec teacher; {args.teacher_run} is a {kind} run")
@@ -243,7 +247,8 @@ def write_report(
         "",
         f"- command: `python bench/kd_value.py {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores; whole benchmark "
-        f"{total / 60:.1f} min (runs an earlier invocation finished are reused: wall time nan)",
+        f"{total / 60:.1f} min (runs an earlier invocation finished are reused); a run's time is the sum "
+        "of its epochs' training seconds (validation excluded), as its metrics.json records them",
         f"- all students: 2 blocks, max_len {args.max_len}, lr 0.002, at most {args.epochs} epochs, "
         f"patience {args.patience} on "
         "validation NDCG@10, test at the best validation epoch; full ranking over the whole catalogue, "
@@ -252,7 +257,9 @@ def write_report(
         f"{teacher['valid']['ndcg@10']:.4f}, "
         f"test NDCG@10 {teacher['test']['ndcg@10']:.4f}, HR@10 {teacher['test']['hr@10']:.4f} "
         f"({teacher_seconds:.0f} s); soft labels at every training position: "
-        + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in exports.items()),
+        + ", ".join(
+            f"{label} {f'{seconds:.0f} s' if seconds else '(reused)'}" for label, seconds in exports.items()
+        ),
         "",
         f"Picked on validation (seed {seeds[0]}), valid NDCG@10 per grid point (plain: the plain student):",
         "",
@@ -263,7 +270,7 @@ def write_report(
     lines += [
         "",
         "| arm | test NDCG@10 | test HR@10 | valid NDCG@10 | per-seed test NDCG@10 gain vs plain"
-        " | wall per run |",
+        " | training time per run (epochs) |",
         "|---|---|---|---|---|---|",
     ]
     for arm_name, arm in arms.items():
@@ -278,7 +285,8 @@ def write_report(
             f"| {arm_name} | {mean_std([runs[s]['test']['ndcg@10'] for s in seeds])} "
             f"| {mean_std([runs[s]['test']['hr@10'] for s in seeds])} "
             f"| {mean_std([runs[s]['valid']['ndcg@10'] for s in seeds])} | {gains} "
-            f"| {statistics.mean(arm['seconds'].values()):.0f} s |"
+            f"| {statistics.mean(arm['seconds'].values()):.0f} s "
+            f"({statistics.mean(len(runs[s]['history']) for s in seeds):g}) |"
         )
     lines += ["", "Paired per-user test NDCG@10 difference, KD minus plain, bootstrap 95% interval:", ""]
     lines += compare_lines or ["- none: no KD arm beat the plain student on validation"]
