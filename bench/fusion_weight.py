@@ -91,7 +91,7 @@ def main() -> None:
         "# How much teacher goes into the score: SASRec + λ · teacher, λ picked on validation "
         f"({runs_dir.name})",
         "",
-        f"- command: `python bench/fusion_weight.py {shlex.join(sys.argv[1:])}`",
+        f"- command: `{shlex.join(['python', 'bench/fusion_weight.py', *sys.argv[1:]])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores",
         f"- runs: every finished dense teacher run under `{args.runs}` (from `bench/dense_teachers.py`); "
         "λ = 0 is their SASRec, λ = 1 a fused teacher as trained; for an unfused teacher λ > 0 is late "
