@@ -70,6 +70,23 @@ def parts(teacher: Teacher, data: Dataset, split: str, batch_size: int) -> dict[
     }
 
 
+def per_weight(run: Path, data: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user NDCG@10 of ``SASRec + λ · teacher`` for every λ of :data:`GRID`, on validation and test:
+    two ``(len(GRID), users)`` arrays, cached under ``bench/out/fusion_weight/`` (scoring is the slow
+    part: a rerun after more arms scores only the new runs)."""
+    cache = ROOT / "bench" / "out" / "fusion_weight" / run.parent.name / f"{run.name}.npz"
+    if cache.is_file() and cache.stat().st_mtime > (run / "metrics.json").stat().st_mtime:
+        saved = np.load(cache)
+        if tuple(saved["grid"]) == GRID:
+            return saved["valid"], saved["test"]
+    teacher = load_teacher(run, data, "cpu")
+    splits = {split: parts(teacher, data, split, batch_size) for split in ("valid", "test")}
+    valid, test = (np.stack([ndcg(splits[split], w) for w in GRID]) for split in ("valid", "test"))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, grid=np.array(GRID), valid=valid, test=test)
+    return valid, test
+
+
 def ndcg(split: dict[str, torch.Tensor], weight: float) -> np.ndarray:
     """Per-user NDCG@10 of ``SASRec + weight · teacher``."""
     ranks = full_ranks(split["base"] + weight * split["own"], split["targets"], split["seen"])
@@ -101,21 +118,28 @@ def main() -> None:
         "(SASRec) | ×SASRec | paired Δ [95% CI] | test NDCG@10 by λ, for the record |",
         "|---|---|---:|---|---:|---|---|",
     ]
+    arms: dict[str, list[np.ndarray]] = {}  # arm (run name less its seed) -> per-seed paired differences
     for run in runs:
-        teacher = load_teacher(run, data, "cpu")
-        valid = parts(teacher, data, "valid", args.batch_size)
-        test = parts(teacher, data, "test", args.batch_size)
-        valid_ndcg = {w: float(ndcg(valid, w).mean()) for w in GRID}
-        picked = max(GRID, key=lambda w: valid_ndcg[w])  # the first of equals: the smaller weight
-        sasrec, chosen = ndcg(test, 0.0), ndcg(test, picked)
+        valid, test = per_weight(run, data, args.batch_size)  # (len(GRID), users) NDCG@10 each
+        valid_ndcg = valid.mean(1)
+        picked = int(np.argmax(valid_ndcg))  # the first of equals: the smaller weight
+        sasrec, chosen = test[0], test[picked]
         diff = paired_difference(chosen - sasrec, 2000, 0)
+        arms.setdefault(run.name.rsplit("-s", 1)[0], []).append(chosen - sasrec)
         lines.append(
-            f"| {run.name} | {' '.join(f'{valid_ndcg[w]:.4f}' for w in GRID)} | {picked:g} "
+            f"| {run.name} | {' '.join(f'{v:.4f}' for v in valid_ndcg)} | {GRID[picked]:g} "
             f"| {chosen.mean():.4f} ({sasrec.mean():.4f}) | {chosen.mean() / sasrec.mean():.3f} "
             f"| {diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] "
-            f"| {' '.join(f'{ndcg(test, w).mean():.4f}' for w in GRID)} |"
+            f"| {' '.join(f'{v:.4f}' for v in test.mean(1))} |"
         )
         print(lines[-1], flush=True)
+    lines += ["", "Over seeds (each user's difference averaged over the seeds, users resampled):", ""]
+    for arm, diffs in arms.items():
+        pooled = paired_difference(sum(diffs) / len(diffs), 2000, 0)
+        lines.append(
+            f"- {arm}, {len(diffs)} seed(s): paired Δ {pooled['mean']:+.4f} "
+            f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]"
+        )
     lines += ["", f"Whole benchmark: {(time.perf_counter() - started) / 60:.1f} min.", ""]
     out = ROOT / "bench" / "results" / f"fusion_weight_{runs_dir.name.split('.')[0]}.md"
     out.write_text("\n".join(lines))
