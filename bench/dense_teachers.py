@@ -90,6 +90,15 @@ def append(results: Path, line: str) -> None:
         f.write(line + "\n")
 
 
+def add_row(results: Path, row: str) -> None:
+    """Put ``row`` at the end of the results table, above any reading written under it by hand."""
+    lines = results.read_text().splitlines()
+    end = lines.index(next(line for line in lines if line.startswith("| arm |")))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    results.write_text("\n".join([*lines[:end], row, *lines[end:]]) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default="moe-fused,e4srec-fused,moe-unfused,moe-last,e4srec-unfused")
@@ -200,7 +209,7 @@ def main() -> None:
             lo, hi = bootstrap(diff)
             t = metrics["test"]
             speed = metrics["history"][0].get("positions_per_s", float("nan"))
-            append(
+            add_row(
                 results,
                 f"| {arm} | {seed} | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | "
                 f"{t['ndcg@10'] / base_metrics['ndcg@10']:.3f} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] | "
