@@ -16,6 +16,9 @@ finished run (an LLM teacher) is the teacher instead, on its own prepared datase
         [--students 16] [--seeds 0,1,2] [--alphas 0.5] [--temperatures 1,2] [--epochs 40]
         [--top-ks full,100] [--hint-weights 0.1,1]
     python bench/kd_value.py --teacher-run RUN --prepared DATASET_DIR --students 64 --top-ks 100
+
+Runs carry over invocations (and sessions): a finished run is reused, an unfinished one resumed. The
+same command with ``--report-only`` trains nothing and reports what has finished so far.
 """
 
 from __future__ import annotations
@@ -37,39 +40,53 @@ sys.path.insert(0, str(ROOT))
 SIZE: list[str] = []  # --max-len and --patience, set from the options
 DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, training seconds) of this invocation
 COMMON = ["--lr", "0.002", "--device", "cpu"]  # and --max-len, --patience from the options
+REPORT_ONLY = False  # --report-only: train and export nothing, report the runs finished so far
 
 
 def rel(path: Path | str) -> str:
     return str(path).replace(f"{ROOT}/", "")
 
 
+def command_line(*args: str) -> str:
+    """A ``distill`` command as the report lists it: paths from the repo root."""
+    return "distill " + shlex.join(rel(a) for a in args)
+
+
 def distill(*args: str) -> tuple[float, str]:
-    shown = "distill " + shlex.join(rel(a) for a in args)  # paths from the repo root
-    print(f"$ {shown}", flush=True)
+    print(f"$ {command_line(*args)}", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, check=True)
-    return time.perf_counter() - started, shown
+    return time.perf_counter() - started, command_line(*args)
 
 
 def student(
     out: Path, name: str, hidden: int, seed: int, epochs: int, extra: list[str], log: list[str]
-) -> tuple[dict, float]:
+) -> tuple[dict, float] | None:
     """A ``student-train`` run: metrics and training seconds. One an earlier invocation finished is reused,
-    one it left unfinished (killed, or the session ended) is resumed: the benchmark carries over sessions."""
+    one it left unfinished (killed, or the session ended) is resumed: the benchmark carries over sessions.
+    None for a run not finished yet under ``--report-only``."""
     run = out / name
     if name in DONE:  # the seed-0 run of a picked grid point
         return DONE[name]
-    if (run / "metrics.json").is_file():  # finished by an earlier invocation: rerunning costs only the report
-        DONE[name] = finished(run)
-        return DONE[name]
-    resume = ["--resume"] if (run / "last" / "state.pt").is_file() else []
-    _, cmd = distill(
+    command = [
         "student-train", "--data", str(out / "data"), "--output", str(run), "--hidden", str(hidden),
-        "--epochs", str(epochs), "--seed", str(seed), *COMMON, *SIZE, *extra, *resume,
-    )  # fmt: skip
-    log.append(cmd)
+        "--epochs", str(epochs), "--seed", str(seed), *COMMON, *SIZE, *extra,
+    ]  # fmt: skip
+    if not (run / "metrics.json").is_file():  # else an earlier invocation finished it: reused
+        if REPORT_ONLY:
+            return None
+        distill(*command, *(["--resume"] if (run / "last" / "state.pt").is_file() else []))
+    log.append(command_line(*command))
     DONE[name] = finished(run)
     return DONE[name]
+
+
+def add(arm: dict, seed: int, done: tuple[dict, float] | None) -> bool:
+    """Record a seed's run in ``arm`` (``done`` is what :func:`student` returned); False if it is not
+    finished yet (``--report-only``)."""
+    if done is not None:
+        arm["runs"][seed], arm["seconds"][seed] = done
+    return done is not None
 
 
 def finished(run: Path) -> tuple[dict, float]:
@@ -99,6 +116,12 @@ def main() -> None:
         "every seed, reported as not picked",
     )
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and export nothing: report the runs earlier invocations finished (an arm with some of "
+        "its seeds unfinished is reported over the seeds it has)",
+    )
+    parser.add_argument(
         "--teacher-run",
         help="a finished run of any kind (e.g. an LLM teacher) as the teacher, instead of training a SASRec; "
         "needs --prepared, its dataset",
@@ -107,6 +130,8 @@ def main() -> None:
         "--prepared", help="with --teacher-run: the prepared dataset directory it was trained on"
     )
     args = parser.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     seeds = [int(s) for s in args.seeds.split(",")]
     SIZE.extend(["--max-len", str(args.max_len), "--patience", str(args.patience)])
     log: list[str] = []
@@ -131,28 +156,36 @@ def main() -> None:
         if not (out / "data" / "meta.json").is_file():
             distill("prepare", str(inter.resolve()), "--output", str(out / "data"), "--overwrite")
         log.append(f"distill prepare {args.data} --output {rel(out / 'data')}")
-        teacher_metrics, teacher_seconds = student_teacher(out, args.teacher_hidden, args.epochs, log)
+        teacher = student_teacher(out, args.teacher_hidden, args.epochs, log)
+        if teacher is None:
+            parser.error(f"--report-only: the teacher {rel(out / 'teacher')} has not finished")
+        teacher_metrics, teacher_seconds = teacher
     arms: dict[str, dict] = {}
     picks = {}
     exports = {}
     for top_k in [None if k == "full" else int(k) for k in args.top_ks.split(",")]:
         label = "full catalogue" if top_k is None else f"top {top_k}"
         scores = out / f"scores-{'full' if top_k is None else top_k}"
-        exports[label] = 0.0
+        size = ["--full"] if top_k is None else ["--top-k", str(top_k)]
+        command = [
+            "export-logits", "--run", str(out / "teacher"), "--data", str(out / "data"),
+            "--output", str(scores), "--all-positions", *size, "--batch-size", "256", "--device", "cpu",
+            "--overwrite",
+        ]  # fmt: skip
+        exports[label] = 0.0  # seconds; 0: an earlier invocation's directory, reused
         if not (scores / "manifest.json").is_file():
-            size = ["--full"] if top_k is None else ["--top-k", str(top_k)]
-            exports[label], cmd = distill(
-                "export-logits", "--run", str(out / "teacher"), "--data", str(out / "data"),
-                "--output", str(scores), "--all-positions", *size, "--batch-size", "256",
-                "--device", "cpu", "--overwrite",
-            )  # fmt: skip
-            log.append(cmd)
+            if REPORT_ONLY:
+                del exports[label]  # its KD arms are not reported
+                continue
+            exports[label], _ = distill(*command)
+        log.append(command_line(*command))
     for width in [int(w) for w in args.students.split(",")]:
         plain = arms[f"d={width} plain"] = {"runs": {}, "seconds": {}, "width": width}
         for seed in seeds:
-            plain["runs"][seed], plain["seconds"][seed] = student(
-                out, f"d{width}-plain-s{seed}", width, seed, args.epochs, [], log
-            )
+            add(plain, seed, student(out, f"d{width}-plain-s{seed}", width, seed, args.epochs, [], log))
+        if seeds[0] not in plain["runs"]:  # --report-only, before the first plain run finished
+            del arms[f"d={width} plain"]
+            continue
         variants = {}  # label -> grid points (shown, run-name part, student-train options)
         for label in exports:
             tag = "full" if label == "full catalogue" else label.split()[-1]
@@ -170,10 +203,12 @@ def main() -> None:
         for label, points in variants.items():
             grid = [("plain", None, [], plain["runs"][seeds[0]]["valid"]["ndcg@10"])]
             for shown, part, extra in points:
-                metrics, _ = student(
-                    out, f"d{width}-{part}-s{seeds[0]}", width, seeds[0], args.epochs, extra, log
-                )
-                grid.append((shown, part, extra, metrics["valid"]["ndcg@10"]))
+                done = student(out, f"d{width}-{part}-s{seeds[0]}", width, seeds[0], args.epochs, extra, log)
+                if done is None:
+                    break
+                grid.append((shown, part, extra, done[0]["valid"]["ndcg@10"]))
+            if len(grid) <= len(points):  # --report-only, before the grid finished: nothing picked yet
+                continue
             shown, part, extra, _ = max(grid, key=lambda g: g[3])  # the first of equals: plain
             picks[f"d={width}, {label}"] = {"grid": [(g[0], g[3]) for g in grid], "chosen": shown}
             arm_name = f"d={width} {label}"
@@ -185,21 +220,22 @@ def main() -> None:
             arm = arms[arm_name] = {"runs": {}, "seconds": {}, "names": {}, "width": width}
             for seed in seeds:
                 run_name = f"d{width}-{part}-s{seed}"
-                arm["runs"][seed], arm["seconds"][seed] = student(
-                    out, run_name, width, seed, args.epochs, extra, log
-                )
-                arm["names"][seed] = run_name
+                if add(arm, seed, student(out, run_name, width, seed, args.epochs, extra, log)):
+                    arm["names"][seed] = run_name
     compare_lines = []
     for arm_name, arm in arms.items():
-        if "names" in arm:
-            pooled = pooled_difference(out, arm, seeds)
+        plain_runs = arms[f"d={arm['width']} plain"]["runs"]
+        paired_seeds = [s for s in arm.get("names", {}) if s in plain_runs]  # both finished
+        if paired_seeds:
+            pooled = pooled_difference(out, arm, paired_seeds)
             zero = "excludes" if pooled["low"] > 0 or pooled["high"] < 0 else "contains"
             compare_lines.append(
-                f"- **{arm_name}, the {len(seeds)} seeds pooled** (each user's difference averaged over the "
-                f"paired seeds, users resampled): {pooled['mean']:+.4f} [{pooled['low']:+.4f}, "
+                f"- **{arm_name}, the {len(paired_seeds)} seeds pooled** (each user's difference averaged "
+                f"over the paired seeds, users resampled): {pooled['mean']:+.4f} [{pooled['low']:+.4f}, "
                 f"{pooled['high']:+.4f}] ({zero} 0)"
             )
-        for seed, run_name in arm.get("names", {}).items():
+        for seed in paired_seeds:
+            run_name = arm["names"][seed]
             runs = [str(out / f"d{arm['width']}-plain-s{seed}"), str(out / run_name)]
             args_ = ["compare", *runs, "--data", str(out / "data"), "--device", "cpu"]
             result = subprocess.run(
@@ -275,18 +311,22 @@ def write_report(
     ]
     for arm_name, arm in arms.items():
         runs = arm["runs"]
+        done = [s for s in seeds if s in runs]  # all of them, unless --report-only came early
         plain = arms[f"d={arm['width']} plain"]["runs"]
         gains = (
-            ", ".join(f"{runs[s]['test']['ndcg@10'] - plain[s]['test']['ndcg@10']:+.4f}" for s in seeds)
+            ", ".join(
+                f"{runs[s]['test']['ndcg@10'] - plain[s]['test']['ndcg@10']:+.4f}" for s in done if s in plain
+            )
             if "names" in arm
             else "—"
         )
+        shown = arm_name if done == seeds else f"{arm_name} (seeds {', '.join(map(str, done))} so far)"
         lines.append(
-            f"| {arm_name} | {mean_std([runs[s]['test']['ndcg@10'] for s in seeds])} "
-            f"| {mean_std([runs[s]['test']['hr@10'] for s in seeds])} "
-            f"| {mean_std([runs[s]['valid']['ndcg@10'] for s in seeds])} | {gains} "
+            f"| {shown} | {mean_std([runs[s]['test']['ndcg@10'] for s in done])} "
+            f"| {mean_std([runs[s]['test']['hr@10'] for s in done])} "
+            f"| {mean_std([runs[s]['valid']['ndcg@10'] for s in done])} | {gains} "
             f"| {statistics.mean(arm['seconds'].values()):.0f} s "
-            f"({statistics.mean(len(runs[s]['history']) for s in seeds):g}) |"
+            f"({statistics.mean(len(runs[s]['history']) for s in done):.1f}) |"
         )
     lines += ["", "Paired per-user test NDCG@10 difference, KD minus plain, bootstrap 95% interval:", ""]
     lines += compare_lines or ["- none: no KD arm beat the plain student on validation"]
