@@ -230,9 +230,9 @@ def main() -> None:
             pooled = pooled_difference(out, arm, paired_seeds)
             zero = "excludes" if pooled["low"] > 0 or pooled["high"] < 0 else "contains"
             compare_lines.append(
-                f"- **{arm_name}, the {len(paired_seeds)} seeds pooled** (each user's difference averaged "
-                f"over the paired seeds, users resampled): {pooled['mean']:+.4f} [{pooled['low']:+.4f}, "
-                f"{pooled['high']:+.4f}] ({zero} 0)"
+                f"- **{arm_name}, {len(paired_seeds)} paired seed(s) pooled** (each user's difference "
+                f"averaged over the paired seeds, users resampled): {pooled['mean']:+.4f} "
+                f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}] ({zero} 0)"
             )
         for seed in paired_seeds:
             run_name = arm["names"][seed]
