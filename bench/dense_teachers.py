@@ -93,7 +93,7 @@ def append(results: Path, line: str) -> None:
 def add_row(results: Path, row: str) -> None:
     """Put ``row`` at the end of the results table, above any reading written under it by hand."""
     lines = results.read_text().splitlines()
-    end = lines.index(next(line for line in lines if line.startswith("| arm |")))
+    end = next(i for i, line in enumerate(lines) if line.startswith("| arm |"))
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
     results.write_text("\n".join([*lines[:end], row, *lines[end:]]) + "\n")

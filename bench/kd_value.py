@@ -52,11 +52,12 @@ def command_line(*args: str) -> str:
     return "distill " + shlex.join(rel(a) for a in args)
 
 
-def distill(*args: str) -> tuple[float, str]:
+def distill(*args: str) -> float:
+    """Run a ``distill`` command; its whole-process seconds."""
     print(f"$ {command_line(*args)}", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, check=True)
-    return time.perf_counter() - started, command_line(*args)
+    return time.perf_counter() - started
 
 
 def student(
@@ -177,7 +178,7 @@ def main() -> None:
             if REPORT_ONLY:
                 del exports[label]  # its KD arms are not reported
                 continue
-            exports[label], _ = distill(*command)
+            exports[label] = distill(*command)
         log.append(command_line(*command))
     for width in [int(w) for w in args.students.split(",")]:
         plain = arms[f"d={width} plain"] = {"runs": {}, "seconds": {}, "width": width}
