@@ -164,6 +164,7 @@ def main() -> None:
     arms: dict[str, dict] = {}
     picks = {}
     exports = {}
+    soft_labels = {}  # label -> what its soft labels carry (soft_label_summary)
     for top_k in [None if k == "full" else int(k) for k in args.top_ks.split(",")]:
         label = "full catalogue" if top_k is None else f"top {top_k}"
         scores = out / f"scores-{'full' if top_k is None else top_k}"
@@ -180,6 +181,7 @@ def main() -> None:
                 continue
             exports[label] = distill(*command)
         log.append(command_line(*command))
+        soft_labels[label] = soft_label_summary(out, scores)
     for width in [int(w) for w in args.students.split(",")]:
         plain = arms[f"d={width} plain"] = {"runs": {}, "seconds": {}, "width": width}
         for seed in seeds:
@@ -245,8 +247,8 @@ def main() -> None:
             log.append("distill " + shlex.join(rel(a) for a in args_))
             paired = result.stdout.strip().splitlines()[-1].split(": ", 1)[1]
             compare_lines.append(f"- {arm_name}, seed {seed}: {paired}")
-    write_report(args, name, seeds, teacher_metrics, teacher_seconds, arms, picks, exports, compare_lines,
-                 log, time.perf_counter() - started_all)  # fmt: skip
+    write_report(args, name, seeds, teacher_metrics, teacher_seconds, arms, picks, exports, soft_labels,
+                 compare_lines, log, time.perf_counter() - started_all)  # fmt: skip
 
 
 def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
@@ -266,6 +268,46 @@ def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
     return paired_difference(sum(diffs) / len(diffs), 2000, 0)
 
 
+def soft_label_summary(out: Path, scores: Path) -> str:
+    """What the teacher's soft labels carry at the training positions: how often the position's own
+    target is among the teacher's top items, and how peaked the soft labels (T = 1) are."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from distill.data import Dataset
+    from distill.scores import read_scores
+
+    data = Dataset(out / "data")
+    table = read_scores(scores, data)
+    flat = torch.nonzero(table.row_of >= 0).squeeze(1)  # flat indices of the scored targets
+    targets = torch.from_numpy(np.asarray(data.items, dtype=np.int64))[flat]
+    rows = table.row_of[flat]
+    cuts = [c for c in (1, 10) if c < table.k] + [table.k]
+    hits = dict.fromkeys(cuts, 0)
+    p_target = entropy = 0.0
+    for start in range(0, len(rows), 65536):
+        items, logits = table.fetch(rows[start : start + 65536])  # (m, k), descending
+        p = torch.softmax(logits, dim=-1)
+        hit = items == targets[start : start + 65536, None]  # (m, k), at most one per row
+        rank = torch.where(hit.any(1), hit.float().argmax(1), table.k)
+        for c in cuts:
+            hits[c] += int((rank < c).sum())
+        p_target += float((p * hit).sum())
+        entropy += float(-(p * p.clamp_min(1e-30).log()).sum())
+    n = len(rows)
+    return (
+        "the position's own target is the teacher's "
+        + ", ".join(f"top {c}" for c in cuts)
+        + " at "
+        + " / ".join(f"{hits[c] / n:.3f}" for c in cuts)
+        + f" of the {n:,} training positions; the soft labels (T 1) put {p_target / n:.3f} on it on "
+        f"average, with an entropy of {entropy / n:.2f} nats (uniform over {table.k} items: "
+        f"{math.log(table.k):.2f})"
+    )
+
+
 def student_teacher(out: Path, hidden: int, epochs: int, log: list[str]) -> tuple[dict, float]:
     """The teacher SASRec (seed 0), trained once."""
     return student(out, "teacher", hidden, 0, epochs, [], log)
@@ -276,7 +318,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def write_report(
-    args, name, seeds, teacher, teacher_seconds, arms, picks, exports, compare_lines, log, total
+    args, name, seeds, teacher, teacher_seconds, arms, picks, exports, soft_labels, compare_lines, log, total
 ) -> None:
     teacher_name = f"`{rel(args.teacher_run)}`" if args.teacher_run else f"d={args.teacher_hidden} SASRec"
     lines = [
@@ -297,6 +339,7 @@ def write_report(
         + ", ".join(
             f"{label} {f'{seconds:.0f} s' if seconds else '(reused)'}" for label, seconds in exports.items()
         ),
+        *(f"- soft labels, {label}: {summary}" for label, summary in soft_labels.items()),
         "",
         f"Picked on validation (seed {seeds[0]}), valid NDCG@10 per grid point (plain: the plain student):",
         "",
