@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import shlex
 import statistics
@@ -271,8 +272,6 @@ def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
 def soft_label_summary(out: Path, scores: Path) -> str:
     """What the teacher's soft labels carry at the training positions: how often the position's own
     target is among the teacher's top items, and how peaked the soft labels (T = 1) are."""
-    import math
-
     import numpy as np
     import torch
 
