@@ -286,10 +286,11 @@ def soft_label_summary(out: Path, scores: Path) -> str:
     cuts = [c for c in (1, 10) if c < table.k] + [table.k]
     hits = dict.fromkeys(cuts, 0)
     p_target = entropy = 0.0
-    for start in range(0, len(rows), 65536):
-        items, logits = table.fetch(rows[start : start + 65536])  # (m, k), descending
+    chunk = 65536  # rows at a time: a full-catalogue table never has more in memory
+    for start in range(0, len(rows), chunk):
+        items, logits = table.fetch(rows[start : start + chunk])  # (m, k), descending
         p = torch.softmax(logits, dim=-1)
-        hit = items == targets[start : start + 65536, None]  # (m, k), at most one per row
+        hit = items == targets[start : start + chunk, None]  # (m, k), at most one per row
         rank = torch.where(hit.any(1), hit.float().argmax(1), table.k)
         for c in cuts:
             hits[c] += int((rank < c).sum())
