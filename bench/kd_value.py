@@ -271,13 +271,18 @@ def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
 
 def soft_label_summary(out: Path, scores: Path) -> str:
     """What the teacher's soft labels carry at the training positions: how often the position's own
-    target is among the teacher's top items, and how peaked the soft labels (T = 1) are."""
+    target is among the teacher's top items, and how peaked the soft labels (T = 1) are. Kept beside the
+    directory (a full-catalogue ML-1M table takes minutes to read) and reused while its manifest is
+    the same."""
     import numpy as np
     import torch
 
     from distill.data import Dataset
     from distill.scores import read_scores
 
+    cache, manifest = out / f"{scores.name}.summary.json", (scores / "manifest.json").read_text()
+    if cache.is_file() and (cached := json.loads(cache.read_text()))["manifest"] == manifest:
+        return cached["summary"]
     data = Dataset(out / "data")
     table = read_scores(scores, data)
     flat = torch.nonzero(table.row_of >= 0).squeeze(1)  # flat indices of the scored targets
@@ -297,7 +302,7 @@ def soft_label_summary(out: Path, scores: Path) -> str:
         p_target += float((p * hit).sum())
         entropy += float(-(p * p.clamp_min(1e-30).log()).sum())
     n = len(rows)
-    return (
+    summary = (
         "the position's own target is the teacher's "
         + ", ".join(f"top {c}" for c in cuts)
         + " at "
@@ -306,6 +311,8 @@ def soft_label_summary(out: Path, scores: Path) -> str:
         f"average, with an entropy of {entropy / n:.2f} nats (uniform over {table.k} items: "
         f"{math.log(table.k):.2f})"
     )
+    cache.write_text(json.dumps({"manifest": manifest, "summary": summary}))
+    return summary
 
 
 def student_teacher(out: Path, hidden: int, epochs: int, log: list[str]) -> tuple[dict, float]:
