@@ -272,16 +272,18 @@ def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
 def soft_label_summary(out: Path, scores: Path) -> str:
     """What the teacher's soft labels carry at the training positions: how often the position's own
     target is among the teacher's top items, and how peaked the soft labels (T = 1) are. Kept beside the
-    directory (a full-catalogue ML-1M table takes minutes to read) and reused while its manifest is
-    the same."""
+    directory (a full-catalogue ML-1M table takes minutes to read) and reused until the table is
+    exported again: the key is its manifest and the manifest's modification time, which a re-export
+    (even of a retrained teacher at the same path, the same manifest text) changes."""
     import numpy as np
     import torch
 
     from distill.data import Dataset
     from distill.scores import read_scores
 
-    cache, manifest = out / f"{scores.name}.summary.json", (scores / "manifest.json").read_text()
-    if cache.is_file() and (cached := json.loads(cache.read_text()))["manifest"] == manifest:
+    cache, manifest = out / f"{scores.name}.summary.json", scores / "manifest.json"
+    key = [manifest.stat().st_mtime_ns, manifest.read_text()]
+    if cache.is_file() and (cached := json.loads(cache.read_text())).get("key") == key:
         return cached["summary"]
     data = Dataset(out / "data")
     table = read_scores(scores, data)
@@ -311,7 +313,7 @@ def soft_label_summary(out: Path, scores: Path) -> str:
         f"average, with an entropy of {entropy / n:.2f} nats (uniform over {table.k} items: "
         f"{math.log(table.k):.2f})"
     )
-    cache.write_text(json.dumps({"manifest": manifest, "summary": summary}))
+    cache.write_text(json.dumps({"key": key, "summary": summary}))
     return summary
 
 
