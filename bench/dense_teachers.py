@@ -7,7 +7,7 @@ times export of training positions, dense (one pass per window) vs per-prefix (o
 same teacher. Results are appended to ``bench/results/dense_teachers_<backbone family>.md`` arm by arm, so a
 long run leaves what it finished.
 
-    python bench/dense_teachers.py [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
+    python -m bench.dense_teachers [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
 
 Sizing for 2 CPU cores (each arm well under 20 min): a float32 backbone (this machine's CPUs have no
 bfloat16 arithmetic: a bfloat16 SmolLM2 layer trains 16x slower here) cut to its first
@@ -32,14 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.data import Dataset
+from distill.metrics import per_user
+from pipeline.compare import paired_difference
+from pipeline.evaluate import scorer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.data import Dataset  # noqa: E402
-from distill.metrics import per_user  # noqa: E402
-from pipeline.compare import paired_difference  # noqa: E402
-from pipeline.evaluate import scorer  # noqa: E402
-
 DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
 OUT = ROOT / "bench" / "out" / "dense100k"  # per backbone: OUT / <llm name> / <arm>-s<seed>
 RESULTS = ROOT / "bench" / "results"  # dense_teachers_<backbone>.md
@@ -234,7 +232,7 @@ def main() -> None:
             f"per-prefix, each user's last 2: {rows_prefix:,} rows in {prefix:.0f} s "
             f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n",
         )
-    command = f"python bench/dense_teachers.py {shlex.join(sys.argv[1:])}"
+    command = f"python -m bench.dense_teachers {shlex.join(sys.argv[1:])}"
     append(results, f"\n{datetime.date.today()}: `{command}`\n")
 
 

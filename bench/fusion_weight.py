@@ -15,7 +15,7 @@ validation and test targets, then ranks ``SASRec + λ · teacher`` for a grid of
 against the SASRec and a bootstrap 95% interval. Test NDCG@10 of every λ is printed for the record, never
 used to pick. Writes ``bench/results/fusion_weight_<backbone>.md``.
 
-    python bench/fusion_weight.py [--runs bench/out/dense100k/SmolLM2-135M-Instruct.Q4_1]
+    python -m bench.fusion_weight [--runs bench/out/dense100k/SmolLM2-135M-Instruct.Q4_1]
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.data import Dataset
+from distill.metrics import full_ranks, per_user
+from pipeline.compare import paired_difference
+from teacher.model import Teacher, load_teacher
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.data import Dataset  # noqa: E402
-from distill.metrics import full_ranks, per_user  # noqa: E402
-from pipeline.compare import paired_difference  # noqa: E402
-from teacher.model import Teacher, load_teacher  # noqa: E402
-
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
@@ -108,7 +106,7 @@ def main() -> None:
         "# How much teacher goes into the score: SASRec + λ · teacher, λ picked on validation "
         f"({runs_dir.name})",
         "",
-        f"- command: `{shlex.join(['python', 'bench/fusion_weight.py', *sys.argv[1:]])}`",
+        f"- command: `{shlex.join(['python', '-m', 'bench.fusion_weight', *sys.argv[1:]])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores",
         f"- runs: every finished dense teacher run under `{args.runs}` (from `bench/dense_teachers.py`); "
         "λ = 0 is their SASRec, λ = 1 a fused teacher as trained; for an unfused teacher λ > 0 is late "

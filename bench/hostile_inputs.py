@@ -8,7 +8,7 @@ process through click's CliRunner (``--subprocess``: each as ``python -m cli``, 
 directory cases always run as a separate process, as the ``nobody`` user when this is root (root writes
 anywhere).
 
-    python bench/hostile_inputs.py [--subprocess]
+    python -m bench.hostile_inputs [--subprocess]
 
 Writes ``bench/results/hostile_inputs.md``.
 """
@@ -27,13 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from click.testing import CliRunner  # noqa: E402
-
-from cli import main  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results" / "hostile_inputs.md"
 STUDENT = "--max-len 8 --hidden 8 --epochs 1 --device cpu"
 FOREIGN = {"v/thesis.tex": "chapter 1", "file.txt": "keep me", "mine/notes.txt": "mine"}
@@ -168,7 +166,7 @@ def run_case(line: str, env: dict[str, str], as_process: bool) -> tuple[int, str
             prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
         proc = subprocess.run(
             [*prefix, sys.executable, "-m", "cli", *line.split()],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **env},
             capture_output=True,
             text=True,
             timeout=600,
@@ -230,7 +228,7 @@ def write(rows: list[tuple], how: str) -> None:
         "",
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores; cases run with {how} "
         "(the unwritable-directory cases as separate processes, as `nobody` when run by root). "
-        f"Rerun: `python bench/hostile_inputs.py` (writes this file).",
+        f"Rerun: `python -m bench.hostile_inputs` (writes this file).",
         "",
         f"**{len(rows)} cases: {tracebacks} tracebacks, {left} with leftovers, {lost} with a foreign file "
         "lost or changed.** Exit 0 rows are the cases that should now work (a 26-digit id, a rerun of a run "

@@ -11,7 +11,7 @@ The score directory is written here with ``ScoreWriter``: for timing only, its r
 distinct items per row and descending random logits), not a trained teacher's. The report also gives
 the resident memory of reading it (``read_scores``) and of the epoch.
 
-    python bench/kd_epoch.py DATASET_DIR [--k 100] [--batch-size 128] [--max-len 200] [--hidden 64]
+    python -m bench.kd_epoch DATASET_DIR [--k 100] [--batch-size 128] [--max-len 200] [--hidden 64]
         [--threads 2] [--batches N]
 
 Writes ``bench/results/kd_epoch.md`` (and the score directory under ``bench/out/``).
@@ -24,22 +24,19 @@ import datetime
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from distill.data import Dataset
+from distill.scores import ScoreWriter, read_scores
+from student.config import SASRecConfig
+from student.losses import SoftLabels, ce_kd_loss, ce_loss
+from student.sasrec import SASRec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.data import Dataset  # noqa: E402
-from distill.scores import ScoreWriter, read_scores  # noqa: E402
-from student.config import SASRecConfig  # noqa: E402
-from student.losses import SoftLabels, ce_kd_loss, ce_loss  # noqa: E402
-from student.sasrec import SASRec  # noqa: E402
-
 ARMS = {"plain": None, "kl T=1": 1.0, "kl T=2": 2.0}
 
 
@@ -99,7 +96,7 @@ def main() -> None:
     lines = [
         "# A distilled epoch (soft labels at every position) vs a plain epoch",
         "",
-        f"- command: `python bench/kd_epoch.py {args.data} --k {args.k} --batch-size {args.batch_size} "
+        f"- command: `python -m bench.kd_epoch {args.data} --k {args.k} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} --batches {args.batches}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
         f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (the arms alternate "

@@ -7,7 +7,7 @@ architecture, seed and budget; each selects its epoch on validation NDCG@10, and
 recommend is picked on validation too. Real commands as subprocesses; writes
 ``bench/results/kd_ml100k.md``.
 
-    python bench/kd_ml100k.py [--positions 4] [--alphas 0.2,0.5] [--kds kl,rank]
+    python -m bench.kd_ml100k [--positions 4] [--alphas 0.2,0.5] [--kds kl,rank]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     data, teacher, scores = OUT / "data", OUT / "moe-lora", OUT / "scores"
     if not (teacher / "metrics.json").is_file():
-        print("skipped: run bench/teachers_ml100k.py first (it trains the teacher this distils)")
+        print("skipped: run `python -m bench.teachers_ml100k` first (it trains the teacher this distils)")
         return
     commands = []
     seconds, cmd = distill(

@@ -12,10 +12,10 @@ scorer like any teacher). Real commands as subprocesses; per-user paired differe
 finished run (an LLM teacher) is the teacher instead, on its own prepared dataset, and the report is
 ``kd_value_<run name>.md``.
 
-    python bench/kd_value.py [--data ../shared/data/ml-100k/ml-100k.inter] [--teacher-hidden 128]
+    python -m bench.kd_value [--data ../shared/data/ml-100k/ml-100k.inter] [--teacher-hidden 128]
         [--students 16] [--seeds 0,1,2] [--alphas 0.5] [--temperatures 1,2] [--epochs 40]
         [--top-ks full,100] [--hint-weights 0.1,1]
-    python bench/kd_value.py --teacher-run RUN --prepared DATASET_DIR --students 64 --top-ks 100
+    python -m bench.kd_value --teacher-run RUN --prepared DATASET_DIR --students 64 --top-ks 100
 
 Runs carry over invocations (and sessions): a finished run is reused, an unfinished one resumed. The
 same command with ``--report-only`` trains nothing and reports what has finished so far.
@@ -36,8 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 SIZE: list[str] = []  # --max-len and --patience, set from the options
 DONE: dict[str, tuple[dict, float]] = {}  # run name -> (metrics, training seconds) of this invocation
 COMMON = ["--lr", "0.002", "--device", "cpu"]  # and --max-len, --patience from the options
@@ -333,7 +331,7 @@ def write_report(
     lines = [
         f"# Dense KD on {name}: {teacher_name} teacher → d={args.students} SASRec students",
         "",
-        f"- command: `python bench/kd_value.py {shlex.join(sys.argv[1:])}`",
+        f"- command: `python -m bench.kd_value {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores; whole benchmark "
         f"{total / 60:.1f} min (runs an earlier invocation finished are reused); a run's time is the sum "
         "of its epochs' training seconds (validation excluded), as its metrics.json records them",

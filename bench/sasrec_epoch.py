@@ -11,7 +11,7 @@ products at the best matrix-multiply rate this machine reaches on a large square
 and bfloat16 for a mixed-precision kernel), plus one softmax over the epoch's (positions x items)
 logits in cache-sized chunks; everything else (the loss, the one-hot, conversions) for free.
 
-    python bench/sasrec_epoch.py DATASET_DIR [--batch-size 128] [--max-len 200] [--hidden 64] [--threads 2]
+    python -m bench.sasrec_epoch DATASET_DIR [--batch-size 128] [--max-len 200] [--hidden 64] [--threads 2]
         [--length-group 1]
 
 Writes ``bench/results/sasrec_epoch.md``.
@@ -22,19 +22,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distill.data import Dataset
+from student.config import SASRecConfig
+from student.losses import bce_loss, ce_loss, sample_negatives
+from student.sasrec import SASRec
 
-from distill.data import Dataset  # noqa: E402
-from student.config import SASRecConfig  # noqa: E402
-from student.losses import bce_loss, ce_loss, sample_negatives  # noqa: E402
-from student.sasrec import SASRec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -94,7 +92,7 @@ def main() -> None:
     lines = [
         "# SASRec: one training epoch, full-softmax CE vs BCE with one negative",
         "",
-        f"- command: `python bench/sasrec_epoch.py {args.data} --batch-size {args.batch_size} "
+        f"- command: `python -m bench.sasrec_epoch {args.data} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} "
         f"--length-group {args.length_group}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "

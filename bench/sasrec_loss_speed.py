@@ -5,7 +5,7 @@ left-padded), batch 128, d = 64, 2 blocks, 1 head, dropout 0.2, Adam, on 2 CPU t
 step is forward + loss + backward + optimizer step. The loss variants take turns step by step in one
 process, so a busy machine slows them alike; the median step time gives the implied epoch time.
 
-    python bench/sasrec_loss_speed.py [--steps 10] [--chunk-sizes 256 1024 4096] [--naive] [--threads 2]
+    python -m bench.sasrec_loss_speed [--steps 10] [--chunk-sizes 256 1024 4096] [--naive] [--threads 2]
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from student.config import SASRecConfig
 from student.losses import CPU_CHUNK_SIZE, bce_loss, ce_loss, sample_negatives

