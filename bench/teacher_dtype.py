@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from distill.config import from_dict
 from distill.data import Dataset
-from distill.training import load_checkpoint
+from distill.runs import load_checkpoint
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
 from teacher.model import build_teacher, evaluate_teacher, load_trainable

@@ -20,8 +20,8 @@ import polars as pl
 import torch
 
 from distill.errors import DistillError
+from distill.prepare import FORMAT_VERSION
 
-FORMAT_VERSION = 1  # of a dataset directory, written by distill.prepare
 SPLITS = ("valid", "test")
 
 

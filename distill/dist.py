@@ -3,7 +3,7 @@
 Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup_device` joins the process group (NCCL on CUDA
 with one GPU per rank, gloo on CPU). Every rank takes its slice of each batch (:func:`shard`) or a
 contiguous block of rows (:func:`block`), sums what it computed with the others (:func:`all_sum`),
-and only rank 0 writes (:func:`is_main_process`). In a single process every helper is a no-op.
+and only rank 0 writes (:func:`distill.io.is_main_process`). In a single process every helper is a no-op.
 """
 
 from __future__ import annotations
@@ -30,16 +30,6 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DistillError(f"device {spec!r} requested but CUDA is not available here")
     return device
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints.
-
-    A ``RANK`` variable outside a multi-process job (``WORLD_SIZE`` unset or 1) does not count.
-    """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_device(spec: str) -> torch.device:

@@ -20,14 +20,15 @@ import polars as pl
 
 from distill import synthetic
 from distill.config import PrepareConfig, to_dict
-from distill.data import FORMAT_VERSION
 from distill.errors import DistillError
+from distill.io import log
 from distill.outputs import claim
-from distill.training import log
 
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
 ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
 TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "unixreviewtime")
+
+FORMAT_VERSION = 1  # of a dataset directory; distill.data reads it
 
 
 def run(cfg: PrepareConfig) -> dict:

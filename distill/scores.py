@@ -32,8 +32,9 @@ import polars as pl
 import torch
 
 from distill.data import Dataset
-from distill.dist import barrier, gather, is_main_process, world
+from distill.dist import barrier, gather, world
 from distill.errors import DistillError
+from distill.io import is_main_process
 from distill.outputs import claim
 
 FORMAT_VERSION = 1

@@ -1,48 +1,25 @@
-"""Plumbing every training stage shares: seed, device, run directories, checkpoints, logging.
+"""What both training loops share: seeding, a stop on a non-finite loss, early stopping, the end of an
+epoch (checkpoints, ``--resume`` state) and of a run (``metrics.json``), TensorBoard.
 
-A run directory looks like::
-
-    RUN/config.json     what the run is ("kind") and the resolved config that rebuilds it
-    RUN/metrics.json    best validation epoch, validation and test metrics at that epoch
-    RUN/best/           checkpoint of the best validation epoch (what later stages load)
-    RUN/last/           checkpoint of the latest epoch (what --resume continues from)
-    RUN/tb/             TensorBoard scalars
-
-A checkpoint directory holds ``model.safetensors`` (only what was trained), ``config.json`` (the
-run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch, optimizer,
-scheduler, early-stopping and RNG state: plain tensors and numbers, loadable with
-``weights_only=True``). Checkpoints are written to a temporary directory and renamed when whole.
-
-Only rank 0 of a multi-process job writes (see :mod:`distill.dist`).
+The layout of a run directory and its checkpoints is :mod:`distill.runs`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
-import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from distill.data import Dataset
-from distill.dist import all_sum, barrier, is_main_process
+from distill.dist import all_sum
 from distill.errors import DistillError
+from distill.io import is_main_process, log, write_json
 from distill.metrics import MASKING_NOTE
-from distill.outputs import claim, clean_stale, kind_of, remove_dir
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-STATE = "state.pt"
+from distill.runs import STATE, load_checkpoint, save_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -50,83 +27,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file so a reader never sees half of it (rank 0 only)."""
-    if not is_main_process():
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; a missing file, bad JSON or another JSON value is a DistillError."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DistillError(f"{what}: {path} does not exist") from None
-    except IsADirectoryError:
-        raise DistillError(f"{what}: {path} is a directory, not a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DistillError(f"{what}: {path} is not a JSON object (it holds a {type(data).__name__})")
-    return data
-
-
-def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
-    """A run only scores the dataset it was trained on: the fingerprints in its config and ``data`` agree."""
-    trained_on = config.get("dataset", {}).get("fingerprint")
-    if trained_on != data.fingerprint:
-        raise DistillError(
-            f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "
-            f"(fingerprint {data.fingerprint})"
-        )
-
-
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
-    """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
-
-    A directory an unfinished run left without a resumable checkpoint (killed or failed before its first
-    epoch's ``RUN/last`` was written, perhaps after its ``RUN/best``) is started afresh without
-    ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
-    :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
-    Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
-    """
-    run = Path(path)
-    if is_main_process():
-        clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
-    barrier()
-    resumable = (run / "last" / STATE).is_file()
-    if resume:
-        if not run.is_dir() or not any(run.iterdir()):
-            state = "is empty" if run.is_dir() else "does not exist"
-            raise DistillError(f"cannot resume: run directory {run} {state}")
-        if not resumable:
-            raise DistillError(
-                f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
-                "to start it afresh)"
-            )
-        return run
-    restart = not resumable and not (run / "metrics.json").exists() and kind_of(run) == "run"
-    clear = claim(
-        run,
-        kind="run",
-        overwrite=overwrite or restart,
-        what="run directory",
-        hint="use --resume to continue it, or --overwrite to replace it",
-    )
-    if clear and restart and not overwrite:
-        log(f"{run} holds no checkpoint (its run stopped before an epoch ended): starting it afresh")
-    barrier()  # every rank has looked before rank 0 changes anything
-    if is_main_process():
-        if clear:
-            remove_dir(run)
-        run.mkdir(parents=True, exist_ok=True)
-    barrier()
-    return run
 
 
 def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
@@ -151,59 +51,6 @@ def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None
         f"training loss is {value} at epoch {epoch}, step {step}: stopped {run_dir}; {kept}. "
         "A lower --lr usually helps"
     )
-
-
-def save_checkpoint(
-    path: Path,
-    weights: Mapping[str, torch.Tensor],
-    config: Mapping[str, Any],
-    state: Mapping[str, Any] | None = None,
-) -> None:
-    """Write weights, config and (optionally) trainer state to ``path``, atomically (rank 0 only)."""
-    if not is_main_process():
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if state is not None:
-        torch.save(_to_cpu(state), tmp / STATE)
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it; it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def load_checkpoint(
-    path: Path, *, with_state: bool = False
-) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a missing or corrupt one is a DistillError."""
-    if not (path / WEIGHTS).is_file():
-        raise DistillError(f"no checkpoint at {path} (missing {WEIGHTS})")
-    try:
-        weights = load_file(str(path / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DistillError(f"checkpoint {path / WEIGHTS} is corrupt: {e}") from None
-    config = read_json(path / CONFIG, "checkpoint config")
-    state = None
-    if with_state:
-        try:
-            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DistillError(f"checkpoint {path} has no trainer state ({STATE})") from None
-        except Exception as e:  # torch raises many types for a damaged pickle
-            raise DistillError(f"trainer state {path / STATE} is corrupt: {str(e).splitlines()[0]}") from None
-    return weights, config, state
 
 
 def rng_state() -> dict[str, Any]:
@@ -253,10 +100,13 @@ def resume_run(
     load_weights: Callable[[dict[str, torch.Tensor]], None],
     stopper: EarlyStopping,
     shuffle: torch.Generator,
+    *,
+    matching: tuple[str, ...] = ("kind",),
     **stateful: Any,
 ) -> tuple[int, list]:
-    """Continue a run from ``RUN/last``: check that it is the same kind of run on the same dataset (and
-    model, where the config has one), hand its weights to ``load_weights`` and restore the loop state.
+    """Continue a run from ``RUN/last``: check that it is a run on the same dataset whose config agrees
+    on the keys ``matching`` (what the checkpoint's state depends on), hand its weights to
+    ``load_weights`` and restore the loop state.
 
     Returns:
         ``(first epoch to run, history so far)``, as :func:`restore_loop_state`.
@@ -264,7 +114,7 @@ def resume_run(
     weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
     if saved.get("dataset", {}).get("fingerprint") != run_config["dataset"]["fingerprint"]:
         raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
-    for key in ("kind", "model", "hint_run"):  # what the checkpoint's state depends on
+    for key in matching:
         if saved.get(key) != run_config.get(key):
             raise DistillError(f"cannot resume {run_dir}: its {key} differs from this run's options")
     load_weights(weights)
@@ -298,22 +148,6 @@ def save_epoch(
     return best
 
 
-def warn_if_unfinished(run_dir: str | Path) -> None:
-    """Say so when a run about to be used has no ``metrics.json`` (killed, failed or still training),
-    and which epoch its best checkpoint is from."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        return
-    try:
-        epoch = json.loads((run_dir / "best" / CONFIG).read_text()).get("epoch")
-    except (OSError, ValueError, AttributeError):
-        epoch = None
-    log(
-        f"warning: {run_dir} is unfinished (no metrics.json): using its best checkpoint so far, "
-        + (f"from epoch {epoch}" if epoch is not None else "of an unknown epoch")
-    )
-
-
 def finish_run(
     run_dir: Path, stopper: EarlyStopping, selected_on: str, scores: Callable[[str], dict], history: list
 ) -> dict:
@@ -329,16 +163,6 @@ def finish_run(
     }
     write_json(run_dir / "metrics.json", results)
     return results
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, Mapping):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 class EarlyStopping:
@@ -389,56 +213,3 @@ class Logger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-# Without a terminal, a progress line goes to the log at most this often (seconds).
-HEARTBEAT_SECONDS = 60.0
-
-
-def progress(total: int, desc: str, enabled: bool = True):
-    """Progress of a loop on the main process: a tqdm bar on a terminal, otherwise a log line at most
-    every :data:`HEARTBEAT_SECONDS` (a long export in a log file still says where it is)."""
-    from tqdm.auto import tqdm
-
-    if not (enabled and is_main_process()):
-        return tqdm(total=total, disable=True)
-    if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return _Heartbeat(total, desc)
-
-
-class _Heartbeat:
-    """The part of tqdm's interface the loops use (``update``, ``set_postfix``, ``n``), as log lines."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n = total, desc, 0
-        self._postfix = ""
-        self._started = self._last = time.perf_counter()
-
-    def __enter__(self) -> _Heartbeat:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def set_postfix(self, **values: object) -> None:
-        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.perf_counter()
-        if now - self._last < HEARTBEAT_SECONDS or self.n >= self.total:
-            return
-        self._last = now
-        rate = self.n / (now - self._started)
-        eta = (self.total - self.n) / rate if rate > 0 else math.inf
-        line = f"{self.desc}: {self.n:,}/{self.total:,} ({self.n / self.total:.0%}), {rate:.1f}/s, "
-        log(line + f"{eta / 60:.1f} min left" + (f"; {self._postfix}" if self._postfix else ""))
-
-
-def log(message: str) -> None:
-    """One line on stderr from the main process, without breaking a progress bar."""
-    if is_main_process():
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from distill.config import PrepareConfig
 from distill.data import Dataset
+from distill.io import log
 from distill.metrics import MASKING_NOTE, format_table
 from distill.outputs import PIPELINE_STAGES, PIPELINE_SUMMARY, claim, remove_dir
 from distill.prepare import run as prepare
-from distill.training import log
 from pipeline.config import PipelineConfig
 from pipeline.evaluate import scorer
 from student.config import StudentTrainConfig

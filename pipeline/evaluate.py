@@ -12,9 +12,10 @@ import torch
 from distill.data import Dataset, EvalBatch
 from distill.dist import resolve_device
 from distill.errors import DistillError
+from distill.io import read_json
 from distill.metrics import evaluate, user_ranks
 from distill.outputs import RUN_KINDS
-from distill.training import read_json, warn_if_unfinished
+from distill.runs import warn_if_unfinished
 from pipeline.config import EvaluateConfig
 
 TEACHER_KINDS = tuple(kind for kind in RUN_KINDS if kind != "student")

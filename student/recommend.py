@@ -23,7 +23,7 @@ import torch
 
 from distill.data import Dataset
 from distill.errors import DistillError
-from distill.training import read_json
+from distill.io import read_json
 from student.config import RecommendConfig
 from student.run import load_run
 from student.sasrec import SASRec

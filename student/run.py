@@ -14,8 +14,9 @@ from distill.config import from_dict
 from distill.data import Dataset
 from distill.dist import shard
 from distill.errors import DistillError
+from distill.io import read_json
 from distill.metrics import evaluate
-from distill.training import check_dataset, load_checkpoint, read_json
+from distill.runs import check_dataset, load_checkpoint
 from student.config import SASRecConfig
 from student.sasrec import SASRec
 

@@ -19,19 +19,17 @@ from distill.config import to_dict
 from distill.data import Dataset
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
+from distill.io import log, progress, write_json
+from distill.runs import prepare_run_dir
 from distill.scores import TeacherScores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
     check_loss,
     finish_run,
-    log,
-    prepare_run_dir,
-    progress,
     resume_run,
     save_epoch,
     seed_everything,
-    write_json,
 )
 from student.config import StudentTrainConfig
 from student.hint import DistillationExperts
@@ -93,7 +91,13 @@ def run(cfg: StudentTrainConfig) -> dict:
     first_epoch, history = 1, []
     if cfg.resume:
         first_epoch, history = resume_run(
-            run_dir, run_config, model.load_state_dict, stopper, shuffle, **stateful
+            run_dir,
+            run_config,
+            model.load_state_dict,
+            stopper,
+            shuffle,
+            matching=("kind", "model", "hint_run"),
+            **stateful,
         )
     write_json(run_dir / "config.json", run_config)
 

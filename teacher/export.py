@@ -26,8 +26,8 @@ import torch
 from distill.data import Dataset
 from distill.dist import block, setup_device
 from distill.errors import DistillError
+from distill.io import log, progress, read_json
 from distill.scores import ScoreWriter, refuse_existing
-from distill.training import log, progress, read_json
 from student.run import load_run
 from teacher.config import ExportConfig
 from teacher.model import KINDS, load_teacher

@@ -16,8 +16,9 @@ from distill.config import from_dict
 from distill.data import Dataset
 from distill.dist import shard
 from distill.errors import DistillError
+from distill.io import read_json
 from distill.metrics import evaluate
-from distill.training import check_dataset, load_checkpoint, read_json, warn_if_unfinished
+from distill.runs import check_dataset, load_checkpoint, warn_if_unfinished
 from student.run import load_run
 from student.sasrec import SASRec
 from teacher.backbone import add_special_tokens, load_backbone

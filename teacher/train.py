@@ -35,19 +35,16 @@ from distill.config import to_dict
 from distill.data import Dataset
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
+from distill.io import log, progress, write_json
+from distill.runs import load_checkpoint, prepare_run_dir
 from distill.training import (
     EarlyStopping,
     Logger,
     check_loss,
     finish_run,
-    load_checkpoint,
-    log,
-    prepare_run_dir,
-    progress,
     resume_run,
     save_epoch,
     seed_everything,
-    write_json,
 )
 from student.run import load_run
 from teacher.config import TeacherTrainConfig

@@ -137,3 +137,16 @@ def test_single_process_commands_refuse_to_run_under_torchrun(command, tmp_path,
     }[command]
     assert_one_line_error(invoke(*args), f"`distill {command}` runs in one process")
     assert not list(tmp_path.iterdir())
+
+
+def test_preparing_data_does_not_import_torch(tmp_path):
+    code = (
+        "import sys, cli\n"
+        "from click.testing import CliRunner\n"
+        f"result = CliRunner().invoke(cli.main, ['prepare', '--synthetic', '--num-users', '50', "
+        f"'--num-items', '30', '-o', {str(tmp_path / 'data')!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert 'torch' not in sys.modules, 'distill prepare imported torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

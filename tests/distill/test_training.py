@@ -8,19 +8,9 @@ import pytest
 import torch
 
 from distill.errors import DistillError
-from distill.training import (
-    CONFIG,
-    STATE,
-    WEIGHTS,
-    EarlyStopping,
-    load_checkpoint,
-    prepare_run_dir,
-    read_json,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-)
+from distill.io import read_json, write_json
+from distill.runs import CONFIG, STATE, WEIGHTS, load_checkpoint, prepare_run_dir, save_checkpoint
+from distill.training import EarlyStopping, rng_state, set_rng_state
 
 
 def trained_linear() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
@@ -235,10 +225,10 @@ def test_prepare_run_dir_resume_rules(tmp_path):
 
 
 def test_progress_without_a_terminal_logs_heartbeat_lines(monkeypatch, capsys):
-    from distill import training
+    from distill import io
 
-    monkeypatch.setattr(training, "HEARTBEAT_SECONDS", 0.0)
-    with training.progress(total=4, desc="export") as bar:  # pytest's stderr is not a terminal
+    monkeypatch.setattr(io, "HEARTBEAT_SECONDS", 0.0)
+    with io.progress(total=4, desc="export") as bar:  # pytest's stderr is not a terminal
         bar.set_postfix(loss="1.5")
         bar.update(1)
         bar.update(2)
@@ -250,14 +240,14 @@ def test_progress_without_a_terminal_logs_heartbeat_lines(monkeypatch, capsys):
 
 
 def test_a_stray_rank_variable_outside_a_job_still_writes(tmp_path, monkeypatch):
-    from distill import training
+    from distill import io
 
     monkeypatch.setenv("RANK", "3")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    training.write_json(tmp_path / "a.json", {"x": 1})
+    io.write_json(tmp_path / "a.json", {"x": 1})
     assert (tmp_path / "a.json").is_file()
     monkeypatch.setenv("WORLD_SIZE", "4")  # rank 3 of a 4-process job: not the writer
-    training.write_json(tmp_path / "b.json", {"x": 1})
+    io.write_json(tmp_path / "b.json", {"x": 1})
     assert not (tmp_path / "b.json").exists()
 
 

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 from cli import main
 from distill.config import PrepareConfig, to_dict
 from distill.data import Dataset
+from distill.io import write_json
 from distill.prepare import run as prepare
-from distill.training import save_checkpoint, write_json
+from distill.runs import save_checkpoint
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
 from teacher.model import build_teacher, load_teacher, trainable_state

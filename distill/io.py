@@ -1,0 +1,108 @@
+"""Files and messages every command shares: JSON written whole, JSON read with a one-line error, log
+lines and progress on the main process. No torch here: preparing data and ``--help`` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or the only process: the one that writes logs and checkpoints.
+
+    A ``RANK`` variable outside a multi-process job (``WORLD_SIZE`` unset or 1) does not count. A process
+    group exists only once torch is loaded, so a process that never imported it is asked nothing of it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file so a reader never sees half of it (rank 0 only)."""
+    if not is_main_process():
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file, bad JSON or another JSON value is a DistillError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DistillError(f"{what}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise DistillError(f"{what}: {path} is a directory, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{what}: {path} is not a JSON object (it holds a {type(data).__name__})")
+    return data
+
+
+def log(message: str) -> None:
+    """One line on stderr from the main process, without breaking a progress bar."""
+    if is_main_process():
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+# Without a terminal, a progress line goes to the log at most this often (seconds).
+HEARTBEAT_SECONDS = 60.0
+
+
+def progress(total: int, desc: str, enabled: bool = True):
+    """Progress of a loop on the main process: a tqdm bar on a terminal, otherwise a log line at most
+    every :data:`HEARTBEAT_SECONDS` (a long export in a log file still says where it is)."""
+    from tqdm.auto import tqdm
+
+    if not (enabled and is_main_process()):
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return _Heartbeat(total, desc)
+
+
+class _Heartbeat:
+    """The part of tqdm's interface the loops use (``update``, ``set_postfix``, ``n``), as log lines."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.n = total, desc, 0
+        self._postfix = ""
+        self._started = self._last = time.perf_counter()
+
+    def __enter__(self) -> _Heartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def set_postfix(self, **values: object) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self._last < HEARTBEAT_SECONDS or self.n >= self.total:
+            return
+        self._last = now
+        rate = self.n / (now - self._started)
+        eta = (self.total - self.n) / rate if rate > 0 else math.inf
+        line = f"{self.desc}: {self.n:,}/{self.total:,} ({self.n / self.total:.0%}), {rate:.1f}/s, "
+        log(line + f"{eta / 60:.1f} min left" + (f"; {self._postfix}" if self._postfix else ""))

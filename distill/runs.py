@@ -1,0 +1,207 @@
+"""Run directories and checkpoints: what a training run writes, and how any later stage reads it back.
+
+A run directory looks like::
+
+    RUN/config.json     what the run is ("kind") and the resolved config that rebuilds it
+    RUN/metrics.json    best validation epoch, validation and test metrics at that epoch
+    RUN/best/           checkpoint of the best validation epoch (what later stages load)
+    RUN/last/           checkpoint of the latest epoch (what --resume continues from)
+    RUN/tb/             TensorBoard scalars
+
+A run holds what it needs to be used and records every other path relative to itself
+(:func:`record_path`), so a moved or copied tree keeps working; runs written before that recorded
+absolute paths, which :func:`recorded_path` still follows, with a one-line note.
+
+A checkpoint directory holds ``model.safetensors`` (only what was trained), ``config.json`` (the
+run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch, optimizer,
+scheduler, early-stopping and RNG state: plain tensors and numbers, loadable with
+``weights_only=True``). Checkpoints are written to a temporary directory and renamed when whole.
+
+Only rank 0 of a multi-process job writes (see :mod:`distill.dist`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from distill.data import Dataset
+from distill.dist import barrier
+from distill.errors import DistillError
+from distill.io import is_main_process, log, read_json
+from distill.outputs import claim, clean_stale, kind_of, remove_dir
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE = "state.pt"
+
+
+def record_path(run_dir: str | Path, path: str | Path) -> str:
+    """How a file written in ``run_dir`` records ``path``: relative to ``run_dir``, so that moving or
+    copying a tree that holds both keeps the link."""
+    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
+
+
+def recorded_path(run_dir: str | Path, value: Any, what: str) -> Path:
+    """The path a file in ``run_dir`` recorded with :func:`record_path`. Older runs recorded absolute
+    paths: those are followed as they are, with a note that the run breaks when its parts move."""
+    if not isinstance(value, str) or not value:
+        raise DistillError(f"{Path(run_dir) / CONFIG}: {what} is not a path (got {value!r})")
+    path = Path(value)
+    if path.is_absolute():
+        log(
+            f"note: {run_dir} records {what} as the absolute path {value} (written by an older distill); "
+            "it breaks when that moves: run the stage again to record it relative to the run"
+        )
+        return path
+    return Path(run_dir) / path
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN/config.json``, with a one-line error when the directory holds no run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DistillError(
+            f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"
+        )
+    return read_json(run_dir / CONFIG, "run")
+
+
+def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
+    """A run only scores the dataset it was trained on: the fingerprints in its config and ``data`` agree."""
+    trained_on = config.get("dataset", {}).get("fingerprint")
+    if trained_on != data.fingerprint:
+        raise DistillError(
+            f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "
+            f"(fingerprint {data.fingerprint})"
+        )
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
+    """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
+
+    A directory an unfinished run left without a resumable checkpoint (killed or failed before its first
+    epoch's ``RUN/last`` was written, perhaps after its ``RUN/best``) is started afresh without
+    ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
+    :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
+    Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
+    """
+    run = Path(path)
+    if is_main_process():
+        clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
+    barrier()
+    resumable = (run / "last" / STATE).is_file()
+    if resume:
+        if not run.is_dir() or not any(run.iterdir()):
+            state = "is empty" if run.is_dir() else "does not exist"
+            raise DistillError(f"cannot resume: run directory {run} {state}")
+        if not resumable:
+            raise DistillError(
+                f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
+                "to start it afresh)"
+            )
+        return run
+    restart = not resumable and not (run / "metrics.json").exists() and kind_of(run) == "run"
+    clear = claim(
+        run,
+        kind="run",
+        overwrite=overwrite or restart,
+        what="run directory",
+        hint="use --resume to continue it, or --overwrite to replace it",
+    )
+    if clear and restart and not overwrite:
+        log(f"{run} holds no checkpoint (its run stopped before an epoch ended): starting it afresh")
+    barrier()  # every rank has looked before rank 0 changes anything
+    if is_main_process():
+        if clear:
+            remove_dir(run)
+        run.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return run
+
+
+def warn_if_unfinished(run_dir: str | Path) -> None:
+    """Say so when a run about to be used has no ``metrics.json`` (killed, failed or still training),
+    and which epoch its best checkpoint is from."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return
+    try:
+        epoch = json.loads((run_dir / "best" / CONFIG).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        epoch = None
+    log(
+        f"warning: {run_dir} is unfinished (no metrics.json): using its best checkpoint so far, "
+        + (f"from epoch {epoch}" if epoch is not None else "of an unknown epoch")
+    )
+
+
+def save_checkpoint(
+    path: Path,
+    weights: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    state: Mapping[str, Any] | None = None,
+) -> None:
+    """Write weights, config and (optionally) trainer state to ``path``, atomically (rank 0 only)."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if state is not None:
+        torch.save(_to_cpu(state), tmp / STATE)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint(
+    path: Path, *, with_state: bool = False
+) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a missing or corrupt one is a DistillError."""
+    if not (path / WEIGHTS).is_file():
+        raise DistillError(f"no checkpoint at {path} (missing {WEIGHTS})")
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DistillError(f"checkpoint {path / WEIGHTS} is corrupt: {e}") from None
+    config = read_json(path / CONFIG, "checkpoint config")
+    state = None
+    if with_state:
+        try:
+            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DistillError(f"checkpoint {path} has no trainer state ({STATE})") from None
+        except Exception as e:  # torch raises many types for a damaged pickle
+            raise DistillError(f"trainer state {path / STATE} is corrupt: {str(e).splitlines()[0]}") from None
+    return weights, config, state
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
