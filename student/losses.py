@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from distill.losses import soft_targets
+from distill.losses import KD, kd_by_name
 from student.sasrec import SASRec
 
 
@@ -28,7 +28,7 @@ class SoftLabels:
         fetch: teacher rows ``(m,)`` -> their items ``(m, k)`` long (ids ``1..num_items``) and raw
             logits ``(m, k)`` float32, on any device; called once per chunk, so a full-catalogue
             teacher never has more than a chunk of rows in memory.
-        kd: ``"kl"`` or ``"rank"`` (see :func:`distill.losses.soft_targets`).
+        kd: a key of :data:`distill.losses.KD`, the loss as a soft target ``(p, scale, offset)``.
         alpha: weight of KD at a scored position: ``(1 - alpha) * CE + alpha * KD`` there.
         temperature: KD temperature T.
     """
@@ -38,6 +38,9 @@ class SoftLabels:
     kd: str
     alpha: float
     temperature: float
+
+    def __post_init__(self) -> None:
+        kd_by_name(self.kd)  # a clear ValueError now rather than deep inside the pass
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
@@ -53,7 +56,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 
     Distillation reuses the chunk's logits, softmax and both matmuls: at a scored row the gradient
     w.r.t. the logits is ``(1 - α)(softmax(z) - onehot) + α (scale / T)(softmax(z / T) - p)``
-    (:func:`distill.losses.soft_targets`); at T = 1 the two softmaxes are one. Rows the teacher did
+    (:class:`distill.losses.SoftTarget`); at T = 1 the two softmaxes are one. Rows the teacher did
     not score, and every row when α = 0, take exactly the plain CE path.
 
     Returns the summed loss and, not differentiable, the summed KD over scored rows (for logging).
@@ -131,9 +134,11 @@ def _fused_chunk(
     alpha, temperature = soft.alpha, soft.temperature
     items, t_logits = soft.fetch(teacher_rows)
     items = items.to(logits.device).long() - 1  # (m, k): column of each teacher item in E
-    p, scale, offset = soft_targets(soft.kd, t_logits.to(logits.device), temperature)  # (m, k), (m,)
+    target = KD[soft.kd](t_logits.to(logits.device, torch.float32), temperature)
+    p, scale = target.p, target.scale  # (m, k), float
     whole = scored.numel() == logits.shape[0]  # a dense teacher scores every row: no row copies
-    # At T = 1 with scale 1 (both losses at T = 1), softmax(z / T) is the CE's own softmax(z).
+    # At T = 1 with scale 1 (kl and rank at T = 1), softmax(z / T) is the CE's own softmax(z) and the
+    # gradient's softmax terms merge into one.
     shared = temperature == 1.0 and scale == 1.0
     if shared:
         log_q_items = logp.gather(1, items) if whole else logp[scored[:, None], items]  # (m, k)
@@ -146,7 +151,7 @@ def _fused_chunk(
         norm = q.sum(dim=-1, keepdim=True)
         q.div_(norm)  # (m, V) softmax(z / T)
         log_q_items = picked - top - norm.log()
-    kd_rows = scale * -(p * log_q_items).sum(-1) + offset  # (m,)
+    kd_rows = target.rows(log_q_items)  # (m,)
     ce_weights = torch.ones_like(ce_rows)
     ce_weights[scored] = 1.0 - alpha
     total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
@@ -214,9 +219,9 @@ def ce_kd_loss(
     """Cross-entropy mixed with distillation, per position, in the same chunked pass as :func:`ce_loss`.
 
     Per non-pad position: ``(1 - alpha) * CE + alpha * KD`` where the teacher scored it, CE alone where
-    it did not; the mean over positions. KD is :func:`distill.losses.kl` or :func:`distill.losses.rank`
-    of that position's logits (the functions of the same name are the references), computed from the
-    chunk's own log-softmax, so a teacher at every position costs one ``(chunk, V)`` gather and scatter
+    it did not; the mean over positions. KD is the loss ``soft.kd`` of :data:`distill.losses.KD` on that
+    position's logits (:func:`distill.losses.kd_loss` is the reference), computed from the chunk's own
+    log-softmax, so a teacher at every position costs one ``(chunk, V)`` gather and scatter
     per chunk (and one more softmax at T != 1). With ``alpha = 0`` this is exactly :func:`ce_loss`.
 
     Args:

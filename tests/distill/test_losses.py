@@ -1,10 +1,12 @@
-"""Distillation losses: invariants and references."""
+"""Distillation losses: each registered soft target against its formula written out here, and invariants."""
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import KD, kl, rank
+from distill.losses import KD, kd_loss
 
 N = 12  # catalogue size; logits have N + 1 columns, column 0 is padding
 
@@ -15,21 +17,84 @@ def full_teacher(logits):
     return order + 1, values
 
 
-def test_kl_is_zero_when_the_student_is_the_teacher():
-    logits = torch.randn(4, N + 1)
-    items, values = full_teacher(logits)
-    assert kl(logits, items, values, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+def top_k_teacher(rows: int, k: int, seed: int = 0):
+    """``rows`` rows of k distinct items with descending logits."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.stack([torch.randperm(N, generator=gen)[:k] + 1 for _ in range(rows)])  # (rows, k)
+    values = (2 * torch.randn(rows, k, generator=gen)).sort(dim=-1, descending=True).values
+    return items, values
 
 
-def test_kl_matches_a_reference_and_scales_with_t_squared():
+def student_log_q(student, temperature):
+    """The student's log-softmax over items 1..N at T, ``(M, N)``: column j is item j + 1."""
+    return F.log_softmax(student[:, 1:] / temperature, dim=-1)
+
+
+@pytest.mark.parametrize("t", [1.0, 3.0])
+def test_kl_matches_torch_kl_div_on_a_full_teacher(t):
     torch.manual_seed(0)
     student, teacher = torch.randn(5, N + 1), torch.randn(5, N + 1)
     items, values = full_teacher(teacher)
-    for t in (1.0, 3.0):
-        p = F.softmax(teacher[:, 1:] / t, dim=-1)
-        log_q = F.log_softmax(student[:, 1:] / t, dim=-1)
-        reference = t**2 * F.kl_div(log_q, p, reduction="batchmean")
-        torch.testing.assert_close(kl(student, items, values, t), reference)
+    p = F.softmax(teacher[:, 1:] / t, dim=-1)
+    reference = t**2 * F.kl_div(student_log_q(student, t), p, reduction="batchmean")
+    torch.testing.assert_close(kd_loss("kl", student, items, values, t), reference)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.5, 3.0])
+def test_kl_matches_its_formula_on_a_top_k_teacher(t):
+    torch.manual_seed(1)
+    student = torch.randn(6, N + 1)
+    items, values = top_k_teacher(6, 4)
+    # T² · Σ_j p_j (log p_j - log q[item_j]), q the student's softmax over the whole catalogue.
+    log_p = values / t - torch.logsumexp(values / t, dim=-1, keepdim=True)
+    log_q = student_log_q(student, t).gather(1, items - 1)
+    reference = (t**2 * (log_p.exp() * (log_p - log_q)).sum(-1)).mean()
+    torch.testing.assert_close(kd_loss("kl", student, items, values, t), reference)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_rank_matches_its_formula(t):
+    torch.manual_seed(2)
+    student = torch.randn(6, N + 1)
+    items, values = top_k_teacher(6, 5)
+    w = torch.tensor([0.1 * r for r in range(5)]).neg().exp()  # exp(-r / 10)
+    w = w / w.sum()
+    reference = -(w * student_log_q(student, t).gather(1, items - 1)).sum(-1).mean()
+    torch.testing.assert_close(kd_loss("rank", student, items, values, t), reference)
+
+
+@pytest.mark.parametrize("name", sorted(KD))
+def test_soft_targets_are_float32_distributions(name):
+    _, values = top_k_teacher(4, 6)
+    target = KD[name](values, 2.0)
+    assert target.p.shape == values.shape and target.p.dtype == torch.float32
+    assert (target.p >= 0).all()
+    torch.testing.assert_close(target.p.sum(-1), torch.ones(4))
+    assert target.offset.shape == (4,) and target.offset.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(KD))
+@pytest.mark.parametrize("t", [1.0, 2.5])
+def test_gradient_is_scaled_softmax_minus_soft_target(name, t):
+    # What the fused pass uses: d KD / d s = (scale / T) · (softmax(s / T) - p on the teacher's items).
+    torch.manual_seed(3)
+    student = torch.randn(5, N + 1, requires_grad=True)
+    items, values = top_k_teacher(5, 4)
+    kd_loss(name, student, items, values, t).backward()
+    target = KD[name](values, t)
+    expected = torch.zeros(5, N + 1)
+    expected[:, 1:] = student_log_q(student.detach(), t).exp()
+    expected.scatter_add_(1, items, -target.p)
+    torch.testing.assert_close(student.grad, expected * target.scale / t / 5)
+
+
+def test_kl_is_zero_when_the_student_is_the_teacher():
+    logits = torch.randn(4, N + 1)
+    items, values = full_teacher(logits)
+    assert kd_loss("kl", logits, items, values, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = logits.clone().requires_grad_()
+    kd_loss("kl", student, items, values, temperature=2.0).backward()
+    torch.testing.assert_close(student.grad, torch.zeros_like(student), atol=1e-6, rtol=0)
 
 
 def test_top_k_teacher_penalises_student_mass_elsewhere():
@@ -39,7 +104,9 @@ def test_top_k_teacher_penalises_student_mass_elsewhere():
     focused[0, 1], focused[0, 2] = 2.0, 1.0
     spread = focused.clone()
     spread[0, 3:] = 1.5
-    assert kl(focused, teacher_items, teacher_logits) < kl(spread, teacher_items, teacher_logits)
+    assert kd_loss("kl", focused, teacher_items, teacher_logits) < kd_loss(
+        "kl", spread, teacher_items, teacher_logits
+    )
 
 
 def test_padding_column_never_takes_mass():
@@ -47,8 +114,8 @@ def test_padding_column_never_takes_mass():
     low = torch.zeros(1, N + 1)
     high = low.clone()
     high[0, 0] = 100.0  # a huge padding logit must not change anything
-    for loss in KD.values():
-        torch.testing.assert_close(loss(low, items, values), loss(high, items, values))
+    for name in KD:
+        torch.testing.assert_close(kd_loss(name, low, items, values), kd_loss(name, high, items, values))
 
 
 def test_rank_prefers_the_teachers_order():
@@ -57,17 +124,21 @@ def test_rank_prefers_the_teachers_order():
     agree[0, 3], agree[0, 1], agree[0, 2] = 3.0, 2.0, 1.0
     reverse = torch.zeros(1, N + 1)
     reverse[0, 3], reverse[0, 1], reverse[0, 2] = 1.0, 2.0, 3.0
-    assert rank(agree, items, values) < rank(reverse, items, values)
+    assert kd_loss("rank", agree, items, values) < kd_loss("rank", reverse, items, values)
 
 
-@pytest.mark.parametrize("name", ["kl", "rank"])
+@pytest.mark.parametrize("name", sorted(KD))
 def test_float32_gradients_and_empty_batches(name):
-    loss_fn = KD[name]
     student = torch.randn(3, N + 1, dtype=torch.bfloat16, requires_grad=True)
     items, values = full_teacher(torch.randn(3, N + 1))
-    loss = loss_fn(student, items[:, :4], values[:, :4].bfloat16(), 2.0)
+    loss = kd_loss(name, student, items[:, :4], values[:, :4].bfloat16(), 2.0)
     assert loss.dtype == torch.float32 and loss.item() > 0
     loss.backward()
     assert student.grad is not None and torch.isfinite(student.grad.float()).all()
-    empty = loss_fn(torch.zeros(0, N + 1), torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4))
+    empty = kd_loss(name, torch.zeros(0, N + 1), torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4))
     assert empty.item() == 0.0
+
+
+def test_an_unknown_loss_names_the_choices():
+    with pytest.raises(ValueError, match=re.escape(f"'nope'; expected one of {sorted(KD)}")):
+        kd_loss("nope", torch.zeros(1, N + 1), torch.tensor([[1]]), torch.zeros(1, 1))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import KD
+from distill.losses import KD, SoftTarget, kd_loss
 from student.config import SASRecConfig
 from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.sasrec import SASRec
@@ -191,7 +191,7 @@ def soft_labels(targets, k, kd, alpha, temperature, every=True):
 
 
 def unfused(model, h, targets, soft):
-    """Reference: (1 - α)·CE + α·KD where scored, CE elsewhere, from distill.losses on whole logits."""
+    """Reference: (1 - α)·CE + α·KD where scored, CE elsewhere, by autograd on the whole logit matrix."""
     mask = targets != 0
     logits = model.score(h)[mask]  # (N, V + 1)
     labels = targets[mask]
@@ -200,28 +200,81 @@ def unfused(model, h, targets, soft):
     ce = F.cross_entropy(masked, labels, reduction="none")  # (N,)
     scored = soft.rows >= 0
     items, t_logits = soft.fetch(soft.rows[scored])
-    kd = KD[soft.kd](logits[scored], items, t_logits, soft.temperature) * int(scored.sum())
+    kd = kd_loss(soft.kd, logits[scored], items, t_logits, soft.temperature) * int(scored.sum())
     weights = torch.where(scored, 1 - soft.alpha, 1.0)
     return ((weights * ce).sum() + soft.alpha * kd) / len(labels)
 
 
-@pytest.mark.parametrize("kd", ["kl", "rank"])
+def assert_fused_matches_unfused(soft: SoftLabels, chunk_size: int) -> torch.Tensor:
+    """Checks ce_kd_loss against :func:`unfused` and returns the fused pass's mean KD.
+
+    Compared: the loss, the mean KD over scored positions, and the gradients w.r.t. ``h``, the item
+    table and every parameter.
+    """
+    model = make_model()
+    seq, targets = make_batch()
+    h = model(seq).detach().requires_grad_()
+    expected = unfused(model, h, targets, soft)
+    expected_h, expected_E = torch.autograd.grad(expected, (h, model.item_emb.weight))
+    loss, kd_mean = ce_kd_loss(model, h, targets, soft, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, expected)
+    scored = soft.rows >= 0
+    items, t_logits = soft.fetch(soft.rows[scored])
+    with torch.no_grad():
+        logits = model.score(h)[targets != 0][scored]  # (m, V + 1)
+        torch.testing.assert_close(kd_mean, kd_loss(soft.kd, logits, items, t_logits, soft.temperature))
+    assert not kd_mean.requires_grad
+    actual_h, actual_E = torch.autograd.grad(loss, (h, model.item_emb.weight))
+    torch.testing.assert_close(actual_h, expected_h)
+    torch.testing.assert_close(actual_E, expected_E)
+    expected_grads = grads(unfused(model, model(seq), targets, soft), model)
+    actual_grads = grads(ce_kd_loss(model, model(seq), targets, soft, chunk_size=chunk_size)[0], model)
+    assert actual_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(actual_grads[name], grad, msg=name)
+    return kd_mean
+
+
+@pytest.mark.parametrize("kd", sorted(KD))
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("k,every", [(4, True), (4, False), (NUM_ITEMS, True)])
 @pytest.mark.parametrize("chunk_size", [1, 5, 4096])
 def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, chunk_size) -> None:
-    model = make_model()
-    seq, targets = make_batch()
+    _, targets = make_batch()
     soft = soft_labels(targets, k, kd, 0.7, temperature, every)
-    expected = unfused(model, model(seq), targets, soft)
-    expected_grads = grads(expected, model)
-    loss, kd_mean = ce_kd_loss(model, model(seq), targets, soft, chunk_size=chunk_size)
-    torch.testing.assert_close(loss, expected)
-    assert not kd_mean.requires_grad and kd_mean > 0
-    actual_grads = grads(loss, model)
-    assert actual_grads.keys() == expected_grads.keys()
-    for name, grad in expected_grads.items():
-        torch.testing.assert_close(actual_grads[name], grad, msg=name)
+    assert assert_fused_matches_unfused(soft, chunk_size) > 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])  # 1: at T = 1 the pass shares the CE's softmax
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("every", [True, False])
+def test_a_newly_registered_loss_is_fused_with_no_other_change(
+    monkeypatch, scale, temperature, every
+) -> None:
+    def toy(teacher_logits: torch.Tensor, temperature: float) -> SoftTarget:
+        """Cross-entropy against the teacher's reversed preferences, plus its mean logit."""
+        return SoftTarget(torch.softmax(-teacher_logits, dim=-1), scale, teacher_logits.mean(-1))
+
+    monkeypatch.setitem(KD, "toy", toy)
+    _, targets = make_batch()
+    soft = soft_labels(targets, 4, "toy", 0.7, temperature, every)
+    kd_mean = assert_fused_matches_unfused(soft, chunk_size=5)
+    # The fused mean KD against the toy's formula written out: scale · (-Σ p log q) + mean logit.
+    model = make_model()
+    seq, _ = make_batch()
+    with torch.no_grad():
+        logits = model.score(model(seq))[targets != 0][:, 1:]  # (N, V)
+    scored = soft.rows >= 0
+    items, t_logits = soft.fetch(soft.rows[scored])
+    log_q = torch.log_softmax(logits[scored] / temperature, dim=-1).gather(1, items - 1)
+    p = torch.softmax(-t_logits, dim=-1)
+    expected = (scale * -(p * log_q).sum(-1) + t_logits.mean(-1)).mean()
+    torch.testing.assert_close(kd_mean, expected)
+
+
+def test_an_unknown_loss_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"'nope'.*expected one of"):
+        SoftLabels(torch.zeros(1, dtype=torch.long), lambda r: (r, r), "nope", 0.5, 1.0)
 
 
 def test_fused_kd_at_alpha_zero_is_exactly_ce() -> None:
