@@ -22,9 +22,16 @@ import click
 
 from distill.config import PrepareConfig
 from distill.errors import DistillError
-from pipeline.config import CompareConfig, EvaluateConfig, PipelineConfig
-from student.config import ExportModelConfig, RecommendConfig, ServeConfig, StudentTrainConfig
-from teacher.config import ExportConfig, TeacherTrainConfig
+from pipeline.config import (
+    CompareConfig,
+    EvaluateConfig,
+    ExportConfig,
+    PipelineConfig,
+    RecommendConfig,
+    ServeConfig,
+)
+from student.config import ExportModelConfig, StudentTrainConfig
+from teacher.config import TeacherTrainConfig
 
 # Options worded the same wherever they appear: config field -> (flags, help).
 SHARED: dict[str, tuple[tuple[str, ...], str]] = {
@@ -241,7 +248,7 @@ def teacher_train(cfg: TeacherTrainConfig) -> None:
 def export_logits(cfg: ExportConfig) -> None:
     """Write a run's top-k item scores at training positions (a teacher, or a student-train run): the
     student's soft labels."""
-    from teacher.export import run
+    from pipeline.export import run
 
     manifest = run(cfg)
     click.echo(f"wrote {cfg.output}: {manifest['rows']:,} rows, top {manifest['k']:,} items each")
@@ -287,7 +294,7 @@ def recommend(cfg: RecommendConfig) -> None:
     Items already in the history are left out; unknown item ids are ignored and named; an empty
     history gets the most popular items.
     """
-    from student.recommend import format_recommendations, run
+    from pipeline.recommend import format_recommendations, run
 
     recommendations, _ = run(cfg)
     click.echo(format_recommendations(recommendations, as_json=cfg.json))
@@ -307,7 +314,7 @@ def export_model(cfg: ExportModelConfig) -> None:
 @_command(ServeConfig, single_process=True)
 def serve(cfg: ServeConfig) -> None:
     """Serve a student over HTTP: POST /recommend, GET /health (needs the serve extra)."""
-    from student.serve import run
+    from pipeline.serve import run
 
     run(cfg)
 

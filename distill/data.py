@@ -20,6 +20,7 @@ import polars as pl
 import torch
 
 from distill.errors import DistillError
+from distill.io import record_path
 from distill.prepare import FORMAT_VERSION
 
 SPLITS = ("valid", "test")
@@ -131,11 +132,11 @@ class Dataset:
     def has_titles(self) -> bool:
         return bool(self.meta.get("has_titles"))
 
-    def identity(self) -> dict:
-        """What a run or score directory records of the dataset it was made from (``fingerprint`` is
-        what later stages check)."""
+    def identity(self, where: str | Path) -> dict:
+        """What a run or score directory ``where`` records of the dataset it was made from: its path
+        relative to ``where`` (a moved tree keeps the link), and the ``fingerprint`` later stages check."""
         return {
-            "path": str(self.path.resolve()),
+            "path": record_path(where, self.path),
             "fingerprint": self.fingerprint,
             "num_items": self.num_items,
         }

@@ -55,6 +55,27 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def record_path(run_dir: str | Path, path: str | Path) -> str:
+    """How a file written in ``run_dir`` records ``path``: relative to ``run_dir``, so that moving or
+    copying a tree that holds both keeps the link."""
+    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
+
+
+def recorded_path(run_dir: str | Path, value: Any, what: str) -> Path:
+    """The path a file in ``run_dir`` recorded with :func:`record_path`. Older runs recorded absolute
+    paths: those are followed as they are, with a note that the run breaks when its parts move."""
+    if not isinstance(value, str) or not value:
+        raise DistillError(f"{Path(run_dir) / 'config.json'}: {what} is not a path (got {value!r})")
+    path = Path(value)
+    if path.is_absolute():
+        log(
+            f"note: {run_dir} records {what} as the absolute path {value} (written by an older distill); "
+            "it breaks when that moves: run the stage again to record it relative to the run"
+        )
+        return path
+    return Path(run_dir) / path
+
+
 def log(message: str) -> None:
     """One line on stderr from the main process, without breaking a progress bar."""
     if is_main_process():

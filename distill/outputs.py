@@ -31,8 +31,10 @@ from typing import Any
 
 from distill.errors import DistillError
 
-# The ``kind`` of a run's config.json (student.run.KIND and teacher.model.KINDS; tests keep them equal).
-RUN_KINDS = ("student", "teacher-moe-lora", "teacher-e4srec")
+# The ``kind`` of a run's config.json: a student-train run, and the teacher-train run of each teacher.
+STUDENT = "student"
+TEACHER_KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
+RUN_KINDS = (STUDENT, *TEACHER_KINDS.values())
 # What ``distill pipeline`` writes into its output directory: each stage's directory and its kind.
 PIPELINE_STAGES = {
     "data": "dataset",

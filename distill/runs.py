@@ -9,8 +9,8 @@ A run directory looks like::
     RUN/tb/             TensorBoard scalars
 
 A run holds what it needs to be used and records every other path relative to itself
-(:func:`record_path`), so a moved or copied tree keeps working; runs written before that recorded
-absolute paths, which :func:`recorded_path` still follows, with a one-line note.
+(:func:`distill.io.record_path`), so a moved or copied tree keeps working; runs written before that recorded
+absolute paths, which :func:`distill.io.recorded_path` still follows, with a one-line note.
 
 A checkpoint directory holds ``model.safetensors`` (only what was trained), ``config.json`` (the
 run's config, with its kind and the dataset fingerprint) and ``state.pt`` (epoch, optimizer,
@@ -36,33 +36,12 @@ from safetensors.torch import load_file, save_file
 from distill.data import Dataset
 from distill.dist import barrier
 from distill.errors import DistillError
-from distill.io import is_main_process, log, read_json
+from distill.io import is_main_process, log, read_json, recorded_path
 from distill.outputs import claim, clean_stale, kind_of, remove_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "state.pt"
-
-
-def record_path(run_dir: str | Path, path: str | Path) -> str:
-    """How a file written in ``run_dir`` records ``path``: relative to ``run_dir``, so that moving or
-    copying a tree that holds both keeps the link."""
-    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
-
-
-def recorded_path(run_dir: str | Path, value: Any, what: str) -> Path:
-    """The path a file in ``run_dir`` recorded with :func:`record_path`. Older runs recorded absolute
-    paths: those are followed as they are, with a note that the run breaks when its parts move."""
-    if not isinstance(value, str) or not value:
-        raise DistillError(f"{Path(run_dir) / CONFIG}: {what} is not a path (got {value!r})")
-    path = Path(value)
-    if path.is_absolute():
-        log(
-            f"note: {run_dir} records {what} as the absolute path {value} (written by an older distill); "
-            "it breaks when that moves: run the stage again to record it relative to the run"
-        )
-        return path
-    return Path(run_dir) / path
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -73,6 +52,16 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
             f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"
         )
     return read_json(run_dir / CONFIG, "run")
+
+
+def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:
+    """The dataset ``data``, or by default the one the run in ``run_dir`` records it was trained on."""
+    if data is None:
+        recorded = read_run_config(run_dir).get("dataset")
+        if not isinstance(recorded, dict) or "path" not in recorded:
+            raise DistillError(f"{Path(run_dir) / CONFIG} records no dataset: give --data DIR")
+        data = recorded_path(run_dir, recorded["path"], "its dataset")
+    return Dataset(data)
 
 
 def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
@@ -205,3 +194,24 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def copy_run(source: str | Path, target: str | Path) -> None:
+    """Copy what using a finished run takes (``config.json``, ``metrics.json`` when present, ``best/``)
+    to ``target``, whole or not at all (rank 0 only): how a teacher run comes to hold its SASRec."""
+    if not is_main_process():
+        return
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        shutil.copytree(source / "best", tmp / "best")
+        for name in (CONFIG, "metrics.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        if target.exists():
+            remove_dir(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -31,12 +31,12 @@ from distill.io import log
 from distill.metrics import MASKING_NOTE, format_table
 from distill.outputs import PIPELINE_STAGES, PIPELINE_SUMMARY, claim, remove_dir
 from distill.prepare import run as prepare
-from pipeline.config import PipelineConfig
-from pipeline.evaluate import scorer
+from pipeline.config import ExportConfig, PipelineConfig
+from pipeline.export import run as export_logits
+from pipeline.runs import open_run
 from student.config import StudentTrainConfig
 from student.train import run as train_student
-from teacher.config import ExportConfig, TeacherTrainConfig
-from teacher.export import run as export_logits
+from teacher.config import TeacherTrainConfig
 from teacher.train import run as train_teacher
 
 STAGES = tuple(PIPELINE_STAGES)
@@ -188,13 +188,13 @@ def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict) -> dict:
     models = {}
     for name, run_dir in (("student", "sasrec"), ("teacher", "teacher"), ("distilled", "distilled")):
         metrics = json.loads((out / run_dir / "metrics.json").read_text())
-        model = scorer(out / run_dir, dataset, 256, cfg.device)
+        scorer = open_run(out / run_dir, dataset, cfg.device)
         models[name] = {
             "run": run_dir,
             "test": metrics["test"],
             "valid": metrics["valid"],
-            "parameters": model.parameters,
-            "ms_per_user": model.ms_per_user("test"),
+            "parameters": scorer.parameters,
+            "ms_per_user": scorer.ms_per_user(dataset, "test", 256),
         }
     models["teacher"]["kind"] = cfg.teacher
     return {"models": models, "picked": picked}

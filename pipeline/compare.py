@@ -8,15 +8,13 @@ an interval that contains 0 means the runs are not told apart on this split.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from distill.data import Dataset
 from distill.errors import DistillError
-from distill.metrics import MASKING_NOTE, format_table, per_user
+from distill.metrics import MASKING_NOTE, RankingMetrics, format_table, per_user
 from pipeline.config import CompareConfig
-from pipeline.evaluate import scorer
+from pipeline.runs import open_run
 
 BLOCK = 500  # bootstrap resamples drawn at a time: BLOCK x users indices in memory
 
@@ -27,11 +25,11 @@ def run(cfg: CompareConfig) -> dict:
     data = Dataset(cfg.data)
     metrics, values, users = {}, {}, None
     for run_dir in cfg.runs:
-        if not Path(run_dir).is_dir():
-            raise DistillError(f"run {run_dir} does not exist")
-        model = scorer(run_dir, data, cfg.batch_size, cfg.device)
-        metrics[run_dir] = model(cfg.split)
-        who, ranks = model.ranks(cfg.split)
+        scorer = open_run(run_dir, data, cfg.device)
+        who, ranks = scorer.ranks(data, cfg.split, cfg.batch_size)
+        summary = RankingMetrics()
+        summary.update(ranks)  # the metrics from the same ranks: each run scores once
+        metrics[run_dir] = summary.compute()
         if users is not None and not np.array_equal(who.numpy(), users):
             raise DistillError(f"{run_dir} ranked other users than {cfg.runs[0]}")
         users = who.numpy()

@@ -1,4 +1,5 @@
-"""Typed configs of the commands above the stages: ``pipeline`` and ``evaluate`` (no torch)."""
+"""Typed configs of the commands above the stages, which read runs of any kind: ``pipeline``,
+``evaluate``, ``compare``, ``export-logits``, ``recommend`` and ``serve`` (no torch)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,84 @@ class CompareConfig:
         if len(self.runs) < 2:
             raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
         parse_metric(self.metric)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``distill export-logits``: a scorer's soft labels over the catalogue, as a score directory.
+
+    The scorer is a ``teacher-train`` run or a ``student-train`` run (any scorer is a teacher).
+
+    ``positions`` is how many of each user's last training targets get a row (None: every one);
+    ``top_k`` how many items each row keeps (None: the whole catalogue). ``all_positions`` and
+    ``full`` are the same as ``positions = None`` and ``top_k = None``, and win over them.
+    """
+
+    run: str = option("", "A `distill teacher-train` or `distill student-train` run: the scorer.")
+    data: str = option("", "The dataset directory the run was trained on.")
+    output: str = option("", "Score directory to write.", "--output", "-o")
+    top_k: int | None = option(100, "Items kept per row (--full keeps the whole catalogue).")
+    full: bool = option(False, "Keep every item: full distributions (overrides --top-k).")
+    positions: int | None = option(
+        4, "Score each user's last N training targets (--all-positions: every one)."
+    )
+    all_positions: bool = option(False, "Score every training target (overrides --positions).")
+    per_prefix: bool = option(
+        False, "One forward per scored position instead of one per window (the anchors' way; for comparison)."
+    )
+    batch_size: int = option(16, "Windows per scoring batch.")
+    device: str = option("auto")
+    overwrite: bool = option(False)
+
+    def __post_init__(self) -> None:
+        for flag, key in (("full", "top_k"), ("all_positions", "positions")):
+            if getattr(self, flag):
+                object.__setattr__(self, key, None)
+        check(
+            self,
+            required={"run": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
+            at_least_one=("top_k", "positions", "batch_size"),
+        )
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """``distill recommend``: top-k items for one user of the dataset or for a history of raw item ids."""
+
+    run: str = option("", "A `distill student-train` run.")
+    data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
+    user: str | None = option(None, "Raw id of a user in the dataset: recommend after their whole history.")
+    history: str | None = option(None, "Raw item ids, oldest first, separated by spaces or commas.")
+    k: int = option(10, "Number of items to recommend.")
+    include_seen: bool = option(False, "Also recommend items the history already holds.")
+    json: bool = option(False, "Print JSON instead of a table.")
+    device: str = option("cpu")
+
+    def __post_init__(self) -> None:
+        check(self, required={"run": "--run RUN"}, at_least_one=("k",))
+        if (self.user is None) == (self.history is None):
+            raise ValueError("give either --user RAW_USER or --history 'RAW RAW ...', not both or neither")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``distill serve``: a student behind HTTP (``POST /recommend``, ``GET /health``) under uvicorn."""
+
+    run: str = option("", "A `distill student-train` run.")
+    data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
+    host: str = option("127.0.0.1", "Interface to listen on.")
+    port: int = option(8000, "Port to listen on.")
+    max_k: int = option(100, "Largest k a request may ask for.")
+    max_history: int = option(2000, "Longest history a request may send (raw item ids).")
+    max_batch: int = option(1, "Score up to N requests that arrive together in one call (1: no batching).")
+    threads: int = option(1, "Torch threads for scoring (one request is small: more threads mostly wait).")
+    device: str = option("cpu")
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            required={"run": "--run RUN"},
+            at_least_one=("max_k", "max_history", "max_batch", "threads"),
+        )
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")

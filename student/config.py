@@ -137,25 +137,6 @@ class StudentTrainConfig:
 
 
 @dataclass(frozen=True)
-class RecommendConfig:
-    """``distill recommend``: top-k items for one user of the dataset or for a history of raw item ids."""
-
-    run: str = option("", "A `distill student-train` run.")
-    data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
-    user: str | None = option(None, "Raw id of a user in the dataset: recommend after their whole history.")
-    history: str | None = option(None, "Raw item ids, oldest first, separated by spaces or commas.")
-    k: int = option(10, "Number of items to recommend.")
-    include_seen: bool = option(False, "Also recommend items the history already holds.")
-    json: bool = option(False, "Print JSON instead of a table.")
-    device: str = option("cpu")
-
-    def __post_init__(self) -> None:
-        check(self, required={"run": "--run RUN"}, at_least_one=("k",))
-        if (self.user is None) == (self.history is None):
-            raise ValueError("give either --user RAW_USER or --history 'RAW RAW ...', not both or neither")
-
-
-@dataclass(frozen=True)
 class ExportModelConfig:
     """``distill export-model``: a student's scoring path as ONNX, with its item vocabulary beside it."""
 
@@ -169,27 +150,3 @@ class ExportModelConfig:
         check(self, required={"run": "--run RUN", "output": "--output FILE"}, at_least_one=("opset",))
         if not self.output.endswith(".onnx"):
             raise ValueError(f"the output should be a .onnx file, got {self.output!r}")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """``distill serve``: a student behind HTTP (``POST /recommend``, ``GET /health``) under uvicorn."""
-
-    run: str = option("", "A `distill student-train` run.")
-    data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
-    host: str = option("127.0.0.1", "Interface to listen on.")
-    port: int = option(8000, "Port to listen on.")
-    max_k: int = option(100, "Largest k a request may ask for.")
-    max_history: int = option(2000, "Longest history a request may send (raw item ids).")
-    max_batch: int = option(1, "Score up to N requests that arrive together in one call (1: no batching).")
-    threads: int = option(1, "Torch threads for scoring (one request is small: more threads mostly wait).")
-    device: str = option("cpu")
-
-    def __post_init__(self) -> None:
-        check(
-            self,
-            required={"run": "--run RUN"},
-            at_least_one=("max_k", "max_history", "max_batch", "threads"),
-        )
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.io import record_path
+from distill.runs import run_dataset
 from student.config import ExportModelConfig
-from student.recommend import dataset_of
 from student.run import load_run
 from student.sasrec import SASRec
 
@@ -80,14 +81,14 @@ def run(cfg: ExportModelConfig) -> dict:
     for path in (output, vocab):
         if path.exists() and not cfg.overwrite:
             raise DistillError(f"{path} already exists (use --overwrite to replace it)")
-    data = dataset_of(cfg.run, cfg.data)
+    data = run_dataset(cfg.run, cfg.data)
     model = load_run(cfg.run, data, "cpu")
     output.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format_version": FORMAT_VERSION,
         "model": output.name,
-        "run": str(Path(cfg.run).resolve()),
-        "dataset": data.identity(),
+        "run": record_path(output.parent, cfg.run),
+        "dataset": data.identity(output.parent),
         "input": "history: (batch, length) int64 item ids, oldest first, left-padded with 0",
         "output": "scores: (batch, num_items) float32; column j scores item id j + 1",
         "max_len": model.config.max_len,

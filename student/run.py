@@ -1,7 +1,7 @@
 """Using a trained ``student-train`` run: load its best SASRec, score users with it.
 
-What other stages need of a student run (the teacher's ID encoder, ``evaluate``, export, serving)
-lives here, apart from the training loop in :mod:`student.train`.
+What other stages need of a student run (the teacher's ID encoder, the run loader of
+:mod:`pipeline.runs`, ONNX export) lives here, apart from the training loop in :mod:`student.train`.
 """
 
 from __future__ import annotations
@@ -12,22 +12,19 @@ import torch
 
 from distill.config import from_dict
 from distill.data import Dataset
-from distill.dist import shard
 from distill.errors import DistillError
-from distill.io import read_json
-from distill.metrics import evaluate
-from distill.runs import check_dataset, load_checkpoint
+from distill.outputs import STUDENT
+from distill.runs import check_dataset, load_checkpoint, read_run_config, warn_if_unfinished
+from distill.scoring import Scorer
 from student.config import SASRecConfig
 from student.sasrec import SASRec
-
-KIND = "student"
 
 
 def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> SASRec:
     """The best-validation SASRec of a ``student-train`` run, checked against ``data``, in eval mode."""
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "student run")
-    if config.get("kind") != KIND:
+    config = read_run_config(run_dir)
+    if config.get("kind") != STUDENT:
         raise DistillError(f"{run_dir} is not a student run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
     weights, _, _ = load_checkpoint(run_dir / "best")
@@ -38,6 +35,30 @@ def load_run(run_dir: str | Path, data: Dataset, device: torch.device | str = "c
     check_weights(model.state_dict(), weights, run_dir / "best")
     model.load_state_dict(weights)
     return model.to(device).eval()
+
+
+def open_student(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> Scorer:
+    """A ``student-train`` run as a :class:`~distill.scoring.Scorer` (warns when it is unfinished)."""
+    model = load_run(run_dir, data, device)
+    warn_if_unfinished(run_dir)
+    return sasrec_scorer(model)
+
+
+def sasrec_scorer(model: SASRec) -> Scorer:
+    """Score with ``model`` as it is (also a model still training: its validation goes through this).
+
+    SASRec reads any history of at most ``max_len`` items and scores every column of it in one pass.
+    """
+    device = model.item_emb.weight.device
+
+    def dense(history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return model.score(model(history.to(device)))  # (B, L, N + 1)
+
+    def last(history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return model.score(model.user_embedding(history.to(device)))  # (B, N + 1)
+
+    n = model.config.max_len
+    return Scorer(STUDENT, context=n, width=n, dense=dense, last=last, modules=(model,))
 
 
 def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], where: Path) -> None:
@@ -54,15 +75,3 @@ def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Te
                 f"checkpoint {where} does not fit its config: {name} has shape "
                 f"{tuple(weights[name].shape)}, its config gives {tuple(value.shape)}"
             )
-
-
-def evaluate_model(model: SASRec, data: Dataset, split: str, batch_size: int, device: torch.device) -> dict:
-    """Full-ranking metrics of ``model`` on the ``split`` targets of every user (each rank its share)."""
-    model.eval()
-
-    def score(batch) -> torch.Tensor:
-        return model.score(model.user_embedding(batch.inputs.to(device)))  # (B, num_items + 1)
-
-    return evaluate(
-        score, data.eval_batches(split, batch_size, model.config.max_len, shard(data.eval_users()))
-    )

@@ -1,7 +1,7 @@
 """``distill student-train``: SASRec on next-item labels, early-stopped on validation NDCG@10.
 
 Readable top to bottom: setup, the epoch loop (train, validate, checkpoint), then the test metrics of
-the best validation checkpoint. The run directory layout is :mod:`distill.training`'s.
+the best validation checkpoint. The run directory layout is :mod:`distill.runs`'s.
 
 Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; all ranks draw the same
 batches and each trains on its rows of every batch (see :mod:`distill.training`).
@@ -10,16 +10,18 @@ batches and each trains on its rows of every batch (see :mod:`distill.training`)
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.config import to_dict
-from distill.data import Dataset
+from distill.data import Dataset, TrainBatch
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
-from distill.io import log, progress, write_json
+from distill.io import log, progress, record_path, write_json
+from distill.outputs import STUDENT
 from distill.runs import prepare_run_dir
 from distill.scores import TeacherScores, read_scores
 from distill.training import (
@@ -34,7 +36,7 @@ from distill.training import (
 from student.config import StudentTrainConfig
 from student.hint import DistillationExperts
 from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
-from student.run import KIND, evaluate_model, load_run
+from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
 SELECT_ON = "ndcg@10"
@@ -66,14 +68,14 @@ def run(cfg: StudentTrainConfig) -> dict:
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run_config = {
-        "kind": KIND,
-        "dataset": data.identity(),
+        "kind": STUDENT,
+        "dataset": data.identity(run_dir),
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
     }
     if teacher is not None:
         run_config["teacher_scores"] = {
-            "path": str(Path(cfg.teacher_scores).resolve()),
+            "path": record_path(run_dir, cfg.teacher_scores),
             "teacher": teacher.manifest.get("teacher"),
             "k": teacher.k,
             "rows": len(teacher.items),
@@ -83,7 +85,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         }
     if hinter is not None:
         run_config["hint_run"] = {
-            "path": str(Path(cfg.hint_run).resolve()),
+            "path": record_path(run_dir, cfg.hint_run),
             "hidden": hinter.config.hidden,
             "weight": cfg.hint_weight,
             "experts": cfg.hint_experts,
@@ -101,73 +103,19 @@ def run(cfg: StudentTrainConfig) -> dict:
         )
     write_json(run_dir / "config.json", run_config)
 
-    # Each batch's label loss is its mean over positions times positions / (mean positions per batch):
-    # every position then weighs the same however batches are cut (length groups make their sizes vary).
-    # With several ranks each computes its rows' share (times the rank count, as DDP averages).
-    lengths = data.train_lengths(cfg.max_len)
-    num_batches = -(-int((lengths > 0).sum()) // cfg.batch_size)
-    positions_per_batch = lengths.sum() / max(num_batches, 1)
+    losses = Losses(cfg, data, model, teacher, hinter, experts)
+    scorer = sasrec_scorer(model)
     logger = Logger(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
         if stopper.should_stop:
             break
-        model.train()
-        started, total_loss, total_kd, total_hint, steps, sequences = time.perf_counter(), 0.0, 0.0, 0.0, 0, 0
-        batches = data.train_batches(
-            cfg.batch_size, cfg.max_len, generator=shuffle, length_group=cfg.length_group
-        )
-        with progress(total=num_batches, desc=f"epoch {epoch}") as bar:
-            for batch in batches:
-                inputs, targets, index = shard(batch.inputs), shard(batch.targets), shard(batch.index)
-                h = net(inputs.to(device))  # (B, L, d)
-                if teacher is not None:
-                    soft = soft_labels(teacher, index, targets, cfg)
-                    loss, kd = ce_kd_loss(model, h, targets.to(device), soft)
-                    total_kd += kd.item()
-                elif cfg.loss == "ce":
-                    loss = ce_loss(model, h, targets.to(device))
-                else:
-                    negatives = sample_negatives(targets, data.num_items, cfg.negatives).to(device)
-                    loss = bce_loss(model, h, targets.to(device), negatives)
-                if hinter is not None:
-                    real = targets.to(device) != 0
-                    with torch.no_grad():
-                        teacher_states = hinter(inputs.to(device))[real]
-                    hint = experts(h[real], teacher_states)
-                    loss = loss + cfg.hint_weight * hint
-                    total_hint += hint.item()
-                loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
-                check_loss(loss, epoch, steps + 1, run_dir)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if experts is not None and ranks > 1:  # outside the DDP model: average by hand
-                    for p in experts.parameters():
-                        p.grad = all_sum(p.grad) / ranks
-                optimizer.step()
-                total_loss, steps = total_loss + loss.item(), steps + 1
-                sequences += len(batch.inputs)
-                bar.set_postfix(loss=f"{total_loss / steps:.4f}")
-                bar.update()
-        seconds = time.perf_counter() - started
-        total_loss, total_kd, total_hint = (
-            all_sum(torch.tensor([total_loss, total_kd, total_hint])) / ranks
-        ).tolist()
-        train_stats = {
-            "loss": total_loss / max(steps, 1),
-            "lr": cfg.lr,
-            "sequences_per_s": sequences / seconds,
-        }
-        if teacher is not None:
-            train_stats["kd_loss"] = total_kd / max(steps, 1)
-        if hinter is not None:
-            train_stats["hint_loss"] = total_hint / max(steps, 1)
-        logger.scalars(train_stats, epoch, prefix="train/")
-        line = f"epoch {epoch}: loss {train_stats['loss']:.4f} ({seconds:.1f}s)"
-        record = {"epoch": epoch, "seconds": seconds, **train_stats}
-
+        stats = train_epoch(cfg, data, net, losses, optimizer, shuffle, epoch, run_dir)
+        logger.scalars(stats, epoch, prefix="train/")
+        line = f"epoch {epoch}: loss {stats['loss']:.4f} ({stats['seconds']:.1f}s)"
+        record = {"epoch": epoch, **stats}
         valid = None
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            valid = evaluate_model(model, data, "valid", cfg.eval_batch_size, device)
+            valid = scorer.evaluate(data, "valid", cfg.eval_batch_size)
             logger.scalars(valid, epoch, prefix="valid/")
             line += f"  valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
             record.update({f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")})
@@ -181,14 +129,118 @@ def run(cfg: StudentTrainConfig) -> dict:
     if stopper.best_epoch < 0:
         raise DistillError(f"no validation ran in {run_dir}: set --eval-every to at most --epochs")
     barrier()  # rank 0 has written the best checkpoint
-    best = load_run(run_dir, data, device)
+    best = sasrec_scorer(load_run(run_dir, data, device))
     return finish_run(
         run_dir,
         stopper,
         f"valid {SELECT_ON}",
-        lambda split: evaluate_model(best, data, split, cfg.eval_batch_size, device),
+        lambda split: best.evaluate(data, split, cfg.eval_batch_size),
         history,
     )
+
+
+@dataclass(frozen=True)
+class Losses:
+    """What a batch's loss is made of: the label loss (full CE or sampled BCE), the teacher's soft labels
+    fused into the CE when there is a score directory, and the hint term when there is a hint run."""
+
+    cfg: StudentTrainConfig
+    data: Dataset
+    model: SASRec
+    teacher: TeacherScores | None
+    hinter: SASRec | None
+    experts: DistillationExperts | None
+
+    def __call__(
+        self, h: torch.Tensor, batch: TrainBatch, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float, float]:
+        """``(loss, kd, hint)`` of one batch's rows: the loss to minimise and its parts, for logging.
+
+        Args:
+            h: the student's states ``(B, L, d)``.
+            batch: the batch (its flat target ``index`` finds the teacher's rows).
+            inputs: this rank's histories ``(B, L)``; targets: its next items ``(B, L)``, 0 at padding.
+        """
+        cfg, device = self.cfg, h.device
+        kd = hint = 0.0
+        if self.teacher is not None:
+            soft = soft_labels(self.teacher, shard(batch.index), targets, cfg)
+            loss, kd_value = ce_kd_loss(self.model, h, targets.to(device), soft)
+            kd = kd_value.item()
+        elif cfg.loss == "ce":
+            loss = ce_loss(self.model, h, targets.to(device))
+        else:
+            negatives = sample_negatives(targets, self.data.num_items, cfg.negatives).to(device)
+            loss = bce_loss(self.model, h, targets.to(device), negatives)
+        if self.hinter is not None:
+            real = targets.to(device) != 0
+            with torch.no_grad():
+                teacher_states = self.hinter(inputs.to(device))[real]
+            hint_value = self.experts(h[real], teacher_states)
+            loss = loss + cfg.hint_weight * hint_value
+            hint = hint_value.item()
+        return loss, kd, hint
+
+
+def train_epoch(
+    cfg: StudentTrainConfig,
+    data: Dataset,
+    net: torch.nn.Module,
+    losses: Losses,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    epoch: int,
+    run_dir: Path,
+) -> dict[str, float]:
+    """One pass over the shuffled training sequences; returns the epoch's statistics.
+
+    Each batch's loss is its mean over positions times positions / (mean positions per batch): every
+    position then weighs the same however batches are cut (length groups make their sizes vary). With
+    several ranks each computes its rows' share (times the rank count, as DDP averages).
+    """
+    _, ranks = world()
+    device = losses.model.item_emb.weight.device
+    lengths = data.train_lengths(cfg.max_len)
+    num_batches = -(-int((lengths > 0).sum()) // cfg.batch_size)
+    positions_per_batch = lengths.sum() / max(num_batches, 1)
+    net.train()
+    started, total_loss, total_kd, total_hint, steps, sequences = time.perf_counter(), 0.0, 0.0, 0.0, 0, 0
+    batches = data.train_batches(
+        cfg.batch_size, cfg.max_len, generator=shuffle, length_group=cfg.length_group
+    )
+    with progress(total=num_batches, desc=f"epoch {epoch}") as bar:
+        for batch in batches:
+            inputs, targets = shard(batch.inputs), shard(batch.targets)
+            h = net(inputs.to(device))  # (B, L, d)
+            loss, kd, hint = losses(h, batch, inputs, targets)
+            loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
+            check_loss(loss, epoch, steps + 1, run_dir)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if losses.experts is not None and ranks > 1:  # outside the DDP model: average by hand
+                for p in losses.experts.parameters():
+                    p.grad = all_sum(p.grad) / ranks
+            optimizer.step()
+            total_loss, total_kd, total_hint = total_loss + loss.item(), total_kd + kd, total_hint + hint
+            steps += 1
+            sequences += len(batch.inputs)
+            bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+            bar.update()
+    seconds = time.perf_counter() - started
+    total_loss, total_kd, total_hint = (
+        all_sum(torch.tensor([total_loss, total_kd, total_hint])) / ranks
+    ).tolist()
+    stats = {
+        "seconds": seconds,
+        "loss": total_loss / max(steps, 1),
+        "lr": cfg.lr,
+        "sequences_per_s": sequences / seconds,
+    }
+    if losses.teacher is not None:
+        stats["kd_loss"] = total_kd / max(steps, 1)
+    if losses.hinter is not None:
+        stats["hint_loss"] = total_hint / max(steps, 1)
+    return stats
 
 
 def load_hint_run(cfg: StudentTrainConfig, data: Dataset) -> SASRec:

@@ -7,19 +7,21 @@ rebuilds the model (the backbone spec and the SASRec run); its checkpoints only 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.config import from_dict
 from distill.data import Dataset
-from distill.dist import shard
 from distill.errors import DistillError
-from distill.io import read_json
-from distill.metrics import evaluate
-from distill.runs import check_dataset, load_checkpoint, warn_if_unfinished
-from student.run import load_run
+from distill.io import record_path, recorded_path
+from distill.outputs import TEACHER_KINDS
+from distill.runs import check_dataset, load_checkpoint, read_run_config, warn_if_unfinished
+from distill.scoring import Scorer
+from student.run import check_weights, load_run
 from student.sasrec import SASRec
 from teacher.backbone import add_special_tokens, load_backbone
 from teacher.config import TeacherTrainConfig
@@ -27,8 +29,8 @@ from teacher.e4srec import E4SRecTeacher
 from teacher.moe_lora import MoELoRATeacher
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, PromptBuilder
 
-# The run kind of each teacher, as config.json records it.
-KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
+# Where a teacher run keeps its copy of the SASRec run it was trained on (its ID encoder).
+SASREC = "sasrec"
 
 
 class Teacher:
@@ -47,13 +49,15 @@ class Teacher:
     def queries(
         self, history: torch.Tensor, module: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, L)`` left-padded histories (the last ``context`` are read) → queries ``(B, max_len, D)``
-        at the last ``max_len`` columns and item vectors ``(num_items + 1, D)``; scores are their dot
-        products.
+        """``(B, L)`` left-padded histories (the last ``context`` are read; shorter ones are padded) →
+        queries ``(B, max_len, D)`` at the last ``max_len`` columns and item vectors
+        ``(num_items + 1, D)``; scores are their dot products.
 
         ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
         """
         history = history[:, -self.context :]
+        if history.shape[1] < self.context:  # a shorter history: the window is left-padded
+            history = F.pad(history, (self.context - history.shape[1], 0))
         prompts = self.prompts(history[:, -self.max_len :]).to(self.device)
         return (module or self.model)(prompts, history.to(self.device), self.max_len)
 
@@ -127,44 +131,78 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> Teacher:
-    """The best-validation teacher of a ``teacher-train`` run, checked against ``data``."""
+    """The best-validation teacher of a ``teacher-train`` run, checked against ``data``.
+
+    The run holds its SASRec (``RUN/sasrec``, a copy of the ``--sasrec`` run it was trained on); runs
+    from before that record the SASRec run's absolute path, which is followed with a note.
+    """
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "teacher run")
-    if config.get("kind") not in KINDS.values():
+    config = read_run_config(run_dir)
+    if config.get("kind") not in TEACHER_KINDS.values():
         raise DistillError(f"{run_dir} is not a teacher run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
-    cfg = from_dict(TeacherTrainConfig, config["train"], f"{run_dir}/config.json")
+    cfg = from_dict(TeacherTrainConfig, _table(config, "train", run_dir), f"{run_dir}/config.json")
+    cfg = dataclasses.replace(cfg, llm=backbone_spec(config, cfg.llm, run_dir))
+    sasrec_run = recorded_path(run_dir, config.get("sasrec_run"), "its SASRec run (sasrec_run)")
     weights, _, _ = load_checkpoint(run_dir / "best")
     warn_if_unfinished(run_dir)
-    teacher = build_teacher(cfg, data, load_run(config["sasrec_run"], data), torch.device(device))
+    teacher = build_teacher(cfg, data, load_run(sasrec_run, data), torch.device(device))
     load_trainable(teacher.model, weights, run_dir / "best")
     teacher.model.eval()
     return teacher
 
 
+def open_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str = "cpu") -> Scorer:
+    """A ``teacher-train`` run as a :class:`~distill.scoring.Scorer`."""
+    kind = read_run_config(run_dir).get("kind")
+    return teacher_scorer(load_teacher(run_dir, data, device), kind)
+
+
+def teacher_scorer(teacher: Teacher, kind: str) -> Scorer:
+    """Score with ``teacher`` as it is (also one still training: its validation goes through this)."""
+    return Scorer(
+        kind,
+        context=teacher.context,
+        width=teacher.max_len,
+        dense=lambda history, users=None: teacher.scores(history),
+        last=lambda history, users=None: teacher(history),
+        modules=(teacher.model,),
+    )
+
+
+def record_backbone(spec: str, run_dir: Path) -> dict[str, str]:
+    """The backbone as a run records it. A local file or directory is recorded relative to the run (found
+    when the tree that holds both moves) and absolute (found when the run moves alone on this
+    machine); ``tiny`` and hub ids as they are."""
+    path = Path(spec).expanduser()
+    if spec == "tiny" or not path.exists():
+        return {"spec": spec}
+    return {"spec": spec, "relative": record_path(run_dir, path), "absolute": str(path.resolve())}
+
+
+def backbone_spec(config: dict, spec: str, run_dir: Path) -> str:
+    """The backbone to load for a run: what :func:`record_backbone` recorded, the first of its paths
+    that exists (``spec``, the training option, for runs that recorded none)."""
+    recorded = config.get("backbone")
+    if not isinstance(recorded, dict):
+        return spec
+    candidates = [run_dir / recorded["relative"]] if isinstance(recorded.get("relative"), str) else []
+    candidates += [Path(recorded["absolute"])] if isinstance(recorded.get("absolute"), str) else []
+    found = next((c for c in candidates if c.exists()), None)
+    return str(found) if found is not None else str(recorded.get("spec", spec))
+
+
+def _table(config: dict, key: str, run_dir: Path) -> dict:
+    value = config.get(key)
+    if not isinstance(value, dict):
+        raise DistillError(f"{run_dir / 'config.json'}: {key!r} is missing or not a table")
+    return value
+
+
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy a teacher checkpoint's weights into the parameters of ``model`` that train."""
     own = trainable_state(model)
-    missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
-    if missing or unexpected:
-        raise DistillError(
-            f"checkpoint {where} does not fit its config: {len(missing)} missing weights "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+    check_weights(own, weights, where)
     with torch.no_grad():
         for name, value in weights.items():
-            if own[name].shape != value.shape:
-                raise DistillError(
-                    f"checkpoint {where}: {name} has shape {tuple(value.shape)}, "
-                    f"the model expects {tuple(own[name].shape)}"
-                )
             own[name].copy_(value)
-
-
-def evaluate_teacher(teacher: Teacher, data: Dataset, split: str, batch_size: int, users=None) -> dict:
-    """Full-ranking metrics of ``teacher`` on the ``split`` targets of ``users`` (default all; each rank
-    of a multi-process job scores its share)."""
-    teacher.model.eval()
-    users = shard(data.eval_users() if users is None else users)
-    return evaluate(
-        lambda batch: teacher(batch.inputs), data.eval_batches(split, batch_size, teacher.context, users)
-    )

@@ -32,11 +32,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.config import to_dict
-from distill.data import Dataset
+from distill.data import Dataset, Windows
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, write_json
-from distill.runs import load_checkpoint, prepare_run_dir
+from distill.outputs import TEACHER_KINDS
+from distill.runs import copy_run, load_checkpoint, prepare_run_dir
 from distill.training import (
     EarlyStopping,
     Logger,
@@ -49,11 +50,13 @@ from distill.training import (
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
 from teacher.model import (
-    KINDS,
+    SASREC,
+    Teacher,
     build_teacher,
     check_sasrec,
-    evaluate_teacher,
     load_trainable,
+    record_backbone,
+    teacher_scorer,
     trainable_state,
 )
 
@@ -71,10 +74,15 @@ GROUPS = (
 def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
-    sasrec = load_run(cfg.sasrec, data)  # refuses a run from another dataset before anything is written
-    context = check_sasrec(cfg, sasrec)  # and a prompt longer than SASRec's window
+    own_sasrec = Path(cfg.output) / SASREC  # where the run keeps its copy of the --sasrec run
+    resuming_with_copy = cfg.resume and (own_sasrec / "best").is_dir()
+    # Refuses a run from another dataset, and a prompt longer than SASRec's window, before writing.
+    sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
+    context = check_sasrec(cfg, sasrec)
     device = setup_device(cfg.device)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    if not resuming_with_copy:
+        copy_run(cfg.sasrec, own_sasrec)  # the run holds what scoring it needs: moving it keeps it whole
     seed_everything(cfg.seed)
     teacher = build_teacher(cfg, data, sasrec.to(device), device)
     model = teacher.model
@@ -86,44 +94,32 @@ def run(cfg: TeacherTrainConfig) -> dict:
         net = DistributedDataParallel(model, broadcast_buffers=False)
         torch.manual_seed(cfg.seed + rank)  # each rank draws its own dropout masks
 
-    groups: dict[str, list[nn.Parameter]] = {}
-    for name, p in trainable_state(model).items():
-        field = next((f for key, f in GROUPS if key in name), None)
-        if field is None:
-            raise RuntimeError(f"trainable parameter {name} belongs to no learning-rate group")
-        groups.setdefault(field, []).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = make_optimizer(cfg, model)
     # dense: windows tile each training sequence, every target scored once per epoch;
     # last: one window per target (the user's last `positions`), scored at its last column only.
     if cfg.objective == "dense":
         windows = data.train_windows(cfg.max_len, context)
     else:
         windows = data.train_windows(cfg.max_len, context, last=cfg.positions, stride=1)
-    histories, targets = windows.histories, windows.targets
-    if len(targets) == 0:
+    if len(windows.targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
-    steps_per_epoch = math.ceil(math.ceil(len(targets) / cfg.batch_size) / cfg.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(windows.targets) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _warmup_cosine(s, warmup_steps, total_steps)
     )
+    stateful = {"optimizer": optimizer, "scheduler": scheduler}
 
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    valid_users = data.eval_users()
-    if cfg.eval_users is not None and cfg.eval_users < len(valid_users):
-        pick = torch.randperm(len(valid_users), generator=torch.Generator().manual_seed(cfg.seed))[
-            : cfg.eval_users
-        ]
-        valid_users = np.sort(valid_users[pick.numpy()])
+    valid_users = validation_users(cfg, data)
+    scorer = teacher_scorer(teacher, TEACHER_KINDS[cfg.teacher])
     run_config = {
-        "kind": KINDS[cfg.teacher],
-        "dataset": data.identity(),
-        "sasrec_run": str(Path(cfg.sasrec).resolve()),
+        "kind": TEACHER_KINDS[cfg.teacher],
+        "dataset": data.identity(run_dir),
+        "sasrec_run": SASREC,
+        "backbone": record_backbone(cfg.llm, run_dir),
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),
     }
@@ -135,79 +131,30 @@ def run(cfg: TeacherTrainConfig) -> dict:
             lambda weights: load_trainable(model, weights, run_dir / "last"),
             stopper,
             shuffle,
-            optimizer=optimizer,
-            scheduler=scheduler,
+            **stateful,
         )
     write_json(run_dir / "config.json", run_config)
     log(
         f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
-        f"{len(targets):,} windows of {cfg.max_len} ({int((targets != 0).sum()):,} scored positions, "
-        f"{cfg.objective} objective), {total_steps:,} optimizer steps"
+        f"{len(windows.targets):,} windows of {cfg.max_len} ({int((windows.targets != 0).sum()):,} scored "
+        f"positions, {cfg.objective} objective), {total_steps:,} optimizer steps"
     )
 
     logger = Logger(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
         if stopper.should_stop:
             break
-        model.train()
-        order = torch.randperm(len(targets), generator=shuffle).numpy()
-        started, total_loss, micro, scored = time.perf_counter(), 0.0, 0, 0
-        with progress(total=len(order), desc=f"epoch {epoch}") as bar:
-            for i in range(0, len(order), cfg.batch_size):
-                batch = order[i : i + cfg.batch_size]
-                # This rank's rows of the batch; a last batch with fewer rows than ranks gives each rank
-                # one row (some the same), as every rank must take every step.
-                idx = shard(batch) if len(batch) >= ranks else batch[[rank % len(batch)]]
-                micro += 1
-                stepping = micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
-                # Between optimizer steps DDP need not average gradients: the step's backward does.
-                syncing = stepping or ranks == 1
-                with contextlib.nullcontext() if syncing else net.no_sync():
-                    queries, items = teacher.queries(torch.from_numpy(histories[idx]), net)  # (B, w, D)
-                    target = torch.from_numpy(targets[idx]).to(device)  # (B, w), 0 where not scored
-                    logits = queries[target != 0] @ items[1:].T  # (M, N): padding is never a class
-                    # The mean over the whole batch's scored positions, whichever rank holds them (DDP
-                    # averages the ranks' gradients; a batch too small to split is every rank's whole).
-                    positions = int((targets[batch] != 0).sum()) / (ranks if len(batch) >= ranks else 1)
-                    loss = F.cross_entropy(logits, target[target != 0] - 1, reduction="sum") / positions
-                    check_loss(loss, epoch, micro, run_dir)
-                    (loss / cfg.grad_accum).backward()
-                if stepping:
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                total_loss += loss.item()
-                scored += len(logits)
-                bar.update(len(batch))
-                bar.set_postfix(
-                    loss=f"{total_loss / micro:.4f}",
-                    positions_per_s=f"{scored / (time.perf_counter() - started):.1f}",
-                )
-        seconds = time.perf_counter() - started
-        total_loss = all_sum(torch.tensor(total_loss)).item() / ranks  # the mean of every rank's rows
-        stats = {
-            "loss": total_loss / micro,
-            "windows_per_s": len(order) / seconds,
-            "positions_per_s": scored / seconds,
-        }
-        stats.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+        stats = train_epoch(cfg, teacher, net, windows, optimizer, scheduler, shuffle, epoch, run_dir)
         logger.scalars(stats, epoch, prefix="train/")
-
-        valid = evaluate_teacher(teacher, data, "valid", cfg.eval_batch_size, valid_users)
+        valid = scorer.evaluate(data, "valid", cfg.eval_batch_size, valid_users)
         logger.scalars(valid, epoch, prefix="valid/")
         line = (
             f"epoch {epoch}: loss {stats['loss']:.4f} "
-            f"({seconds:.0f}s, {stats['positions_per_s']:.1f} positions/s)  "
+            f"({stats['seconds']:.0f}s, {stats['positions_per_s']:.1f} positions/s)  "
             f"valid ndcg@10 {valid['ndcg@10']:.4f} hr@10 {valid['hr@10']:.4f}"
         )
-        record = {
-            "epoch": epoch,
-            "seconds": seconds,
-            **stats,
-            **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")},
-        }
+        record = {"epoch": epoch, **stats, **{f"valid_{k}": valid[k] for k in ("ndcg@10", "hr@10")}}
         weights = trainable_state(model)
-        stateful = {"optimizer": optimizer, "scheduler": scheduler}
         if save_epoch(
             run_dir, weights, run_config, record, history, stopper, shuffle, valid[SELECT_ON], **stateful
         ):
@@ -222,9 +169,96 @@ def run(cfg: TeacherTrainConfig) -> dict:
         run_dir,
         stopper,
         f"valid {SELECT_ON}" + (f" ({len(valid_users)} users)" if cfg.eval_users else ""),
-        lambda split: evaluate_teacher(teacher, data, split, cfg.eval_batch_size),
+        lambda split: scorer.evaluate(data, split, cfg.eval_batch_size),
         history,
     )
+
+
+def make_optimizer(cfg: TeacherTrainConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over the parameters that train, one learning rate per group of :data:`GROUPS`."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in trainable_state(model).items():
+        field = next((f for key, f in GROUPS if key in name), None)
+        if field is None:
+            raise RuntimeError(f"trainable parameter {name} belongs to no learning-rate group")
+        groups.setdefault(field, []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": getattr(cfg, f), "name": f} for f, ps in groups.items()],
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def validation_users(cfg: TeacherTrainConfig, data: Dataset) -> np.ndarray:
+    """Every user, or ``--eval-users`` of them drawn once with the run's seed (the same every epoch)."""
+    users = data.eval_users()
+    if cfg.eval_users is not None and cfg.eval_users < len(users):
+        pick = torch.randperm(len(users), generator=torch.Generator().manual_seed(cfg.seed))
+        users = np.sort(users[pick[: cfg.eval_users].numpy()])
+    return users
+
+
+def train_epoch(
+    cfg: TeacherTrainConfig,
+    teacher: Teacher,
+    net: nn.Module,
+    windows: Windows,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    shuffle: torch.Generator,
+    epoch: int,
+    run_dir: Path,
+) -> dict[str, float]:
+    """One pass over the shuffled windows: cross-entropy over the catalogue at every scored position.
+
+    ``net`` is the teacher's model or its ``DistributedDataParallel`` wrapper. Returns the epoch's
+    statistics (mean loss over every rank's rows, throughput, learning rates, seconds).
+    """
+    rank, ranks = world()
+    device = teacher.device
+    histories, targets = windows.histories, windows.targets
+    teacher.model.train()
+    order = torch.randperm(len(targets), generator=shuffle).numpy()
+    started, total_loss, micro, scored = time.perf_counter(), 0.0, 0, 0
+    with progress(total=len(order), desc=f"epoch {epoch}") as bar:
+        for i in range(0, len(order), cfg.batch_size):
+            batch = order[i : i + cfg.batch_size]
+            # This rank's rows of the batch; a last batch with fewer rows than ranks gives each rank
+            # one row (some the same), as every rank must take every step.
+            idx = shard(batch) if len(batch) >= ranks else batch[[rank % len(batch)]]
+            micro += 1
+            stepping = micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
+            # Between optimizer steps DDP need not average gradients: the step's backward does.
+            syncing = stepping or ranks == 1
+            with contextlib.nullcontext() if syncing else net.no_sync():
+                queries, items = teacher.queries(torch.from_numpy(histories[idx]), net)  # (B, w, D)
+                target = torch.from_numpy(targets[idx]).to(device)  # (B, w), 0 where not scored
+                logits = queries[target != 0] @ items[1:].T  # (M, N): padding is never a class
+                # The mean over the whole batch's scored positions, whichever rank holds them (DDP
+                # averages the ranks' gradients; a batch too small to split is every rank's whole).
+                positions = int((targets[batch] != 0).sum()) / (ranks if len(batch) >= ranks else 1)
+                loss = F.cross_entropy(logits, target[target != 0] - 1, reduction="sum") / positions
+                check_loss(loss, epoch, micro, run_dir)
+                (loss / cfg.grad_accum).backward()
+            if stepping:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.item()
+            scored += len(logits)
+            bar.update(len(batch))
+            bar.set_postfix(
+                loss=f"{total_loss / micro:.4f}",
+                positions_per_s=f"{scored / (time.perf_counter() - started):.1f}",
+            )
+    seconds = time.perf_counter() - started
+    total_loss = all_sum(torch.tensor(total_loss)).item() / ranks  # the mean of every rank's rows
+    return {
+        "seconds": seconds,
+        "loss": total_loss / micro,
+        "windows_per_s": len(order) / seconds,
+        "positions_per_s": scored / seconds,
+        **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
+    }
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -101,7 +101,7 @@ def test_prepare_unknown_format_is_a_usage_error(tmp_path):
 
 def test_evaluate_errors_are_one_line(tmp_path, synthetic_dataset):
     assert_one_line_error(
-        invoke("evaluate", "--run", tmp_path / "nope", "--data", synthetic_dataset), "config.json"
+        invoke("evaluate", "--run", tmp_path / "nope", "--data", synthetic_dataset), "nope does not exist"
     )
     run = tmp_path / "run"
     run.mkdir()

@@ -18,9 +18,9 @@ from distill import prepare
 from distill.config import PrepareConfig, resolve
 from distill.errors import DistillError
 from distill.outputs import kind_of
-from pipeline.config import EvaluateConfig, PipelineConfig
+from pipeline.config import EvaluateConfig, ExportConfig, PipelineConfig
 from student.config import StudentTrainConfig
-from teacher.config import ExportConfig, TeacherTrainConfig
+from teacher.config import TeacherTrainConfig
 
 # FUZZ_EXAMPLES=1000 for a longer hunt than CI affords.
 FUZZ = settings(

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from distill.errors import DistillError
-from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of
+from distill.outputs import claim, clean_stale, kind_of
 
 
 def dataset_dir(path):
@@ -75,13 +75,6 @@ def test_claim_rules(tmp_path):
     with pytest.raises(DistillError, match="file.txt is not a directory"):
         claim(tmp_path / "file.txt" / "out", kind="scores", overwrite=True, what="score directory")
     assert (tmp_path / "file.txt").read_text() == "keep me"
-
-
-def test_run_kinds_match_the_stages():
-    from student.run import KIND
-    from teacher.model import KINDS
-
-    assert set(RUN_KINDS) == {KIND, *KINDS.values()}
 
 
 def test_clean_stale_removes_dead_writers_leftovers_only(tmp_path):

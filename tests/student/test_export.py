@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cli import main
 from student.export import Scorer, vocabulary_path
 from student.run import load_run
-from tests.student.conftest import RING
+from tests.conftest import RING
 
 ort = pytest.importorskip("onnxruntime")
 

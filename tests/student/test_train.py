@@ -275,7 +275,7 @@ def random_scores(dataset, out, k=10, seed=0):
     rng = np.random.default_rng(seed)
     items = np.stack([rng.choice(data.num_items, k, replace=False) + 1 for _ in samples.targets])
     logits = -np.sort(rng.random((len(items), k)), axis=1).astype(np.float32)  # descending
-    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(), "k": k, "positions": "all"}
+    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(out), "k": k, "positions": "all"}
     with ScoreWriter(out, manifest) as writer:
         writer.write(samples.users, samples.positions, items, -logits)
     return out

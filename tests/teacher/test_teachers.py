@@ -399,15 +399,16 @@ def test_dense_scores_equal_one_prompt_per_prefix(setup, kind):
 
 @pytest.mark.parametrize("kind", ["moe-lora", "e4srec"])
 def test_an_untrained_fused_teacher_ranks_as_its_sasrec(setup, kind):
-    from student.run import evaluate_model
-    from teacher.model import evaluate_teacher
+    from student.run import sasrec_scorer
+    from teacher.model import teacher_scorer
 
     teacher, data = make(setup, teacher=kind)
-    sasrec = load_run(setup / "sasrec", data)
+    fused = teacher_scorer(teacher, kind)
+    sasrec = sasrec_scorer(load_run(setup / "sasrec", data))
     for split in ("valid", "test"):
-        assert evaluate_teacher(teacher, data, split, 16) == evaluate_model(sasrec, data, split, 16, "cpu")
+        assert fused.evaluate(data, split, 16) == sasrec.evaluate(data, split, 16)
     unfused, _ = make(setup, teacher=kind, fuse_sasrec=False)
-    assert evaluate_teacher(unfused, data, "valid", 16) != evaluate_model(sasrec, data, "valid", 16, "cpu")
+    assert teacher_scorer(unfused, kind).evaluate(data, "valid", 16) != sasrec.evaluate(data, "valid", 16)
 
 
 def test_last_objective_still_trains(setup, tmp_path):

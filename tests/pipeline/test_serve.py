@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from student.recommend import Recommender
-from tests.student.conftest import RING
+from pipeline.recommend import Recommender
+from tests.conftest import RING
 
 testclient = pytest.importorskip("fastapi.testclient")
 
 
 @pytest.fixture(scope="module")
 def client(ring_run):
-    from student.serve import create_app
+    from pipeline.serve import create_app
 
     return testclient.TestClient(create_app(Recommender.load(*ring_run), max_k=5, max_history=20))
 
@@ -62,7 +62,7 @@ def test_concurrent_requests_batched_answer_as_one_at_a_time(ring_run):
 
     import httpx
 
-    from student.serve import create_app
+    from pipeline.serve import create_app
 
     recommender = Recommender.load(*ring_run)
     bodies = [

@@ -17,44 +17,17 @@ writes its own shards into the same directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill.data import Dataset
 from distill.dist import block, setup_device
-from distill.errors import DistillError
-from distill.io import log, progress, read_json
+from distill.io import log, progress, record_path
 from distill.scores import ScoreWriter, refuse_existing
-from student.run import load_run
-from teacher.config import ExportConfig
-from teacher.model import KINDS, load_teacher
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """What export needs of a model: ``scores(history (B, context)) -> (B, width, num_items + 1)``, the
-    scores after each of the last ``width`` history columns."""
-
-    kind: str
-    width: int
-    context: int
-    scores: Callable[[torch.Tensor], torch.Tensor]
-
-
-def load_scorer(run_dir: str | Path, data: Dataset, device: torch.device) -> Scorer:
-    """The scorer of a ``student-train`` or ``teacher-train`` run, checked against ``data``."""
-    kind = read_json(Path(run_dir) / "config.json", "run").get("kind")
-    if kind == "student":
-        sasrec = load_run(run_dir, data, device)
-        n = sasrec.config.max_len
-        return Scorer(kind, n, n, lambda history: sasrec.score(sasrec(history.to(device))))
-    if kind in KINDS.values():
-        teacher = load_teacher(run_dir, data, device)
-        return Scorer(kind, teacher.max_len, teacher.context, teacher.scores)
-    raise DistillError(f"{run_dir} is neither a student nor a teacher run (kind {kind!r})")
+from pipeline.config import ExportConfig
+from pipeline.runs import open_run
 
 
 @torch.no_grad()
@@ -63,14 +36,14 @@ def run(cfg: ExportConfig) -> dict:
     data = Dataset(cfg.data)
     refuse_existing(Path(cfg.output), cfg.overwrite)  # before the minutes it takes to load a teacher
     device = setup_device(cfg.device)
-    scorer = load_scorer(cfg.run, data, device)
+    scorer = open_run(cfg.run, data, device)
     k = data.num_items if cfg.top_k is None else min(cfg.top_k, data.num_items)
     windows = data.train_windows(
         scorer.width, scorer.context, last=cfg.positions, stride=1 if cfg.per_prefix else None
     )
     manifest = {
-        "teacher": {"kind": scorer.kind, "run": str(Path(cfg.run).resolve())},
-        "dataset": data.identity(),
+        "teacher": {"kind": scorer.kind, "run": record_path(cfg.output, cfg.run)},
+        "dataset": data.identity(cfg.output),
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
         "scoring": "per-prefix" if cfg.per_prefix else "dense",
@@ -87,13 +60,13 @@ def run(cfg: ExportConfig) -> dict:
             for i in range(mine.start, mine.stop, cfg.batch_size):
                 batch = slice(i, min(i + cfg.batch_size, mine.stop))
                 scored = torch.from_numpy(windows.positions[batch] >= 0)  # (B, w)
-                scores = scorer.scores(torch.from_numpy(windows.histories[batch]))  # (B, w, N + 1)
+                users = torch.from_numpy(windows.users[batch])
+                scores = scorer.dense(torch.from_numpy(windows.histories[batch]), users)  # (B, w, N + 1)
                 rows = scores[scored.to(scores.device)][:, 1:]  # (M, N): column 0 is padding
                 logits, items = rows.topk(k, dim=-1)  # (M, k) descending
                 mask = scored.numpy()
-                users = windows.users[batch][:, None].repeat(mask.shape[1], axis=1)
                 writer.write(
-                    users[mask],
+                    np.broadcast_to(windows.users[batch][:, None], mask.shape)[mask],
                     windows.positions[batch][mask],
                     (items + 1).cpu().numpy(),
                     logits.cpu().numpy(),

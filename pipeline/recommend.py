@@ -1,4 +1,5 @@
-"""Using a trained student: top-k recommendations for histories of raw item ids.
+"""Using a trained run (a student, or any run that scores): top-k recommendations for histories of raw
+item ids.
 
 :class:`Recommender` is what ``distill recommend``, ``distill serve`` and Python callers share. Raw ids
 (the ids of the input files, as strings) go in and come out; the dataset directory translates them.
@@ -23,10 +24,10 @@ import torch
 
 from distill.data import Dataset
 from distill.errors import DistillError
-from distill.io import read_json
-from student.config import RecommendConfig
-from student.run import load_run
-from student.sasrec import SASRec
+from distill.runs import run_dataset
+from distill.scoring import Scorer
+from pipeline.config import RecommendConfig
+from pipeline.runs import open_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,32 +65,17 @@ class Recommendations:
         ]
 
 
-def dataset_of(run: str | Path, data: str | Path | None = None) -> Dataset:
-    """The dataset ``data``, or the one the run in ``run`` records it was trained on."""
-    if data is None:
-        recorded = read_json(Path(run) / "config.json", "student run").get("dataset", {}).get("path")
-        if recorded is None:
-            raise DistillError(f"{run}/config.json records no dataset: give --data DIR")
-        data = recorded
-    return Dataset(data)
-
-
 class Recommender:
-    """A SASRec student with its dataset's vocabulary: raw item ids in, top-k raw item ids out.
+    """A model with its dataset's vocabulary: raw item ids in, top-k raw item ids out.
 
     Args:
-        model: a trained SASRec (put in eval mode here).
+        scorer: a loaded run (put in eval mode here), e.g. from :func:`pipeline.runs.open_run`.
         data: the dataset it was trained on (vocabulary, titles, users, popularity).
     """
 
-    def __init__(self, model: SASRec, data: Dataset) -> None:
-        if model.config.num_items != data.num_items:
-            raise DistillError(
-                f"the model scores {model.config.num_items} items but {data.path} has {data.num_items}"
-            )
-        self.model = model.eval()
+    def __init__(self, scorer: Scorer, data: Dataset) -> None:
+        self.scorer = scorer.eval()
         self.data = data
-        self.device = model.item_emb.weight.device
         counts = np.bincount(data.items, minlength=data.num_items + 1)[1:]  # (N,) interactions per item
         order = np.argsort(-counts, kind="stable")  # fixed order among ties, whatever the batch
         self.popular_items = (order + 1).tolist()  # item ids, most popular first
@@ -99,15 +85,16 @@ class Recommender:
     def load(
         cls, run: str | Path, data: str | Path | Dataset | None = None, device: str | torch.device = "cpu"
     ) -> Recommender:
-        """The best checkpoint of a ``student-train`` run, checked against its dataset.
+        """The model of a run (a student, a teacher: any kind :func:`pipeline.runs.open_run` opens),
+        checked against its dataset.
 
         Args:
             run: the run directory.
             data: a dataset directory or :class:`Dataset`; default: the directory the run records.
             device: where to score.
         """
-        dataset = data if isinstance(data, Dataset) else dataset_of(run, data)
-        return cls(load_run(run, dataset, device), dataset)
+        dataset = data if isinstance(data, Dataset) else run_dataset(run, data)
+        return cls(open_run(run, dataset, device), dataset)
 
     @property
     def num_items(self) -> int:
@@ -115,7 +102,7 @@ class Recommender:
 
     @property
     def max_len(self) -> int:
-        return self.model.config.max_len
+        return self.scorer.context
 
     def user_history(self, raw_user: str) -> list[str]:
         """A dataset user's whole history (train, validation and test items) as raw item ids.
@@ -166,14 +153,13 @@ class Recommender:
             tail = history[-width:]
             if tail:
                 inputs[row, width - len(tail) :] = tail
-        scores = self.model.score(self.model.user_embedding(torch.from_numpy(inputs).to(self.device)))
-        scores = scores.float()  # (B, N + 1)
+        scores = self.scorer.last(torch.from_numpy(inputs), None).float()  # (B, N + 1)
         scores[:, 0] = float("-inf")  # padding
         if exclude_seen:
             seen = np.zeros((B, max(1, max(len(h) for h in ids))), dtype=np.int64)  # 0 = pad, masked anyway
             for row, history in enumerate(ids):
                 seen[row, : len(history)] = history
-            scores.scatter_(1, torch.from_numpy(seen).to(self.device), float("-inf"))
+            scores.scatter_(1, torch.from_numpy(seen).to(scores.device), float("-inf"))
         top_scores, top_items = scores.topk(min(k, self.num_items), dim=1)  # (B, k)
         top_scores, top_items = top_scores.cpu().tolist(), top_items.cpu().tolist()
 

@@ -193,5 +193,5 @@ def test_a_run_of_unknown_kind_is_refused(setup, tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"kind": "oracle"}))
     result = export(setup, run, tmp_path / "scores")
-    assert result.exit_code != 0 and "neither a student nor a teacher run" in result.output
+    assert result.exit_code != 0 and "unknown run kind 'oracle'" in result.output
     assert not (tmp_path / "scores").exists()

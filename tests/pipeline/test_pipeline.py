@@ -74,7 +74,12 @@ def test_the_grid_picks_alpha_zero_when_the_teacher_is_random(tmp_path):
     rng = np.random.default_rng(0)
     items = np.stack([rng.permutation(data.num_items)[:10] + 1 for _ in samples.targets])
     logits = np.sort(rng.normal(0, 5, items.shape), axis=1)[:, ::-1].astype(np.float32)
-    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(), "k": 10, "positions": "all"}
+    manifest = {
+        "teacher": {"kind": "random"},
+        "dataset": data.identity(tmp_path / "scores"),
+        "k": 10,
+        "positions": "all",
+    }
     with ScoreWriter(tmp_path / "scores", manifest) as writer:
         writer.write(samples.users, samples.positions, items, logits)
     picked = pick(cfg, student, plain, str(tmp_path / "scores"), tmp_path / "grid")

@@ -1,8 +1,8 @@
-"""``distill serve``: a student behind HTTP, a FastAPI app under uvicorn (the ``serve`` extra).
+"""``distill serve``: a run (a student, usually) over HTTP, a FastAPI app under uvicorn (``serve`` extra).
 
 - ``POST /recommend`` with ``{"history": ["raw", ...], "k": 10}`` or ``{"user": "raw"}`` (and
   optionally ``"exclude_seen": false``) answers ``{"items": [{"item", "score", "title"}, ...],
-  "unknown": [...], "popular": bool}``, as :meth:`student.recommend.Recommender.recommend`.
+  "unknown": [...], "popular": bool}``, as :meth:`pipeline.recommend.Recommender.recommend`.
 - ``GET /health`` answers ``{"status": "ok", ...}`` with what is served.
 - A request the server cannot use is a 4xx whose ``detail`` is one line: 422 for a body that is not
   JSON, misses or mixes ``user`` and ``history``, or asks for ``k`` or a history out of range; 404 for
@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from distill.errors import DistillError
-from student.config import ServeConfig
-from student.recommend import Recommender
+from pipeline.config import ServeConfig
+from pipeline.recommend import Recommender
 
 
 class Batcher:

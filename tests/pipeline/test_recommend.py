@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from cli import main
 from distill.data import Dataset
-from student.recommend import Recommender
-from tests.student.conftest import RING, successor
+from pipeline.recommend import Recommender
+from tests.conftest import RING, successor
 
 
 @pytest.fixture(scope="module")
