@@ -263,7 +263,7 @@ def pipeline(cfg: PipelineConfig) -> None:
     The distilled student is picked on validation NDCG@10 from --alphas x --temperatures and alpha 0
     (the plain SASRec), so it is never worse than the plain one on validation; a teacher that ranks
     below the plain student on validation is not distilled at all. The main job of the quickstart;
-    other knobs (max_len, teacher_max_len, top_k) through --set or --config. For every option of a
+    other knobs (max_len, teacher_prompt_items, top_k) through --set or --config. For every option of a
     stage, run the stages one by one.
     """
     from pipeline.chain import run, summary

@@ -82,17 +82,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def defaults(cls: type) -> dict[str, Any]:
-    """Default values of a dataclass's fields that have one (for ``--help`` texts)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
 def option(default: Any, help: str = "", *flags: str) -> Any:
     """A config field that is also a command-line option (``--field-name`` unless ``flags`` are given).
 

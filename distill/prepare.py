@@ -21,7 +21,7 @@ import polars as pl
 from distill import synthetic
 from distill.config import PrepareConfig, to_dict
 from distill.errors import DistillError
-from distill.io import log
+from distill.io import log, record_path
 from distill.outputs import claim
 
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
@@ -55,19 +55,19 @@ def run(cfg: PrepareConfig) -> dict:
                 raise DistillError(f"input file {path} does not exist")
         fmt = cfg.format
         if fmt == "auto":
-            fmt, why = _detect(paths[0])
+            fmt, why = detect_format(paths[0])
             if not why.startswith("the extension"):  # a guess from the content: say what it rests on
                 log(f"{paths[0]}: read as --format {fmt} ({why}); set --format to choose another")
         frames = [read_interactions(p, fmt, cfg) for p in paths]
         frame = pl.concat(frames, how="vertical_relaxed").with_row_index("row")
         if frame.height == 0:
             raise DistillError(f"no interactions in {', '.join(map(str, paths))}")
-        sources = [{"path": str(p.resolve()), "format": fmt, "sha256": _sha256(p)} for p in paths]
+        sources = [{"path": record_path(out, p), "format": fmt, "sha256": _sha256(p)} for p in paths]
         items_file = Path(cfg.items) if cfg.items else _companion_items_file(paths[0], fmt)
         if items_file is not None:
             titles = read_titles(items_file)
             sources.append(
-                {"path": str(items_file.resolve()), "role": "items", "sha256": _sha256(items_file)}
+                {"path": record_path(out, items_file), "role": "items", "sha256": _sha256(items_file)}
             )
 
     frame = k_core(frame, cfg.min_user_interactions, cfg.min_item_interactions)
@@ -82,13 +82,9 @@ def run(cfg: PrepareConfig) -> dict:
     return meta
 
 
-def detect_format(path: Path) -> str:
-    """Guess the format from the extension, then from the first lines."""
-    return _detect(path)[0]
-
-
-def _detect(path: Path) -> tuple[str, str]:
-    """``(format, why)``: the guess and what it rests on, for the line ``prepare`` prints."""
+def detect_format(path: Path) -> tuple[str, str]:
+    """``(format, why)``: a guess from the extension, then from the first lines, and what it rests on
+    (for the line ``prepare`` prints)."""
     suffix = path.suffix.lower()
     by_suffix = {".inter": "recbole", ".dat": "movielens", ".csv": "csv", ".parquet": "parquet"}
     if suffix in by_suffix:

@@ -79,7 +79,7 @@ def run(cfg: PipelineConfig) -> dict:
             teacher=cfg.teacher,
             llm=cfg.llm,
             epochs=cfg.teacher_epochs,
-            max_len=cfg.teacher_max_len,
+            prompt_items=cfg.teacher_prompt_items,
             batch_size=16,
             seed=cfg.seed,
             device=cfg.device,

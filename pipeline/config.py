@@ -29,7 +29,7 @@ class PipelineConfig:
     student_epochs: int = option(30, "Maximum epochs of each student.")
     teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
     max_len: int = 50
-    teacher_max_len: int = 10
+    teacher_prompt_items: int = 10
     positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N
     top_k: int = 100
     kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
@@ -51,7 +51,7 @@ class PipelineConfig:
                 "student_epochs",
                 "teacher_epochs",
                 "max_len",
-                "teacher_max_len",
+                "teacher_prompt_items",
                 "positions",
                 "top_k",
             ),

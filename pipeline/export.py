@@ -47,7 +47,7 @@ def run(cfg: ExportConfig) -> dict:
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
         "scoring": "per-prefix" if cfg.per_prefix else "dense",
-        "max_len": scorer.width,
+        "width": scorer.width,
     }
     rows = int((windows.positions >= 0).sum())
     log(

@@ -34,10 +34,10 @@ def _per_teacher(key: str) -> str:
 class TeacherTrainConfig:
     """``distill teacher-train``: an LLM teacher over a dataset, built on a SASRec student run.
 
-    The teacher reads windows of its SASRec's ``max_len`` items and prompts with the last ``max_len``
-    of them; ``objective = "dense"`` scores every prompt position of windows tiling each training
-    sequence, ``"last"`` one window per target for each user's last ``positions`` targets, scored at
-    its end. ``fuse_sasrec`` adds SASRec's own score. ``r``, ``lora_alpha``,
+    The teacher reads windows of its SASRec's ``max_len`` items and prompts with the last
+    ``prompt_items`` of them; ``objective = "dense"`` scores every prompt position of windows tiling
+    each training sequence, ``"last"`` one window per target for each user's last ``positions``
+    targets, scored at its end. ``fuse_sasrec`` adds SASRec's own score. ``r``, ``lora_alpha``,
     ``lora_dropout`` and ``target_modules`` default per teacher (:data:`TEACHER_DEFAULTS`) when left
     unset. For the MoE-LoRA teacher ``r`` is the total rank, split evenly across ``experts``.
     """
@@ -51,7 +51,9 @@ class TeacherTrainConfig:
     llm: str = option("tiny", "Backbone: 'tiny', a .gguf file, a model directory or a hub id.")
     llm_layers: int | None = option(None, "Keep only the first N decoder layers.")
     dtype: Literal["float32", "bfloat16"] = option("float32", "Backbone dtype.")
-    max_len: int = option(10, "History items in the prompt (at most the SASRec run's max_len).")
+    prompt_items: int = option(
+        10, "History items in the prompt, each one scored (at most the SASRec run's max_len)."
+    )
     objective: Literal["dense", "last"] = option(
         "dense",
         "dense: cross-entropy at every history position of windows tiling each sequence; last: at the "
@@ -124,7 +126,7 @@ class TeacherTrainConfig:
         check(
             self,
             at_least_one=(
-                "max_len",
+                "prompt_items",
                 "positions",
                 "title_tokens",
                 "experts",

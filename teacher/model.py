@@ -37,20 +37,20 @@ class Teacher:
     """A teacher model with the prompt builder that feeds it.
 
     It reads histories of ``context`` items (its SASRec's ``max_len``: SASRec encodes all of them) and
-    puts the last ``max_len`` into the prompt; every one of those positions is scored.
+    puts the last ``width`` (``--prompt-items``) into the prompt; every one of those positions is scored.
     """
 
     def __init__(
-        self, model: nn.Module, prompts: PromptBuilder, max_len: int, context: int, device: torch.device
+        self, model: nn.Module, prompts: PromptBuilder, width: int, context: int, device: torch.device
     ):
         self.model, self.prompts, self.device = model, prompts, device
-        self.max_len, self.context = max_len, context
+        self.width, self.context = width, context
 
     def queries(
         self, history: torch.Tensor, module: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, L)`` left-padded histories (the last ``context`` are read; shorter ones are padded) →
-        queries ``(B, max_len, D)`` at the last ``max_len`` columns and item vectors
+        queries ``(B, width, D)`` at the last ``width`` columns and item vectors
         ``(num_items + 1, D)``; scores are their dot products.
 
         ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
@@ -58,11 +58,11 @@ class Teacher:
         history = history[:, -self.context :]
         if history.shape[1] < self.context:  # a shorter history: the window is left-padded
             history = F.pad(history, (self.context - history.shape[1], 0))
-        prompts = self.prompts(history[:, -self.max_len :]).to(self.device)
-        return (module or self.model)(prompts, history.to(self.device), self.max_len)
+        prompts = self.prompts(history[:, -self.width :]).to(self.device)
+        return (module or self.model)(prompts, history.to(self.device), self.width)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
-        """Scores at every one of the last ``max_len`` columns, ``(B, max_len, num_items + 1)``: column j
+        """Scores at every one of the last ``width`` columns, ``(B, width, num_items + 1)``: column j
         predicts the item after it (rows of padding columns are meaningless)."""
         queries, items = self.queries(history)
         return queries @ items.T
@@ -74,12 +74,12 @@ class Teacher:
 
 
 def prompt_context(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
-    """The history a teacher reads: its SASRec's ``max_len``, which must hold the prompt's ``max_len``."""
+    """The history a teacher reads: its SASRec's ``max_len``, which must hold the prompt's items."""
     context = sasrec.config.max_len
-    if cfg.max_len > context:
+    if cfg.prompt_items > context:
         raise DistillError(
-            f"teacher max_len {cfg.max_len} is longer than its SASRec run's max_len {context} "
-            f"({cfg.sasrec}): use --max-len {context} or less"
+            f"--prompt-items {cfg.prompt_items} is more than its SASRec run's max_len {context} "
+            f"({cfg.sasrec}): use --prompt-items {context} or less"
         )
     return context
 
@@ -114,7 +114,7 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
     else:
         model = E4SRecTeacher(backbone, sasrec, placeholder_id=placeholder, **lora)
         prompts = PromptBuilder(tokenizer, placeholder, E4SREC_PROMPT)
-    return Teacher(model.to(device), prompts, cfg.max_len, context, device)
+    return Teacher(model.to(device), prompts, cfg.prompt_items, context, device)
 
 
 def check_sasrec(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
@@ -141,7 +141,10 @@ def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
     if config.get("kind") not in TEACHER_KINDS.values():
         raise DistillError(f"{run_dir} is not a teacher run (kind {config.get('kind')!r})")
     check_dataset(config, data, run_dir)
-    cfg = from_dict(TeacherTrainConfig, _table(config, "train", run_dir), f"{run_dir}/config.json")
+    train = _table(config, "train", run_dir)
+    if "max_len" in train:  # runs from before the option was --prompt-items
+        train = {("prompt_items" if k == "max_len" else k): v for k, v in train.items()}
+    cfg = from_dict(TeacherTrainConfig, train, f"{run_dir}/config.json")
     cfg = dataclasses.replace(cfg, llm=backbone_spec(config, cfg.llm, run_dir))
     sasrec_run = recorded_path(run_dir, config.get("sasrec_run"), "its SASRec run (sasrec_run)")
     weights, _, _ = load_checkpoint(run_dir / "best")
@@ -163,7 +166,7 @@ def teacher_scorer(teacher: Teacher, kind: str) -> Scorer:
     return Scorer(
         kind,
         context=teacher.context,
-        width=teacher.max_len,
+        width=teacher.width,
         dense=lambda history, users=None: teacher.scores(history),
         last=lambda history, users=None: teacher(history),
         modules=(teacher.model,),

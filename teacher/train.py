@@ -5,11 +5,11 @@ per parameter group, linear warmup then cosine decay, gradient accumulation; val
 ranking; checkpoints), then the test metrics of the best validation checkpoint.
 
 The objective is cross-entropy over the whole catalogue at every scored position. ``dense`` (the
-default) cuts each training sequence into windows of ``max_len`` positions that tile it from its end
+default) cuts each training sequence into windows of ``prompt_items`` positions that tile it from its end
 (non-overlapping: every target is scored once per epoch; the SASRec states in the slots still read up
 to SASRec's ``max_len`` items of context, so a window's first positions are not blind), and one pass
 scores all of a window. ``last`` is one prompt per target, scored at its last position: the anchors'
-form, ``max_len`` times fewer positions per pass.
+form, ``prompt_items`` times fewer positions per pass.
 
 Under ``torchrun`` the teacher is wrapped in ``DistributedDataParallel`` and each rank trains on its
 rows of every batch and validates its share of the users (see :mod:`distill.training`).
@@ -98,9 +98,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     # dense: windows tile each training sequence, every target scored once per epoch;
     # last: one window per target (the user's last `positions`), scored at its last column only.
     if cfg.objective == "dense":
-        windows = data.train_windows(cfg.max_len, context)
+        windows = data.train_windows(cfg.prompt_items, context)
     else:
-        windows = data.train_windows(cfg.max_len, context, last=cfg.positions, stride=1)
+        windows = data.train_windows(cfg.prompt_items, context, last=cfg.positions, stride=1)
     if len(windows.targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
     steps_per_epoch = math.ceil(math.ceil(len(windows.targets) / cfg.batch_size) / cfg.grad_accum)
@@ -136,8 +136,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     write_json(run_dir / "config.json", run_config)
     log(
         f"{cfg.teacher} teacher on {cfg.llm}: {run_config['trainable_parameters']:,} trainable parameters, "
-        f"{len(windows.targets):,} windows of {cfg.max_len} ({int((windows.targets != 0).sum()):,} scored "
-        f"positions, {cfg.objective} objective), {total_steps:,} optimizer steps"
+        f"{len(windows.targets):,} windows of {cfg.prompt_items} "
+        f"({int((windows.targets != 0).sum()):,} scored positions, {cfg.objective} objective), "
+        f"{total_steps:,} optimizer steps"
     )
 
     logger = Logger(run_dir)

@@ -127,7 +127,7 @@ def teacher_run(setup):
         "1",
         "--positions",
         "1",
-        "--max-len",
+        "--prompt-items",
         "5",
         "--device",
         "cpu",

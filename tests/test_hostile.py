@@ -62,7 +62,7 @@ def test_an_output_that_is_a_file_is_refused(command, synthetic_dataset, student
             synthetic_dataset,
             "--sasrec",
             student_run,
-            "--max-len",
+            "--prompt-items",
             5,
             "--device",
             "cpu",
@@ -134,7 +134,7 @@ def test_a_max_len_too_large_to_allocate(synthetic_dataset, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_teacher_max_len_beyond_its_sasrec(synthetic_dataset, student_run, tmp_path):
+def test_a_teacher_prompt_beyond_its_sasrec(synthetic_dataset, student_run, tmp_path):
     result = invoke(
         "teacher-train",
         "--data",
@@ -143,13 +143,13 @@ def test_a_teacher_max_len_beyond_its_sasrec(synthetic_dataset, student_run, tmp
         student_run,
         "--output",
         tmp_path / "t",
-        "--max-len",
+        "--prompt-items",
         9,
         "--device",
         "cpu",
     )
     one_line_error(
-        result, "teacher max_len 9 is longer than its SASRec run's max_len 8", "--max-len 8 or less"
+        result, "--prompt-items 9 is more than its SASRec run's max_len 8", "--prompt-items 8 or less"
     )
     assert not (tmp_path / "t").exists()
 
@@ -204,12 +204,12 @@ def test_an_unfinished_run_is_used_with_a_warning(synthetic_dataset, student_run
         run,
         "--output",
         tmp_path / "t",
-        "--max-len",
+        "--prompt-items",
         9,
         "--device",
         "cpu",
     )
     assert (
         result.output.startswith(f"warning: {run} is unfinished")
-        and "Error: teacher max_len 9" in result.output
+        and "Error: --prompt-items 9 is more than" in result.output
     )

@@ -214,13 +214,13 @@ def test_several_inputs_are_concatenated(tmp_path):
     ],
 )
 def test_detect_format(tmp_path, name, text, expected):
-    assert prepare.detect_format(write(tmp_path / name, text)) == expected
+    assert prepare.detect_format(write(tmp_path / name, text))[0] == expected
 
 
 def test_detect_parquet(tmp_path):
     path = tmp_path / "x.parquet"
     pl.DataFrame({"user": [1], "item": [2]}).write_parquet(path)
-    assert prepare.detect_format(path) == "parquet"
+    assert prepare.detect_format(path)[0] == "parquet"
 
 
 # ------------------------------------------------------------------------------------ numbering, k-core
@@ -335,9 +335,9 @@ def test_meta_json(tmp_path):
     assert meta["has_titles"] is True
     assert len(meta["fingerprint"]) == 16
     inter_source, item_source = meta["sources"]
-    assert inter_source["path"] == str(inter.resolve())
+    assert (out / inter_source["path"]).resolve() == inter.resolve()  # relative to the dataset
     assert inter_source["sha256"] == prepare._sha256(inter) and len(inter_source["sha256"]) == 64
-    assert item_source["path"] == str((tmp_path / "toy.item").resolve())
+    assert (out / item_source["path"]).resolve() == (tmp_path / "toy.item").resolve()
     assert meta["config"]["inputs"] == [str(inter)]
     assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "meta.json", "sequences.parquet"]
 

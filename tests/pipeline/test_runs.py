@@ -33,7 +33,7 @@ def tree(tmp_path_factory):
     ok("prepare", "--synthetic", "--num-users", "40", "--num-items", "30", "-o", root / "data")
     common = ("--data", root / "data", "--epochs", "1", "--device", "cpu")
     ok("student-train", *common, "-o", root / "sasrec", "--max-len", "10", "--hidden", "16")
-    ok("teacher-train", *common, "--sasrec", root / "sasrec", "-o", root / "teacher", "--max-len", "5")
+    ok("teacher-train", *common, "--sasrec", root / "sasrec", "-o", root / "teacher", "--prompt-items", "5")
     ok("export-logits", "--run", root / "teacher", "--data", root / "data", "-o", root / "scores",
        "--top-k", "5", "--device", "cpu")  # fmt: skip
     ok("student-train", *common, "-o", root / "kd", "--max-len", "10", "--hidden", "16",

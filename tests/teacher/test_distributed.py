@@ -48,7 +48,7 @@ def test_two_ranks_train_the_same_teacher_as_one_process(setup, tmp_path):
     # No dropout anywhere and equal halves of every batch (40 samples, batches of 8): the averaged
     # gradients are one process's.
     args = ["teacher-train", "--data", setup / "data", "--sasrec", setup / "sasrec", "--epochs", 2]
-    args += ["--positions", 1, "--max-len", 5, "--batch-size", 8, "--lora-dropout", 0]
+    args += ["--positions", 1, "--prompt-items", 5, "--batch-size", 8, "--lora-dropout", 0]
     args += ["--device", "cpu"]
     _, two = assert_two_ranks_match_one_process(args, tmp_path)
     result = CliRunner().invoke(main, ["evaluate", "--run", str(two), "--data", str(setup / "data")])
@@ -58,7 +58,7 @@ def test_two_ranks_train_the_same_teacher_as_one_process(setup, tmp_path):
 def test_a_last_batch_smaller_than_the_rank_count_still_trains(setup, tmp_path):
     # 40 samples in batches of 13: the last batch holds one sample for two ranks.
     args = ["teacher-train", "--data", setup / "data", "--sasrec", setup / "sasrec", "--epochs", 1]
-    args += ["--positions", 1, "--max-len", 5, "--batch-size", 13, "--device", "cpu"]
+    args += ["--positions", 1, "--prompt-items", 5, "--batch-size", 13, "--device", "cpu"]
     torchrun(*args, "--output", tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and 0 <= metrics["test"]["ndcg@10"] <= 1

@@ -22,7 +22,7 @@ TINY_TEACHER = [
     "1",
     "--positions",
     "1",
-    "--max-len",
+    "--prompt-items",
     "5",
     "--batch-size",
     "8",
@@ -39,7 +39,7 @@ def config(setup, **changes):
         sasrec=str(setup / "sasrec"),
         output=str(setup / "unused"),
         device="cpu",
-        **{"max_len": 5, **changes},
+        **{"prompt_items": 5, **changes},
     )
 
 
@@ -236,7 +236,7 @@ def test_teacher_resume_continues_from_the_last_epoch(setup, tmp_path):
         (["--target-modules", "nope_proj"], "no nn.Linear module matches"),
         (["--teacher", "gpt"], "Invalid value for '--teacher'"),
         (["--experts", "3"], "must be divisible by experts"),
-        (["--max-len", "11"], "longer than its SASRec run's max_len 10"),
+        (["--prompt-items", "11"], "is more than its SASRec run's max_len 10"),
     ],
 )
 def test_bad_options_are_one_line_errors(setup, tmp_path, args, message):
@@ -381,7 +381,7 @@ def test_dense_scores_equal_one_prompt_per_prefix(setup, kind):
     position exactly as a prompt cut after that position does. (SASRec's right-aligned positions make its
     states depend on how far a position is from the window's end, as in SASRec's own training; zeroing
     them isolates the teacher's own causality.)"""
-    teacher, data = make(setup, teacher=kind, max_len=10)
+    teacher, data = make(setup, teacher=kind, prompt_items=10)
     randomize(teacher.model)
     teacher.model.eval()
     with torch.no_grad():
