@@ -33,7 +33,7 @@ import torch
 from distill.data import Dataset
 from distill.scores import ScoreWriter, read_scores
 from student.config import SASRecConfig
-from student.losses import SoftLabels, ce_kd_loss, ce_loss
+from student.losses import BatchScores, ce_kd_loss, ce_loss
 from student.sasrec import SASRec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def main() -> None:
                 loss = ce_loss(model, h, batch.targets)
             else:
                 found = teacher.lookup(batch.index)[batch.targets != 0]
-                soft = SoftLabels(found, teacher.fetch, "kl", 0.5, temperature)
+                soft = BatchScores(found, teacher.fetch, "kl", 0.5, temperature)
                 loss, _ = ce_kd_loss(model, h, batch.targets, soft)
             loss.backward()
             optimizer.step()
@@ -141,7 +141,7 @@ def write_random_scores(data: Dataset, path: Path, k: int, chunk: int = 100_000)
             starts = rng.integers(0, data.num_items, (n, 1))
             items = (starts + np.arange(k)[None, :]) % data.num_items + 1
             logits = -np.sort(-3 * rng.standard_normal((n, k)), axis=1).astype(np.float32)
-            writer.write(samples.users[i : i + n], samples.positions[i : i + n], items, logits)
+            writer.write(samples.users[i : i + n], samples.position[i : i + n], items, logits)
     return rows
 
 

@@ -41,7 +41,7 @@ class Samples:
     """(history, next item) pairs cut from the training sequences, as numpy arrays."""
 
     users: np.ndarray  # (S,)
-    positions: np.ndarray  # (S,) index of the target within its user's sequence (>= 1)
+    position: np.ndarray  # (S,) index of the target within its user's sequence (>= 1)
     histories: np.ndarray  # (S, max_len) the items before the target, left-padded with 0
     targets: np.ndarray  # (S,)
 
@@ -54,7 +54,7 @@ class Windows:
     users: np.ndarray  # (S,)
     histories: np.ndarray  # (S, context) the items a model reads, left-padded with 0
     targets: np.ndarray  # (S, width) the item after each of the last `width` columns; 0 where not scored
-    positions: np.ndarray  # (S, width) each target's index in its user's sequence; -1 where not scored
+    position: np.ndarray  # (S, width) each target's index in its user's sequence; -1 where not scored
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ class Dataset:
             users=users,
             histories=window(self.items, starts[users], starts[users] + end - 1, context),
             targets=np.where(scored, self.items[flat.clip(0)], 0),
-            positions=np.where(scored, q, -1),
+            position=np.where(scored, q, -1),
         )
 
     def prefix_samples(self, per_user: int | None, max_len: int) -> Samples:
@@ -283,7 +283,7 @@ class Dataset:
         chronological order within a user: :meth:`train_windows` of width 1.
         """
         w = self.train_windows(1, max_len, last=per_user, stride=1)
-        return Samples(w.users, w.positions[:, 0], w.histories, w.targets[:, 0])
+        return Samples(w.users, w.position[:, 0], w.histories, w.targets[:, 0])
 
     def eval_batches(
         self, split: str, batch_size: int, max_len: int, users: np.ndarray | None = None

@@ -7,10 +7,10 @@ directory that distill recognisably wrote, and only one of the kind the command 
 - a dataset: ``meta.json`` with a ``format_version`` and a ``fingerprint``;
 - a score directory: ``manifest.json`` with a ``format_version`` and its ``shards``;
 - a run: ``config.json`` with one of the run kinds of :data:`RUN_KINDS`;
-- a pipeline output: stage directories (``data``, ``sasrec``, ``teacher``, ``scores``, ``distilled``),
-  each of its kind above or empty, at least one not empty. ``distill pipeline --overwrite`` replaces
-  its stages (and its own ``summary.md``) only, so it also writes into a directory of other files
-  that holds no stage: those files stay.
+- a directory of outputs (``distill pipeline``'s): the part directories its writer names in a
+  ``layout``, each of its kind above or empty, at least one not empty. The writer replaces its parts
+  (and files it recognises as its own) only, so it also writes into a directory of other files that
+  holds no part: those files stay.
 
 Anything else (a regular file, a directory of someone's files, a run where a dataset is expected) is
 refused with one line naming the path and why; nothing is deleted. Writers build their output under
@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,6 @@ from distill.errors import DistillError
 STUDENT = "student"
 TEACHER_KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 RUN_KINDS = (STUDENT, *TEACHER_KINDS.values())
-# What ``distill pipeline`` writes into its output directory: each stage's directory and its kind.
-PIPELINE_STAGES = {
-    "data": "dataset",
-    "sasrec": "run",
-    "teacher": "run",
-    "scores": "scores",
-    "grid": "runs",
-    "distilled": "run",
-}
-PIPELINE_SUMMARY = "summary.md"
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
 
@@ -57,9 +48,10 @@ def _json_object(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def kind_of(path: str | Path) -> str | None:
-    """``"dataset"``, ``"scores"``, ``"run"``, ``"runs"`` (a directory of runs, as the pipeline's grid) or
-    ``"pipeline"`` for a directory distill wrote, else None."""
+def kind_of(path: str | Path, layout: Mapping[str, str] | None = None) -> str | None:
+    """``"dataset"``, ``"scores"``, ``"run"``, ``"runs"`` (a directory of runs) for a directory distill
+    wrote, or ``"outputs"`` for one laid out as ``layout`` (a writer's part directories and their kinds,
+    e.g. the pipeline's stages) with at least one part distill wrote; else None."""
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         return None
@@ -75,20 +67,21 @@ def kind_of(path: str | Path) -> str | None:
     entries = [p for p in path.iterdir() if not _TEMP.match(p.name)]
     if entries and all(kind_of(p) == "run" for p in entries):
         return "runs"
-    stages = _stages(path)
-    if any(kind == PIPELINE_STAGES[name] for name, kind in stages.items()) and _stages_ours(path, stages):
-        return "pipeline"
+    if layout is not None:
+        parts = _parts(path, layout)
+        if any(kind == layout[name] for name, kind in parts.items()) and _parts_ours(path, parts, layout):
+            return "outputs"
     return None
 
 
-def _stages(path: Path) -> dict[str, str | None]:
-    """The kind of each pipeline stage directory (or file) present in ``path``."""
-    return {name: kind_of(path / name) for name in PIPELINE_STAGES if (path / name).exists()}
+def _parts(path: Path, layout: Mapping[str, str]) -> dict[str, str | None]:
+    """The kind of each part directory (or file) of ``layout`` present in ``path``."""
+    return {name: kind_of(path / name) for name in layout if (path / name).exists()}
 
 
-def _stages_ours(path: Path, stages: dict[str, str | None]) -> bool:
-    """Whether every stage present is a directory distill wrote, of that stage's kind, or empty."""
-    return all(kind == PIPELINE_STAGES[name] or _is_empty_dir(path / name) for name, kind in stages.items())
+def _parts_ours(path: Path, parts: dict[str, str | None], layout: Mapping[str, str]) -> bool:
+    """Whether every part present is a directory distill wrote, of that part's kind, or empty."""
+    return all(kind == layout[name] or _is_empty_dir(path / name) for name, kind in parts.items())
 
 
 _NAMES = {
@@ -96,14 +89,13 @@ _NAMES = {
     "scores": "score directory",
     "run": "run",
     "runs": "directory of runs",
-    "pipeline": "pipeline output",
+    "outputs": "directory of distill's outputs",
 }
 _RECOGNISED_BY = {
     "dataset": "meta.json with a format_version and a fingerprint",
     "scores": "manifest.json with a format_version and shards",
     "run": "config.json with a run kind",
     "runs": "run directories only",
-    "pipeline": f"stage directories ({', '.join(PIPELINE_STAGES)}) that distill wrote",
 }
 
 
@@ -154,16 +146,23 @@ def _writable_ancestor(path: Path) -> None:
 
 
 def claim(
-    path: str | Path, *, kind: str, overwrite: bool, what: str, hint: str = "use --overwrite to replace it"
+    path: str | Path,
+    *,
+    kind: str,
+    overwrite: bool,
+    what: str,
+    hint: str = "use --overwrite to replace it",
+    layout: Mapping[str, str] | None = None,
 ) -> bool:
     """Check that a command that writes a ``kind`` output may write ``path``; clean what a killed
     writer of it left behind.
 
     Args:
-        kind: ``"dataset"``, ``"scores"``, ``"run"`` or ``"pipeline"``.
+        kind: ``"dataset"``, ``"scores"``, ``"run"`` or ``"outputs"`` (laid out as ``layout``).
         overwrite: whether the user asked to replace an existing output.
         what: how messages name the path ("output directory", "score directory", ...).
         hint: what the message for an existing output suggests.
+        layout: for ``"outputs"``: the writer's part directories and the kind of each.
 
     Returns:
         True when a non-empty output exists and will be replaced.
@@ -183,13 +182,15 @@ def claim(
         return False
     if not overwrite:
         raise DistillError(f"{what} {path} already exists ({hint})")
-    found = kind_of(path)
-    if kind == "pipeline" and found is None and _stages_ours(path, _stages(path)):
-        return True  # no stage to replace, and the user's other files stay
+    found = kind_of(path, layout)
+    if kind == "outputs" and found is None and _parts_ours(path, _parts(path, layout), layout):
+        return True  # no part to replace, and the user's other files stay
     if found != kind:
-        why = f"it is a {_NAMES[found]}" if found else f"no {_RECOGNISED_BY[kind]}"
+        recognised_by = _RECOGNISED_BY.get(kind) or f"directories ({', '.join(layout)}) that distill wrote"
+        why = f"it is a {_NAMES[found]}" if found else f"no {recognised_by}"
         raise DistillError(
-            f"{what} {path} is not a {_NAMES[kind]} written by distill ({why}); refusing to replace it"
+            f"{what} {path} is not a {what if kind == 'outputs' else _NAMES[kind]} written by distill "
+            f"({why}); refusing to replace it"
         )
     return True
 

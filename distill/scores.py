@@ -142,7 +142,7 @@ class ScoreWriter:
 
 
 @dataclass(frozen=True)
-class TeacherScores:
+class Scores:
     """A score directory loaded for one dataset, its tables memory-mapped.
 
     The shards are converted one at a time into two arrays in unlinked temporary files (so nothing is
@@ -179,7 +179,7 @@ class TeacherScores:
         return self.items[rows].long(), self.logits[rows]
 
 
-def read_scores(path: str | Path, data: Dataset) -> TeacherScores:
+def read_scores(path: str | Path, data: Dataset) -> Scores:
     """Check a score directory against ``data`` and map its tables (memory bounded by one shard)."""
     path = Path(path)
     try:
@@ -242,9 +242,7 @@ def read_scores(path: str | Path, data: Dataset) -> TeacherScores:
         done += frame.height
     if done != total:
         raise DistillError(f"{path}: manifest says {total} rows, the shards hold {done}")
-    return TeacherScores(
-        manifest, torch.from_numpy(items), torch.from_numpy(logits), torch.from_numpy(row_of)
-    )
+    return Scores(manifest, torch.from_numpy(items), torch.from_numpy(logits), torch.from_numpy(row_of))
 
 
 def _mapped(shape: tuple[int, int], dtype: type) -> np.ndarray:

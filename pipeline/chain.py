@@ -27,9 +27,10 @@ from pathlib import Path
 
 from distill.config import PrepareConfig
 from distill.data import Dataset
-from distill.io import log
+from distill.errors import DistillError
+from distill.io import log, write_json
 from distill.metrics import MASKING_NOTE, format_table
-from distill.outputs import PIPELINE_STAGES, PIPELINE_SUMMARY, claim, remove_dir
+from distill.outputs import claim, remove_dir
 from distill.prepare import run as prepare
 from pipeline.config import ExportConfig, PipelineConfig
 from pipeline.export import run as export_logits
@@ -39,7 +40,17 @@ from student.train import run as train_student
 from teacher.config import TeacherTrainConfig
 from teacher.train import run as train_teacher
 
-STAGES = tuple(PIPELINE_STAGES)
+# What the pipeline writes into its output directory: each stage's directory and its kind.
+STAGES = {
+    "data": "dataset",
+    "sasrec": "run",
+    "teacher": "run",
+    "scores": "scores",
+    "grid": "runs",
+    "distilled": "run",
+}
+SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
+SUMMARY_TITLE = "# distill pipeline:"
 SELECT_ON = "ndcg@10"
 SKIPPED = "distillation skipped: the teacher is weaker"
 
@@ -47,17 +58,20 @@ SKIPPED = "distillation skipped: the teacher is weaker"
 def run(cfg: PipelineConfig) -> dict:
     """Run every stage; returns what ``summary.json`` holds."""
     out = Path(cfg.output)
-    if claim(out, kind="pipeline", overwrite=cfg.overwrite, what="pipeline output"):
+    summaries = [out / SUMMARY_MD, out / SUMMARY_JSON]
+    for path in summaries:  # the summaries are replaced at the end: refuse before any work if not ours
+        if path.exists() and not _our_summary(path):
+            raise DistillError(
+                f"{path} exists and was not written by distill pipeline; refusing to replace it"
+            )
+    if claim(out, kind="outputs", layout=STAGES, overwrite=cfg.overwrite, what="pipeline output"):
         # Every stage there is one distill wrote (claim checked); other files and a dataset given with
         # --data stay.
-        mine = STAGES if cfg.data is None else STAGES[1:]
-        for name in mine:
-            if (out / name).exists():
+        for name in STAGES:
+            if (out / name).exists() and not (name == "data" and cfg.data is not None):
                 remove_dir(out / name)
-        summary_file = out / PIPELINE_SUMMARY
-        if summary_file.is_file() and summary_file.read_text().startswith("# distill pipeline:"):
-            summary_file.unlink()
-            (out / "summary.json").unlink(missing_ok=True)
+        for path in summaries:
+            path.unlink(missing_ok=True)
     data = cfg.data
     if data is None:
         data = str(out / "data")
@@ -105,9 +119,21 @@ def run(cfg: PipelineConfig) -> dict:
     source = out / "sasrec" if picked["alpha"] == 0 else out / "grid" / point_name(picked)
     shutil.copytree(source, out / "distilled")
     results = summarise(out, data, cfg, picked)
-    (out / PIPELINE_SUMMARY).write_text(f"# distill pipeline: {out}\n\n```\n{summary(results)}\n```\n")
-    (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / SUMMARY_JSON, results)
+    (out / SUMMARY_MD).write_text(f"{SUMMARY_TITLE} {out}\n\n```\n{summary(results)}\n```\n")
     return results
+
+
+def _our_summary(path: Path) -> bool:
+    """Whether ``path`` is a summary an earlier ``distill pipeline`` wrote."""
+    try:
+        text = path.read_text()
+        if path.name == SUMMARY_MD:
+            return text.startswith(SUMMARY_TITLE)
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and {"models", "picked"} <= data.keys()
 
 
 def student_config(cfg: PipelineConfig, data: str) -> dict:

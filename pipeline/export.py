@@ -49,7 +49,7 @@ def run(cfg: ExportConfig) -> dict:
         "scoring": "per-prefix" if cfg.per_prefix else "dense",
         "width": scorer.width,
     }
-    rows = int((windows.positions >= 0).sum())
+    rows = int((windows.position >= 0).sum())
     log(
         f"scoring {rows:,} training positions in {len(windows.users):,} windows with {cfg.run}, "
         f"keeping the top {k:,} items"
@@ -59,7 +59,7 @@ def run(cfg: ExportConfig) -> dict:
         with progress(total=mine.stop - mine.start, desc="export") as bar:
             for i in range(mine.start, mine.stop, cfg.batch_size):
                 batch = slice(i, min(i + cfg.batch_size, mine.stop))
-                scored = torch.from_numpy(windows.positions[batch] >= 0)  # (B, w)
+                scored = torch.from_numpy(windows.position[batch] >= 0)  # (B, w)
                 users = torch.from_numpy(windows.users[batch])
                 scores = scorer.dense(torch.from_numpy(windows.histories[batch]), users)  # (B, w, N + 1)
                 rows = scores[scored.to(scores.device)][:, 1:]  # (M, N): column 0 is padding
@@ -67,7 +67,7 @@ def run(cfg: ExportConfig) -> dict:
                 mask = scored.numpy()
                 writer.write(
                     np.broadcast_to(windows.users[batch][:, None], mask.shape)[mask],
-                    windows.positions[batch][mask],
+                    windows.position[batch][mask],
                     (items + 1).cpu().numpy(),
                     logits.cpu().numpy(),
                 )

@@ -20,7 +20,7 @@ from student.sasrec import SASRec
 
 
 @dataclass(frozen=True)
-class SoftLabels:
+class BatchScores:
     """The teacher's side of a fused CE + KD pass over the ``N`` non-pad positions of a batch.
 
     Attributes:
@@ -64,7 +64,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, h: Tensor, E: Tensor, targets: Tensor, chunk_size: int, soft: SoftLabels | None
+        ctx: FunctionCtx, h: Tensor, E: Tensor, targets: Tensor, chunk_size: int, soft: BatchScores | None
     ) -> tuple[Tensor, Tensor]:
         # h: (N, d) float32; E: (V, d) float32; targets: (N,) long in [0, V)
         want_h, want_E = ctx.needs_input_grad[:2]
@@ -122,7 +122,7 @@ def _fused_chunk(
     ce_rows: Tensor,
     scored: Tensor,
     teacher_rows: Tensor,
-    soft: SoftLabels,
+    soft: BatchScores,
     total: Tensor,
     kd_total: Tensor,
 ) -> Tensor:
@@ -214,7 +214,7 @@ def ce_loss(model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None = 
 
 
 def ce_kd_loss(
-    model: SASRec, h: Tensor, targets: Tensor, soft: SoftLabels, chunk_size: int | None = None
+    model: SASRec, h: Tensor, targets: Tensor, soft: BatchScores, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy mixed with distillation, per position, in the same chunked pass as :func:`ce_loss`.
 
@@ -238,7 +238,7 @@ def ce_kd_loss(
 
 
 def _chunked_loss(
-    model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None, soft: SoftLabels | None
+    model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None, soft: BatchScores | None
 ) -> tuple[Tensor, Tensor]:
     if chunk_size is None:
         chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE

@@ -23,7 +23,7 @@ from distill.errors import DistillError
 from distill.io import log, progress, record_path, write_json
 from distill.outputs import STUDENT
 from distill.runs import prepare_run_dir
-from distill.scores import TeacherScores, read_scores
+from distill.scores import Scores, read_scores
 from distill.training import (
     EarlyStopping,
     Logger,
@@ -35,7 +35,7 @@ from distill.training import (
 )
 from student.config import StudentTrainConfig
 from student.hint import DistillationExperts
-from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
+from student.losses import BatchScores, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
@@ -147,7 +147,7 @@ class Losses:
     cfg: StudentTrainConfig
     data: Dataset
     model: SASRec
-    teacher: TeacherScores | None
+    teacher: Scores | None
     hinter: SASRec | None
     experts: DistillationExperts | None
 
@@ -164,7 +164,7 @@ class Losses:
         cfg, device = self.cfg, h.device
         kd = hint = 0.0
         if self.teacher is not None:
-            soft = soft_labels(self.teacher, shard(batch.index), targets, cfg)
+            soft = batch_scores(self.teacher, shard(batch.index), targets, cfg)
             loss, kd_value = ce_kd_loss(self.model, h, targets.to(device), soft)
             kd = kd_value.item()
         elif cfg.loss == "ce":
@@ -255,9 +255,9 @@ def load_hint_run(cfg: StudentTrainConfig, data: Dataset) -> SASRec:
     return hinter.eval().requires_grad_(False)
 
 
-def soft_labels(
-    teacher: TeacherScores, index: torch.Tensor, targets: torch.Tensor, cfg: StudentTrainConfig
-) -> SoftLabels:
+def batch_scores(
+    teacher: Scores, index: torch.Tensor, targets: torch.Tensor, cfg: StudentTrainConfig
+) -> BatchScores:
     """The teacher's rows for a batch's non-pad positions, in the order :func:`ce_kd_loss` reads them.
 
     Args:
@@ -265,4 +265,4 @@ def soft_labels(
         targets: next-item ids ``(B, L)`` (0 at padding).
     """
     rows = teacher.lookup(index)[targets != 0]  # (N,), -1 where the teacher has no score
-    return SoftLabels(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature)
+    return BatchScores(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature)

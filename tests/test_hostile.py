@@ -51,6 +51,17 @@ def test_prepare_overwrite_keeps_unrelated_files(tmp_path):
     assert (out / "data" / "ratings.csv").is_file() and (out / "thesis.tex").is_file()
 
 
+@pytest.mark.parametrize("name", ["summary.md", "summary.json"])
+def test_pipeline_overwrite_keeps_a_users_own_summary(tmp_path, name):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("my notes")
+    one_line_error(
+        invoke("pipeline", "-o", out, "--overwrite"), f"{name} exists and was not written by distill pipeline"
+    )
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == "my notes"
+
+
 @pytest.mark.parametrize("command", ["student-train", "teacher-train", "pipeline", "prepare"])
 def test_an_output_that_is_a_file_is_refused(command, synthetic_dataset, student_run, tmp_path):
     target = tmp_path / "file.txt"

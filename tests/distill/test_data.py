@@ -210,7 +210,7 @@ def test_prefix_samples_against_a_naive_reference(synthetic_dataset, per_user):
     got = list(
         zip(
             samples.users.tolist(),
-            samples.positions.tolist(),
+            samples.position.tolist(),
             samples.histories.tolist(),
             samples.targets.tolist(),
             strict=True,
@@ -229,12 +229,12 @@ def test_dense_windows_score_every_target_once_with_its_history(synthetic_datase
         for p in range(1, len(ds.sequence(u)) - 2)
         if last is None or p >= len(ds.sequence(u)) - 2 - last
     }
-    scored = [(int(u), int(p)) for u, row in zip(w.users, w.positions, strict=True) for p in row if p >= 0]
+    scored = [(int(u), int(p)) for u, row in zip(w.users, w.position, strict=True) for p in row if p >= 0]
     assert sorted(scored) == sorted(expected)  # each once
     for s in range(len(w.users)):
         train = ds.sequence(w.users[s])[:-2].tolist()
         for j in range(width):
-            p = w.positions[s, j]
+            p = w.position[s, j]
             if p < 0:
                 assert w.targets[s, j] == 0
                 continue

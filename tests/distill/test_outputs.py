@@ -8,6 +8,8 @@ import pytest
 from distill.errors import DistillError
 from distill.outputs import claim, clean_stale, kind_of
 
+LAYOUT = {"data": "dataset", "sasrec": "run"}  # a writer's parts, as the pipeline's stages
+
 
 def dataset_dir(path):
     path.mkdir(parents=True)
@@ -27,7 +29,8 @@ def test_kinds_are_recognised_by_their_description(tmp_path):
     dataset_dir(tmp_path / "p" / "data")
     (tmp_path / "p" / "sasrec").mkdir()  # a stage that failed at setup
     (tmp_path / "p" / "summary.md").write_text("# x")
-    assert kind_of(tmp_path / "p") == "pipeline"
+    assert kind_of(tmp_path / "p", LAYOUT) == "outputs"
+    assert kind_of(tmp_path / "p") is None  # only its writer knows its layout
 
 
 @pytest.mark.parametrize(
@@ -44,17 +47,17 @@ def test_kinds_are_recognised_by_their_description(tmp_path):
 def test_foreign_directories_are_not_ours(tmp_path, files):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    assert kind_of(tmp_path) is None
+    assert kind_of(tmp_path, LAYOUT) is None
 
 
-def test_pipeline_with_a_foreign_stage_is_not_ours(tmp_path):
+def test_outputs_with_a_foreign_part_are_not_ours(tmp_path):
     (tmp_path / "data").mkdir()
-    assert kind_of(tmp_path) is None  # only empty stages: nothing says distill wrote it
+    assert kind_of(tmp_path, LAYOUT) is None  # only empty parts: nothing says distill wrote it
     (tmp_path / "sasrec").mkdir()
     (tmp_path / "sasrec" / "config.json").write_text(json.dumps({"kind": "student"}))
-    assert kind_of(tmp_path) == "pipeline"
+    assert kind_of(tmp_path, LAYOUT) == "outputs"
     (tmp_path / "data" / "thesis.tex").write_text("x")
-    assert kind_of(tmp_path) is None
+    assert kind_of(tmp_path, LAYOUT) is None
 
 
 def test_claim_rules(tmp_path):

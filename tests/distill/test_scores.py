@@ -36,8 +36,8 @@ def write(path, data, k=5, **kwargs):
     samples, items, logits = fake_rows(data, k, **kwargs)
     with ScoreWriter(path, manifest(data, k)) as writer:
         half = len(items) // 2
-        writer.write(samples.users[:half], samples.positions[:half], items[:half], logits[:half])
-        writer.write(samples.users[half:], samples.positions[half:], items[half:], logits[half:])
+        writer.write(samples.users[:half], samples.position[:half], items[:half], logits[:half])
+        writer.write(samples.users[half:], samples.position[half:], items[half:], logits[half:])
     return samples, items, logits
 
 
@@ -50,7 +50,7 @@ def test_round_trip_and_lookup(synthetic_dataset, tmp_path, monkeypatch, values_
     saved = json.loads((tmp_path / "scores" / "manifest.json").read_text())
     assert (len(saved["shards"]) > 1) == (values_per_shard == 37)
     assert saved["rows"] == len(items) and loaded.k == 5
-    flat = data.offsets[samples.users] + samples.positions
+    flat = data.offsets[samples.users] + samples.position
     rows = loaded.lookup(torch.from_numpy(flat))
     assert torch.equal(loaded.items[rows], torch.from_numpy(items))
     assert torch.equal(loaded.logits[rows], torch.from_numpy(logits))
@@ -76,7 +76,7 @@ def test_existing_directory_is_refused_unless_overwritten(synthetic_dataset, tmp
     write(tmp_path / "other", data, seed=1)
     samples, items, logits = fake_rows(data, 5, seed=1)
     with ScoreWriter(tmp_path / "scores", manifest(data, 5), overwrite=True) as writer:
-        writer.write(samples.users, samples.positions, items, logits)
+        writer.write(samples.users, samples.position, items, logits)
     assert torch.equal(
         read_scores(tmp_path / "scores", data).items, read_scores(tmp_path / "other", data).items
     )
@@ -123,7 +123,7 @@ def test_non_finite_logits_are_refused_by_the_writer(synthetic_dataset, tmp_path
     logits[3, 2] = bad
     with pytest.raises(DistillError, match="refusing to write .* NaN or infinite logits"):
         with ScoreWriter(tmp_path / "scores", manifest(data, 5)) as writer:
-            writer.write(samples.users, samples.positions, items, logits)
+            writer.write(samples.users, samples.position, items, logits)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -45,7 +45,7 @@ def test_per_prefix_export_writes_the_teachers_top_k(setup, teacher_run, tmp_pat
     teacher = load_teacher(teacher_run, data)
     with torch.no_grad():
         direct = teacher(torch.from_numpy(samples.histories[:5]))[:, 1:].topk(7)
-    index = torch.from_numpy(data.offsets[samples.users[:5]] + samples.positions[:5])
+    index = torch.from_numpy(data.offsets[samples.users[:5]] + samples.position[:5])
     rows = scores.lookup(index)
     assert torch.equal(scores.items[rows], direct.indices + 1)
     torch.testing.assert_close(scores.logits[rows], direct.values)
@@ -59,7 +59,7 @@ def test_dense_export_scores_every_position_of_each_window(setup, teacher_run, t
     windows = data.train_windows(5, 10)
     assert (
         scores.manifest["rows"]
-        == int((windows.positions >= 0).sum())
+        == int((windows.position >= 0).sum())
         == len(data.prefix_samples(None, 10).targets)
     )
     teacher = load_teacher(teacher_run, data)
@@ -67,7 +67,7 @@ def test_dense_export_scores_every_position_of_each_window(setup, teacher_run, t
         direct = teacher.scores(torch.from_numpy(windows.histories[:4]))[:, :, 1:]  # (4, 5, N)
     for b in range(4):
         for j in range(5):
-            position = windows.positions[b, j]
+            position = windows.position[b, j]
             if position < 0:
                 continue
             row = scores.lookup(torch.tensor([data.offsets[windows.users[b]] + position]))

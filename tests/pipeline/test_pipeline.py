@@ -81,7 +81,7 @@ def test_the_grid_picks_alpha_zero_when_the_teacher_is_random(tmp_path):
         "positions": "all",
     }
     with ScoreWriter(tmp_path / "scores", manifest) as writer:
-        writer.write(samples.users, samples.positions, items, logits)
+        writer.write(samples.users, samples.position, items, logits)
     picked = pick(cfg, student, plain, str(tmp_path / "scores"), tmp_path / "grid")
     assert picked["alpha"] == 0 and "picked alpha 0" in picked["reason"]
     assert picked["grid"][1]["valid"] < plain["valid"]["ndcg@10"]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from distill.losses import KD, SoftTarget, kd_loss
 from student.config import SASRecConfig
-from student.losses import SoftLabels, bce_loss, ce_kd_loss, ce_loss, sample_negatives
+from student.losses import BatchScores, bce_loss, ce_kd_loss, ce_loss, sample_negatives
 from student.sasrec import SASRec
 
 NUM_ITEMS = 11
@@ -181,13 +181,13 @@ def teacher_table(k: int, rows: int = 30, seed: int = 1) -> tuple[torch.Tensor, 
     return items, logits
 
 
-def soft_labels(targets, k, kd, alpha, temperature, every=True):
+def batch_scores(targets, k, kd, alpha, temperature, every=True):
     items, logits = teacher_table(k)
     count = int((targets != 0).sum())
     rows = torch.arange(count) % len(items)
     if not every:
         rows[::3] = -1  # the teacher did not score every third position
-    return SoftLabels(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature)
+    return BatchScores(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature)
 
 
 def unfused(model, h, targets, soft):
@@ -205,7 +205,7 @@ def unfused(model, h, targets, soft):
     return ((weights * ce).sum() + soft.alpha * kd) / len(labels)
 
 
-def assert_fused_matches_unfused(soft: SoftLabels, chunk_size: int) -> torch.Tensor:
+def assert_fused_matches_unfused(soft: BatchScores, chunk_size: int) -> torch.Tensor:
     """Checks ce_kd_loss against :func:`unfused` and returns the fused pass's mean KD.
 
     Compared: the loss, the mean KD over scored positions, and the gradients w.r.t. ``h``, the item
@@ -241,7 +241,7 @@ def assert_fused_matches_unfused(soft: SoftLabels, chunk_size: int) -> torch.Ten
 @pytest.mark.parametrize("chunk_size", [1, 5, 4096])
 def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, chunk_size) -> None:
     _, targets = make_batch()
-    soft = soft_labels(targets, k, kd, 0.7, temperature, every)
+    soft = batch_scores(targets, k, kd, 0.7, temperature, every)
     assert assert_fused_matches_unfused(soft, chunk_size) > 0
 
 
@@ -257,7 +257,7 @@ def test_a_newly_registered_loss_is_fused_with_no_other_change(
 
     monkeypatch.setitem(KD, "toy", toy)
     _, targets = make_batch()
-    soft = soft_labels(targets, 4, "toy", 0.7, temperature, every)
+    soft = batch_scores(targets, 4, "toy", 0.7, temperature, every)
     kd_mean = assert_fused_matches_unfused(soft, chunk_size=5)
     # The fused mean KD against the toy's formula written out: scale · (-Σ p log q) + mean logit.
     model = make_model()
@@ -274,7 +274,7 @@ def test_a_newly_registered_loss_is_fused_with_no_other_change(
 
 def test_an_unknown_loss_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"'nope'.*expected one of"):
-        SoftLabels(torch.zeros(1, dtype=torch.long), lambda r: (r, r), "nope", 0.5, 1.0)
+        BatchScores(torch.zeros(1, dtype=torch.long), lambda r: (r, r), "nope", 0.5, 1.0)
 
 
 def test_fused_kd_at_alpha_zero_is_exactly_ce() -> None:
@@ -282,7 +282,7 @@ def test_fused_kd_at_alpha_zero_is_exactly_ce() -> None:
     seq, targets = make_batch()
     expected = ce_loss(model, model(seq), targets, chunk_size=5)
     expected_grads = grads(expected, model)
-    loss, _ = ce_kd_loss(model, model(seq), targets, soft_labels(targets, 4, "kl", 0.0, 2.0), chunk_size=5)
+    loss, _ = ce_kd_loss(model, model(seq), targets, batch_scores(targets, 4, "kl", 0.0, 2.0), chunk_size=5)
     assert torch.equal(loss, expected)
     for name, grad in grads(loss, model).items():
         assert torch.equal(grad, expected_grads[name]), name
@@ -294,7 +294,7 @@ def test_fused_kd_is_zero_when_the_teacher_is_the_student_at_t_1() -> None:
     with torch.no_grad():
         own = model.score(model(seq))[targets != 0][:, 1:]  # (N, V): the student's own scores
     t_logits, order = own.sort(dim=1, descending=True)
-    soft = SoftLabels(torch.arange(len(own)), lambda r: (order[r] + 1, t_logits[r]), "kl", 1.0, 1.0)
+    soft = BatchScores(torch.arange(len(own)), lambda r: (order[r] + 1, t_logits[r]), "kl", 1.0, 1.0)
     loss, kd_mean = ce_kd_loss(model, model(seq), targets, soft, chunk_size=5)
     assert abs(kd_mean.item()) < 1e-5 and abs(loss.item()) < 1e-5
     for name, grad in grads(loss, model).items():

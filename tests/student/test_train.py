@@ -277,7 +277,7 @@ def random_scores(dataset, out, k=10, seed=0):
     logits = -np.sort(rng.random((len(items), k)), axis=1).astype(np.float32)  # descending
     manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(out), "k": k, "positions": "all"}
     with ScoreWriter(out, manifest) as writer:
-        writer.write(samples.users, samples.positions, items, -logits)
+        writer.write(samples.users, samples.position, items, -logits)
     return out
 
 
