@@ -6,6 +6,9 @@ step is forward + loss + backward + optimizer step. The loss variants take turns
 process, so a busy machine slows them alike; the median step time gives the implied epoch time.
 
     python -m bench.sasrec_loss_speed [--steps 10] [--chunk-sizes 256 1024 4096] [--naive] [--threads 2]
+
+Prints its table; ``bench/results/sasrec_loss_speed.md`` holds a run of it (chunk sizes 64 to 4096) with
+the machine and its load.
 """
 
 from __future__ import annotations
