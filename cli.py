@@ -105,7 +105,7 @@ def _option(cls: type, field: dataclasses.Field) -> Callable:
     shared_decls, shared_help = SHARED.get(field.name, ((), ""))
     decls = field.metadata["flags"] or shared_decls or ("--" + field.name.replace("_", "-"),)
     help = field.metadata["help"] or shared_help
-    kwargs = _click_type(cls, field.name)
+    kwargs = {"type": str, "multiple": True} if field.metadata["multiple"] else _click_type(cls, field.name)
     if field.default not in (None, "", False) and not kwargs.get("is_flag"):
         shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         help = f"{help}  [default: {shown}]"
@@ -281,7 +281,7 @@ def evaluate(cfg: EvaluateConfig) -> None:
     from pipeline.evaluate import run
 
     table = format_table(run(cfg))
-    click.echo(f"{cfg.run}; {MASKING_NOTE}")
+    click.echo(f"{' + '.join(cfg.runs)}; {MASKING_NOTE}")
     click.echo(table)
 
 
@@ -325,7 +325,10 @@ def serve(cfg: ServeConfig) -> None:
 @_command(CompareConfig, single_process=True)
 def compare(cfg: CompareConfig) -> None:
     """Compare RUNS (students or teachers) on one split of --data: metrics side by side, and the per-user
-    paired difference of --metric against the first run with a bootstrap 95% interval."""
+    paired difference of --metric against the first run with a bootstrap 95% interval.
+
+    A RUN that joins several with commas (A,B,C) scores as one: a cross-fit or an ensemble.
+    """
     from pipeline.compare import report, run
 
     click.echo(report(cfg, run(cfg)))

@@ -82,14 +82,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def option(default: Any, help: str = "", *flags: str) -> Any:
+def option(default: Any, help: str = "", *flags: str, multiple: bool = False) -> Any:
     """A config field that is also a command-line option (``--field-name`` unless ``flags`` are given).
 
     The help text lives beside the field, as peft's configs keep theirs; an empty ``help`` takes the
     wording shared by every command (``cli.SHARED``). Fields declared without it are set through
-    ``--config`` or ``--set`` only.
+    ``--config`` or ``--set`` only. A ``multiple`` option (a tuple field) is given once per value.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "flags": flags})
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "multiple": multiple})
 
 
 def check(
@@ -123,6 +123,20 @@ def check(
             value = getattr(cfg, name)
             if value is not None and not ok(value):
                 raise ValueError(f"{name} {what}, got {value}")
+
+
+def check_folds(cfg: Any) -> None:
+    """A cross-fitted run's ``folds`` and ``fold``: both or neither, K >= 2, 0 <= F < K."""
+    if (cfg.folds is None) != (cfg.fold is None):
+        raise ValueError("cross-fitting takes both --folds K and --fold F (0 <= F < K), or neither")
+    if cfg.folds is not None and (cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds):
+        raise ValueError(f"need --folds K >= 2 and 0 <= --fold F < K, got K {cfg.folds}, F {cfg.fold}")
+
+
+FOLDS_HELP = (
+    "Cross-fitting: split users into K folds by a stable hash of their raw id (with --fold).",
+    "Cross-fitting: train and early-stop on every fold but this one (0..K-1); it is held out.",
+)
 
 
 class _Raw(str):

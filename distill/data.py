@@ -10,6 +10,8 @@ index arithmetic, never a Python loop per sequence. Leave-one-out per user:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,7 +123,43 @@ class Dataset:
         self._titles = items["title"].to_list()
         self._raw_items = items["raw_item"].to_list()
         self._item_ids: dict[str, int] | None = None  # raw id -> id, built on first use
+        self._raw_users: list[str] | None = None
         self._user_ids: dict[str, int] | None = None
+        self.users = np.ones(self.num_users, dtype=bool)  # who trains and is evaluated: see only()
+
+    def only(self, users: np.ndarray) -> Dataset:
+        """This dataset seen through a mask of users ``(num_users,)`` bool: training batches, windows
+        and evaluation cover those users only (a cross-fit's fold trains on the others). Ids,
+        vocabulary and fingerprint stay the dataset's."""
+        view = copy.copy(self)
+        view.users = self.users & np.asarray(users, dtype=bool)
+        return view
+
+    def folds(self, k: int) -> np.ndarray:
+        """Each user's fold of ``k``, ``(num_users,)`` int64: a stable hash of the raw user id (the first 8
+        bytes of its SHA-256, modulo k), the same in every run and process and whatever the order
+        of the input files."""
+        return np.array(
+            [int.from_bytes(hashlib.sha256(raw.encode()).digest()[:8], "big") % k for raw in self.raw_users],
+            dtype=np.int64,
+        )
+
+    def cross_fit(self, k: int | None, fold: int | None) -> tuple[Dataset, Dataset | None]:
+        """``(trains on, held out)``: the users of every fold of ``k`` but ``fold``, and those of ``fold``;
+        ``(self, None)`` when not cross-fitting (``k`` None)."""
+        if k is None:
+            return self, None
+        folds = self.folds(k)
+        return self.only(folds != fold), self.only(folds == fold)
+
+    @property
+    def raw_users(self) -> list[str]:
+        """Raw user ids by user id, read from ``sequences.parquet`` on first use (training never needs
+        them)."""
+        if self._raw_users is None:
+            raw = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "raw_user"]).sort("user")
+            self._raw_users = [str(r) for r in raw["raw_user"].to_list()]
+        return self._raw_users
 
     @property
     def lengths(self) -> np.ndarray:
@@ -161,10 +199,7 @@ class Dataset:
         The raw ids are read from ``sequences.parquet`` on first use: training never needs them.
         """
         if self._user_ids is None:
-            raw = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "raw_user"])
-            self._user_ids = dict(
-                zip(map(str, raw["raw_user"].to_list()), raw["user"].to_list(), strict=True)
-            )
+            self._user_ids = {raw: user for user, raw in enumerate(self.raw_users)}
         return self._user_ids.get(str(raw_user))
 
     def sequence(self, user: int) -> np.ndarray:
@@ -181,8 +216,9 @@ class Dataset:
         return self.offsets[:-1].copy(), self.offsets[1:] - holdout
 
     def eval_users(self) -> np.ndarray:
-        """Users that have a validation and a test target (every user after ``prepare``'s filter)."""
-        return np.flatnonzero(self.lengths >= 3)
+        """Users that have a validation and a test target (every user after ``prepare``'s filter; of a
+        view from :meth:`only`, its users)."""
+        return np.flatnonzero((self.lengths >= 3) & self.users)
 
     def train_batches(
         self,
@@ -234,7 +270,7 @@ class Dataset:
     def train_lengths(self, max_len: int) -> np.ndarray:
         """``(num_users,)`` positions each user contributes to a :meth:`train_batches` epoch (0: none)."""
         starts, ends = self.history_bounds("train")
-        return np.clip(np.minimum(ends - starts - 1, max_len), 0, None)
+        return np.where(self.users, np.clip(np.minimum(ends - starts - 1, max_len), 0, None), 0)
 
     def train_windows(
         self, width: int, context: int, *, last: int | None = None, stride: int | None = None
@@ -260,7 +296,7 @@ class Dataset:
         if not 1 <= stride <= width <= context:
             raise ValueError(f"need 1 <= stride <= width <= context, got {stride}, {width}, {context}")
         starts, ends = self.history_bounds("train")
-        n = ends - starts  # training items per user; targets are positions 1..n-1
+        n = np.where(self.users, ends - starts, 0)  # training items per user; targets are positions 1..n-1
         lo = np.ones_like(n) if last is None else np.maximum(n - last, 1)
         count = np.where(n > lo, -(-(n - lo) // stride), 0)
         users = np.repeat(np.arange(self.num_users), count)

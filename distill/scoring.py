@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ class Scorer:
             history column ``L - width + j`` (rows of padding columns are meaningless).
         last: ``(history (B, L), users) -> (B, num_items + 1)``: the scores after the last column.
         modules: the torch modules behind it (their parameters are counted, their mode set to eval).
+        source: what it was opened from, for the records that name it (a score manifest): its kind and
+            run directory, or its members'; paths as :class:`~pathlib.Path`, made relative by the writer.
     """
 
     kind: str
@@ -48,6 +50,7 @@ class Scorer:
     dense: ScoreFn
     last: ScoreFn
     modules: tuple[nn.Module, ...]
+    source: dict = field(default_factory=dict)
 
     @property
     def parameters(self) -> int:

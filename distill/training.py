@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.data import Dataset
 from distill.dist import all_sum
 from distill.errors import DistillError
 from distill.io import is_main_process, log, write_json
@@ -148,11 +149,27 @@ def save_epoch(
     return best
 
 
+def fold_record(k: int, fold: int, held_out: Dataset) -> dict:
+    """What a cross-fitted run records of its fold: what the loader pairs it with the other folds by."""
+    return {
+        "k": k,
+        "fold": fold,
+        "held_out_users": len(held_out.eval_users()),
+        "split": "users by the first 8 bytes of the SHA-256 of their raw id, modulo k",
+    }
+
+
 def finish_run(
-    run_dir: Path, stopper: EarlyStopping, selected_on: str, scores: Callable[[str], dict], history: list
+    run_dir: Path,
+    stopper: EarlyStopping,
+    selected_on: str,
+    scores: Callable[[str], dict],
+    history: list,
+    held_out: Callable[[str], dict] | None = None,
 ) -> dict:
     """The results of a run whose best checkpoint is loaded: validation and test metrics of the epoch
-    selected on validation, written to ``RUN/metrics.json`` and returned."""
+    selected on validation, written to ``RUN/metrics.json`` and returned. A cross-fitted run also
+    reports its held-out fold's metrics (``held_out``: the users it never saw)."""
     results = {
         "best_epoch": stopper.best_epoch,
         "selected_on": selected_on,
@@ -161,6 +178,8 @@ def finish_run(
         "ranking": MASKING_NOTE,
         "history": history,
     }
+    if held_out is not None:
+        results["held_out"] = {"valid": held_out("valid"), "test": held_out("test")}
     write_json(run_dir / "metrics.json", results)
     return results
 

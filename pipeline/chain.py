@@ -105,7 +105,7 @@ def run(cfg: PipelineConfig) -> dict:
         log("== export-logits")
         export_logits(
             ExportConfig(
-                run=str(out / "teacher"),
+                runs=(str(out / "teacher"),),
                 data=data,
                 output=str(out / "scores"),
                 top_k=cfg.top_k,

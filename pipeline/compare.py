@@ -14,7 +14,7 @@ from distill.data import Dataset
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE, RankingMetrics, format_table, per_user
 from pipeline.config import CompareConfig
-from pipeline.runs import open_run
+from pipeline.runs import open_runs
 
 BLOCK = 500  # bootstrap resamples drawn at a time: BLOCK x users indices in memory
 
@@ -25,7 +25,7 @@ def run(cfg: CompareConfig) -> dict:
     data = Dataset(cfg.data)
     metrics, values, users = {}, {}, None
     for run_dir in cfg.runs:
-        scorer = open_run(run_dir, data, cfg.device)
+        scorer = open_runs(run_dir.split(","), data, cfg.device, cfg.weights, cfg.batch_size)
         who, ranks = scorer.ranks(data, cfg.split, cfg.batch_size)
         summary = RankingMetrics()
         summary.update(ranks)  # the metrics from the same ranks: each run scores once

@@ -8,6 +8,13 @@ from typing import Literal
 
 from distill.config import check, option, parse_metric
 
+RUNS_HELP = (
+    "A run (student or teacher); repeat it for several runs that score as one: the K runs of a "
+    "cross-fit (--folds K) give each user's scores from the run that held that user out, any other "
+    "mix is an ensemble (the mean of the members' probabilities)."
+)
+WEIGHTS_HELP = "Ensemble weights: equal, or fit (EM on the likelihood of the validation targets)."
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -64,16 +71,18 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """``distill evaluate``: full-ranking metrics of a saved run (a student or either teacher)."""
+    """``distill evaluate``: full-ranking metrics of a saved run (a student or either teacher), or of
+    several scoring as one (a cross-fit, an ensemble)."""
 
-    run: str = option("", "A run directory (student or teacher).")
+    runs: tuple[str, ...] = option((), RUNS_HELP, "--run", multiple=True)
     data: str = option("", "The dataset directory the run was trained on.")
     split: Literal["valid", "test", "both"] = option("both", "Which held-out target to rank.")
+    weights: Literal["equal", "fit"] = option("equal", WEIGHTS_HELP)
     batch_size: int = option(256, "Users per scoring batch.")
     device: str = option("auto")
 
     def __post_init__(self) -> None:
-        check(self, required={"run": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
+        check(self, required={"runs": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class CompareConfig:
     runs: tuple[str, ...] = ()
     data: str = option("", "The dataset directory the runs were trained on.")
     split: Literal["valid", "test"] = option("test", "Which held-out target to rank.")
+    weights: Literal["equal", "fit"] = option("equal", WEIGHTS_HELP)
     metric: str = option("ndcg@10", "Metric of the paired differences: hr@K, ndcg@K or mrr.")
     samples: int = option(10000, "Bootstrap resamples of the users.")
     seed: int = option(0, "Seed of the bootstrap.")
@@ -101,14 +111,16 @@ class CompareConfig:
 class ExportConfig:
     """``distill export-logits``: a scorer's soft labels over the catalogue, as a score directory.
 
-    The scorer is a ``teacher-train`` run or a ``student-train`` run (any scorer is a teacher).
+    The scorer is a ``teacher-train`` run or a ``student-train`` run (any scorer is a teacher), or
+    several of them scoring as one (a cross-fit, an ensemble: :func:`pipeline.runs.open_runs`).
 
     ``positions`` is how many of each user's last training targets get a row (None: every one);
     ``top_k`` how many items each row keeps (None: the whole catalogue). ``all_positions`` and
     ``full`` are the same as ``positions = None`` and ``top_k = None``, and win over them.
     """
 
-    run: str = option("", "A `distill teacher-train` or `distill student-train` run: the scorer.")
+    runs: tuple[str, ...] = option((), RUNS_HELP, "--run", multiple=True)
+    weights: Literal["equal", "fit"] = option("equal", WEIGHTS_HELP)
     data: str = option("", "The dataset directory the run was trained on.")
     output: str = option("", "Score directory to write.", "--output", "-o")
     top_k: int | None = option(100, "Items kept per row (--full keeps the whole catalogue).")
@@ -130,7 +142,7 @@ class ExportConfig:
                 object.__setattr__(self, key, None)
         check(
             self,
-            required={"run": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
+            required={"runs": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
             at_least_one=("top_k", "positions", "batch_size"),
         )
 

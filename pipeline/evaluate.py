@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from distill.data import Dataset
 from pipeline.config import EvaluateConfig
-from pipeline.runs import open_run
+from pipeline.runs import open_runs
 
 
 def run(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
-    """Metrics of ``cfg.run`` on the requested splits: ``{split: {metric: value}}``."""
+    """Metrics of ``cfg.runs`` on the requested splits: ``{split: {metric: value}}``."""
     data = Dataset(cfg.data)
-    scorer = open_run(cfg.run, data, cfg.device)
+    scorer = open_runs(cfg.runs, data, cfg.device, cfg.weights, cfg.batch_size)
     splits = ["valid", "test"] if cfg.split == "both" else [cfg.split]
     return {split: scorer.evaluate(data, split, cfg.batch_size) for split in splits}

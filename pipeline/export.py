@@ -27,7 +27,7 @@ from distill.dist import block, setup_device
 from distill.io import log, progress, record_path
 from distill.scores import ScoreWriter, refuse_existing
 from pipeline.config import ExportConfig
-from pipeline.runs import open_run
+from pipeline.runs import describe, open_runs
 
 
 @torch.no_grad()
@@ -36,13 +36,13 @@ def run(cfg: ExportConfig) -> dict:
     data = Dataset(cfg.data)
     refuse_existing(Path(cfg.output), cfg.overwrite)  # before the minutes it takes to load a teacher
     device = setup_device(cfg.device)
-    scorer = open_run(cfg.run, data, device)
+    scorer = open_runs(cfg.runs, data, device, cfg.weights)
     k = data.num_items if cfg.top_k is None else min(cfg.top_k, data.num_items)
     windows = data.train_windows(
         scorer.width, scorer.context, last=cfg.positions, stride=1 if cfg.per_prefix else None
     )
     manifest = {
-        "teacher": {"kind": scorer.kind, "run": record_path(cfg.output, cfg.run)},
+        "teacher": describe(scorer.source, lambda path: record_path(cfg.output, path)),
         "dataset": data.identity(cfg.output),
         "k": k,
         "positions": "all" if cfg.positions is None else f"last {cfg.positions} per user",
@@ -51,7 +51,7 @@ def run(cfg: ExportConfig) -> dict:
     }
     rows = int((windows.position >= 0).sum())
     log(
-        f"scoring {rows:,} training positions in {len(windows.users):,} windows with {cfg.run}, "
+        f"scoring {rows:,} training positions in {len(windows.users):,} windows with {', '.join(cfg.runs)}, "
         f"keeping the top {k:,} items"
     )
     mine = block(len(windows.users))  # this rank's windows (all of them in a single process)

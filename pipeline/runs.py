@@ -1,31 +1,49 @@
-"""The one way to open a run: its ``config.json`` says its kind, the kind says how to load it.
+"""The one way to open runs: a run's ``config.json`` says its kind, the kind says how to load it.
 
 Every command that reads runs (``export-logits``, ``evaluate``, ``compare``, ``recommend``, ``serve``
 and the pipeline's summary) opens them here and gets a :class:`~distill.scoring.Scorer`, whatever model
-the run holds.
+the runs hold. Several runs open as one teacher that knows more than any of them:
+
+- **Cross-fit**: the K runs of one ``--folds K`` (folds 0..K-1, each once) score each user with the run
+  that held that user out, so every score is out-of-fold (Dao et al., ICLR'21: cross-fitting removes
+  the in-sample bias of a teacher's soft labels).
+- **Ensemble**: any other mix of runs (students, teachers, cross-fits) scores with the mixture of their
+  probabilities, ``log Σ_m w_m softmax(s_m)`` over the catalogue; weights equal or fitted on the
+  validation targets (:func:`fit_weights`).
+
+Members score one batch at a time, one after the other, and only a running mixture is kept: memory
+is one member's scores, however many members there are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from distill.data import Dataset
 from distill.dist import resolve_device
 from distill.errors import DistillError
+from distill.io import log
 from distill.outputs import STUDENT, TEACHER_KINDS
 from distill.runs import read_run_config
 from distill.scoring import Scorer
 from student.run import open_student
 from teacher.model import open_teacher
 
+# The kinds of scorers made of several runs (a run directory has one of distill.outputs.RUN_KINDS).
+CROSS_FIT, ENSEMBLE = "cross-fit", "ensemble"
+
 # How each run kind opens: (run directory, dataset, device) -> Scorer.
 OPENERS: dict[str, Callable[[Path, Dataset, torch.device], Scorer]] = {
     STUDENT: open_student,
     **dict.fromkeys(TEACHER_KINDS.values(), open_teacher),
 }
+Weights = Literal["equal", "fit"]
 
 
 def open_run(run_dir: str | Path, data: Dataset, device: str | torch.device = "auto") -> Scorer:
@@ -36,4 +54,192 @@ def open_run(run_dir: str | Path, data: Dataset, device: str | torch.device = "a
         known = ", ".join(OPENERS)
         raise DistillError(f"{run_dir}: unknown run kind {kind!r} (distill writes {known})")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    return OPENERS[kind](run_dir, data, device)
+    scorer = OPENERS[kind](run_dir, data, device)
+    return _with_source(scorer, {"kind": kind, "run": run_dir})
+
+
+def open_runs(
+    run_dirs: Sequence[str | Path],
+    data: Dataset,
+    device: str | torch.device = "auto",
+    weights: Weights = "equal",
+    batch_size: int = 256,
+) -> Scorer:
+    """One run, the K runs of a cross-fit, or an ensemble of runs and cross-fits, as one scorer.
+
+    Runs trained with ``--folds K`` are grouped by K into cross-fits, each of which must hold every fold
+    once; every other run is a member of its own. Several members make an ensemble, weighted equally
+    or by :func:`fit_weights` on the validation targets of ``data`` (in batches of ``batch_size``).
+    """
+    if not run_dirs:
+        raise DistillError("no run to open")
+    if len(set(map(str, run_dirs))) != len(run_dirs):
+        raise DistillError("a run is given twice")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    singles, folds = [], {}
+    for run_dir in map(Path, run_dirs):
+        record = read_run_config(run_dir).get("folds")
+        if record is None:
+            singles.append(run_dir)
+            continue
+        if not (isinstance(record, dict) and _int(record.get("k")) and _int(record.get("fold"))):
+            raise DistillError(f"{run_dir / 'config.json'}: 'folds' is not a table with integers k and fold")
+        folds.setdefault(record["k"], []).append((record["fold"], run_dir))
+    members = [open_run(run_dir, data, device) for run_dir in singles]
+    members += [cross_fit(k, runs, data, device) for k, runs in sorted(folds.items())]
+    if len(members) == 1:
+        return members[0]
+    return ensemble(members, data, weights, batch_size)
+
+
+def cross_fit(k: int, runs: list[tuple[int, Path]], data: Dataset, device: torch.device) -> Scorer:
+    """The runs of folds ``0..k-1`` of one cross-fit, each scoring the users of its held-out fold."""
+    by_fold: dict[int, Path] = {}
+    for fold, run_dir in runs:
+        if fold in by_fold:
+            raise DistillError(
+                f"cross-fit of {k} folds: fold {fold} is given twice ({by_fold[fold]}, {run_dir})"
+            )
+        by_fold[fold] = run_dir
+    missing, extra = sorted(set(range(k)) - by_fold.keys()), sorted(by_fold.keys() - set(range(k)))
+    if missing or extra:
+        problem = f"fold(s) {', '.join(map(str, missing))} missing" if missing else f"fold(s) {extra} >= {k}"
+        raise DistillError(
+            f"cross-fit of {k} folds: {problem}; give the runs of --fold 0 to {k - 1}, once each"
+        )
+    members = [open_run(by_fold[fold], data, device) for fold in range(k)]
+    fold_of = torch.from_numpy(data.folds(k))  # (num_users,)
+    context, width = max(m.context for m in members), min(m.width for m in members)
+
+    def routed(dense: bool) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        def score(history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+            if users is None:
+                raise DistillError("a cross-fit scores the dataset's users only (it needs their folds)")
+            fold = fold_of[users.cpu().long()]  # (B,)
+            out = None
+            for f, member in enumerate(members):
+                rows = (fold == f).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+                scores = _member_scores(member, history[rows], users[rows], dense, width)
+                if out is None:
+                    out = scores.new_zeros((len(history), *scores.shape[1:]))
+                out[rows.to(out.device)] = scores
+            return out
+
+        return score
+
+    return Scorer(
+        CROSS_FIT,
+        context=context,
+        width=width,
+        dense=routed(True),
+        last=routed(False),
+        modules=tuple(module for m in members for module in m.modules),
+        source={"kind": CROSS_FIT, "k": k, "members": [m.source for m in members]},
+    )
+
+
+def ensemble(members: list[Scorer], data: Dataset, weights: Weights, batch_size: int = 256) -> Scorer:
+    """The mixture of ``members``' probabilities over the catalogue: scores ``log Σ_m w_m softmax(s_m)``."""
+    if weights == "fit":
+        w = fit_weights(members, data, batch_size)
+        how = "fitted on the validation targets (EM on their log-likelihood)"
+    else:
+        w = torch.full((len(members),), 1 / len(members), dtype=torch.float64)
+        how = "equal"
+    log_w = [math.log(max(float(v), 1e-300)) for v in w]
+    context, width = max(m.context for m in members), min(m.width for m in members)
+
+    def mixed(dense: bool) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        def score(history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+            total = None  # running log Σ w_m p_m: one member's scores in memory at a time
+            for lw, member in zip(log_w, members, strict=True):
+                term = lw + _log_probs(_member_scores(member, history, users, dense, width))
+                total = term if total is None else torch.logaddexp(total, term)
+            return F.pad(total, (1, 0), value=-math.inf)  # column 0 is padding
+
+        return score
+
+    return Scorer(
+        ENSEMBLE,
+        context=context,
+        width=width,
+        dense=mixed(True),
+        last=mixed(False),
+        modules=tuple(module for m in members for module in m.modules),
+        source={
+            "kind": ENSEMBLE,
+            "weights": how,
+            "members": [{**m.source, "weight": float(v)} for m, v in zip(members, w, strict=True)],
+        },
+    )
+
+
+@torch.no_grad()
+def fit_weights(members: list[Scorer], data: Dataset, batch_size: int, iterations: int = 500) -> torch.Tensor:
+    """Mixture weights ``(M,)`` that maximise the log-likelihood of the validation targets.
+
+    Each member's probability of every user's validation target (full softmax over the catalogue, as
+    the score directory stores it: seen items are not masked) is computed once; EM then iterates
+    ``w_m ← mean_u (w_m p_mu / Σ_j w_j p_ju)``, which climbs this concave objective to its maximum.
+    Validation is what the weights are fitted on, so an ensemble's own validation metrics are
+    optimistic; its test metrics are not.
+    """
+    columns = []
+    for member in members:
+        member.eval()
+        rows = []
+        for batch in data.eval_batches("valid", batch_size, member.context):
+            log_p = _log_probs(member.last(batch.inputs, batch.users))  # (B, N)
+            rows.append(log_p.gather(1, (batch.targets - 1)[:, None].to(log_p.device)).squeeze(1).cpu())
+        columns.append(torch.cat(rows))
+    log_p = torch.stack(columns, dim=1).double()  # (U, M)
+    w = torch.full((len(members),), 1 / len(members), dtype=torch.float64)
+    for _ in range(iterations):
+        new = torch.softmax(log_p + w.clamp_min(1e-300).log(), dim=1).mean(0)
+        done = (new - w).abs().max() < 1e-9
+        w = new
+        if done:
+            break
+    log(
+        "ensemble weights fitted on validation: "
+        + ", ".join(f"{m.source.get('kind')} {v:.3f}" for m, v in zip(members, w.tolist(), strict=True))
+    )
+    return w
+
+
+def _member_scores(
+    member: Scorer, history: torch.Tensor, users: torch.Tensor | None, dense: bool, width: int
+) -> torch.Tensor:
+    """A member's scores on the last ``member.context`` columns of ``history``; dense ones cut to the
+    last ``width`` columns (members of different widths score the same positions)."""
+    history = history[:, -member.context :]
+    return member.dense(history, users)[:, -width:] if dense else member.last(history, users)
+
+
+def _log_probs(scores: torch.Tensor) -> torch.Tensor:
+    """``log softmax`` over items ``1..N`` (column 0, padding, dropped), in float32: ``(..., N)``."""
+    return torch.log_softmax(scores[..., 1:].float(), dim=-1)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _with_source(scorer: Scorer, source: dict) -> Scorer:
+    return Scorer(
+        scorer.kind, scorer.context, scorer.width, scorer.dense, scorer.last, scorer.modules, source
+    )
+
+
+def describe(source: dict, relative: Callable[[Path], str]) -> dict:
+    """A scorer's ``source`` ready for JSON: every run path through ``relative``."""
+    out = {}
+    for key, value in source.items():
+        if isinstance(value, Path):
+            value = relative(value)
+        elif isinstance(value, list):
+            value = [describe(v, relative) if isinstance(v, dict) else v for v in value]
+        out[key] = value
+    return out

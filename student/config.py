@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import check, option
+from distill.config import FOLDS_HELP, check, check_folds, option
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ class StudentTrainConfig:
     )
     hint_weight: float = option(1.0, "--hint-run: weight of the representation loss added to the loss.")
     hint_experts: int = option(4, "--hint-run: number of distillation experts.")
+    folds: int | None = option(None, FOLDS_HELP[0])
+    fold: int | None = option(None, FOLDS_HELP[1])
 
     def __post_init__(self) -> None:
         check(self, required={"data": "--data DIR", "output": "--output RUN"})
@@ -121,6 +123,7 @@ class StudentTrainConfig:
             raise ValueError(
                 f"alpha mixes label and distillation loss and must be in [0, 1], got {self.alpha}"
             )
+        check_folds(self)
         if self.teacher_scores and self.loss != "ce":
             raise ValueError("distillation (--teacher-scores) is fused with --loss ce; --loss bce has none")
 

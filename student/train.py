@@ -29,6 +29,7 @@ from distill.training import (
     Logger,
     check_loss,
     finish_run,
+    fold_record,
     resume_run,
     save_epoch,
     seed_everything,
@@ -45,6 +46,7 @@ SELECT_ON = "ndcg@10"
 def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
+    data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     hinter = load_hint_run(cfg, data) if cfg.hint_run else None  # likewise
     device = setup_device(cfg.device)
@@ -83,6 +85,8 @@ def run(cfg: StudentTrainConfig) -> dict:
             "alpha": cfg.alpha,
             "temperature": cfg.temperature,
         }
+    if held_out is not None:
+        run_config["folds"] = fold_record(cfg.folds, cfg.fold, held_out)
     if hinter is not None:
         run_config["hint_run"] = {
             "path": record_path(run_dir, cfg.hint_run),
@@ -98,7 +102,7 @@ def run(cfg: StudentTrainConfig) -> dict:
             model.load_state_dict,
             stopper,
             shuffle,
-            matching=("kind", "model", "hint_run"),
+            matching=("kind", "model", "hint_run", "folds"),
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)
@@ -136,6 +140,9 @@ def run(cfg: StudentTrainConfig) -> dict:
         f"valid {SELECT_ON}",
         lambda split: best.evaluate(data, split, cfg.eval_batch_size),
         history,
+        held_out=None
+        if held_out is None
+        else lambda split: best.evaluate(held_out, split, cfg.eval_batch_size),
     )
 
 

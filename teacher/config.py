@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import check, option
+from distill.config import FOLDS_HELP, check, check_folds, option
 
 TEACHERS = ("moe-lora", "e4srec")
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -115,8 +115,11 @@ class TeacherTrainConfig:
     device: str = option("auto")
     resume: bool = option(False)
     overwrite: bool = option(False)
+    folds: int | None = option(None, FOLDS_HELP[0])
+    fold: int | None = option(None, FOLDS_HELP[1])
 
     def __post_init__(self) -> None:
+        check_folds(self)
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)

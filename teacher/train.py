@@ -43,6 +43,7 @@ from distill.training import (
     Logger,
     check_loss,
     finish_run,
+    fold_record,
     resume_run,
     save_epoch,
     seed_everything,
@@ -74,6 +75,7 @@ GROUPS = (
 def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
+    data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     own_sasrec = Path(cfg.output) / SASREC  # where the run keeps its copy of the --sasrec run
     resuming_with_copy = cfg.resume and (own_sasrec / "best").is_dir()
     # Refuses a run from another dataset, and a prompt longer than SASRec's window, before writing.
@@ -123,6 +125,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
         "train": to_dict(cfg),
         "trainable_parameters": sum(p.numel() for p in trainable_state(model).values()),
     }
+    if held_out is not None:
+        run_config["folds"] = fold_record(cfg.folds, cfg.fold, held_out)
     first_epoch, history = 1, []
     if cfg.resume:
         first_epoch, history = resume_run(
@@ -131,6 +135,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
             lambda weights: load_trainable(model, weights, run_dir / "last"),
             stopper,
             shuffle,
+            matching=("kind", "folds"),
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)
@@ -172,6 +177,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         f"valid {SELECT_ON}" + (f" ({len(valid_users)} users)" if cfg.eval_users else ""),
         lambda split: scorer.evaluate(data, split, cfg.eval_batch_size),
         history,
+        held_out=held_out and (lambda split: scorer.evaluate(held_out, split, cfg.eval_batch_size)),
     )
 
 

@@ -105,9 +105,9 @@ REQUIRED = {
     PrepareConfig: {"output": "o", "synthetic": "true"},
     StudentTrainConfig: {"data": "d", "output": "o"},
     TeacherTrainConfig: {"data": "d", "sasrec": "s", "output": "o"},
-    ExportConfig: {"run": "r", "data": "d", "output": "o"},
+    ExportConfig: {"runs": "r", "data": "d", "output": "o"},
     PipelineConfig: {"output": "o"},
-    EvaluateConfig: {"run": "r", "data": "d"},
+    EvaluateConfig: {"runs": "r", "data": "d"},
 }
 OPTIONS = [(cls, f.name) for cls in REQUIRED for f in dataclasses.fields(cls) if "help" in f.metadata]
 values = st.one_of(
