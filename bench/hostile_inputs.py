@@ -43,8 +43,8 @@ def setup(work: Path) -> None:
     for cmd in (
         "prepare --synthetic --num-users 60 --num-items 40 -o data",
         f"student-train --data data -o sasrec {STUDENT}",
-        "teacher-train --data data --sasrec sasrec --output teacher --epochs 1 --positions 1 --max-len 5 "
-        "--device cpu",
+        "teacher-train --data data --sasrec sasrec --output teacher --epochs 1 --positions 1 "
+        "--prompt-items 5 --device cpu",
         "export-logits --run teacher --data data --output scores --top-k 5",
     ):
         result = CliRunner().invoke(main, cmd.split())
@@ -94,14 +94,19 @@ CASES: list[tuple[str, str, str | None, dict[str, str]]] = [
         {},
     ),
     ("output is a file", f"student-train --data data -o file.txt {STUDENT}", None, {}),
-    ("output is a file", "teacher-train --data data --sasrec sasrec --output file.txt --max-len 5", None, {}),
+    (
+        "output is a file",
+        "teacher-train --data data --sasrec sasrec --output file.txt --prompt-items 5",
+        None,
+        {},
+    ),
     ("output is a file", "pipeline -o file.txt", None, {}),
     ("run dir of foreign files", f"student-train --data data -o mine {STUDENT} --overwrite", None, {}),
     ("unwritable dir", "prepare --synthetic -o ro/x", "ro/x", {"as": "nobody"}),
     ("unwritable dir", f"student-train --data data -o ro/x {STUDENT}", "ro/x", {"as": "nobody"}),
     (
         "unwritable dir",
-        "teacher-train --data data --sasrec sasrec --output ro/x --max-len 5",
+        "teacher-train --data data --sasrec sasrec --output ro/x --prompt-items 5",
         "ro/x",
         {"as": "nobody"},
     ),
@@ -111,7 +116,7 @@ CASES: list[tuple[str, str, str | None, dict[str, str]]] = [
     ("non-finite option", f"student-train --data data -o r1 {STUDENT} --lr inf", "r1", {}),
     ("non-finite option", f"student-train --data data -o r1 {STUDENT} --weight-decay nan", "r1", {}),
     ("non-finite option", "teacher-train --data data --sasrec sasrec --output r1 --lr -inf", "r1", {}),
-    ("non-finite option", "pipeline -o r1 --alpha nan", "r1", {}),
+    ("non-finite option", "pipeline -o r1 --alphas nan", "r1", {}),
     ("non-finite option", f"student-train --data data -o r1 {STUDENT} --set dropout=nan", "r1", {}),
     ("exploding loss", f"student-train --data data -o r2 {STUDENT} --epochs 2 --lr 1e30", None, {}),
     ("NaN teacher logits", f"student-train --data data -o r3 {STUDENT} --teacher-scores nanscores", "r3", {}),
@@ -120,8 +125,8 @@ CASES: list[tuple[str, str, str | None, dict[str, str]]] = [
     ("edited model config", "evaluate --run edited --data data", None, {}),
     ("max-len too large", "student-train --data data -o r4 --max-len 10000000000000 --device cpu", "r4", {}),
     (
-        "teacher max-len > SASRec's",
-        "teacher-train --data data --sasrec sasrec --output r5 --max-len 9",
+        "teacher prompt-items > SASRec's max-len",
+        "teacher-train --data data --sasrec sasrec --output r5 --prompt-items 9",
         "r5",
         {},
     ),
@@ -135,20 +140,20 @@ CASES: list[tuple[str, str, str | None, dict[str, str]]] = [
     ("unfinished run", "evaluate --run unfinished --data data --split test", None, {}),
     (
         "unfinished run",
-        "teacher-train --data data --sasrec unfinished --output r10 --max-len 5 --device cpu --epochs 1 "
+        "teacher-train --data data --sasrec unfinished --output r10 --prompt-items 5 --device cpu --epochs 1 "
         "--positions 1",
         None,
         {},
     ),
     (
         "hub id, HF_HUB_OFFLINE=1",
-        "teacher-train --data data --sasrec sasrec --output r11 --llm org/none --max-len 5",
+        "teacher-train --data data --sasrec sasrec --output r11 --llm org/none --prompt-items 5",
         "r11",
         {"HF_HUB_OFFLINE": "1"},
     ),
     (
         "hub id, no network",
-        "teacher-train --data data --sasrec sasrec --output r12 --llm org/none --max-len 5",
+        "teacher-train --data data --sasrec sasrec --output r12 --llm org/none --prompt-items 5",
         "r12",
         {},
     ),

@@ -133,7 +133,7 @@ def write_random_scores(data: Dataset, path: Path, k: int, chunk: int = 100_000)
     if (path / "manifest.json").is_file():
         return rows
     rng = np.random.default_rng(0)
-    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(), "k": k, "positions": "all"}
+    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(path), "k": k, "positions": "all"}
     with ScoreWriter(path, manifest, overwrite=True) as writer:
         for i in range(0, rows, chunk):
             n = min(chunk, rows - i)

@@ -256,12 +256,12 @@ def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
     from distill.data import Dataset
     from distill.metrics import per_user
     from pipeline.compare import paired_difference
-    from pipeline.evaluate import scorer
+    from pipeline.runs import open_run
 
     data = Dataset(out / "data")
 
     def values(run: Path):
-        return per_user(scorer(str(run), data, 256, "cpu").ranks("test")[1], "ndcg@10").numpy()
+        return per_user(open_run(run, data, "cpu").ranks(data, "test", 256)[1], "ndcg@10").numpy()
 
     diffs = [values(out / arm["names"][s]) - values(out / f"d{arm['width']}-plain-s{s}") for s in seeds]
     return paired_difference(sum(diffs) / len(diffs), 2000, 0)

@@ -2,7 +2,7 @@
 
 Every path goes from raw item ids to the top-10 raw item ids with the user's history masked:
 
-- PyTorch eager: :meth:`student.recommend.Recommender.recommend`;
+- PyTorch eager: :meth:`pipeline.recommend.Recommender.recommend`;
 - ONNX Runtime: the file of ``distill export-model`` with its vocabulary (lookups, the session, masking
   and top-k in numpy: what a user of the file without this package would write);
 - HTTP: ``distill serve`` in a subprocess on 127.0.0.1, a bounded load test (a fixed number of
@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from distill.data import Dataset
+from pipeline.recommend import Recommender
 from student.export import vocabulary_path
-from student.recommend import Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "ml-1m"
@@ -196,7 +196,7 @@ def teacher_bench(data: Dataset, run: Path, users: np.ndarray, batch: int, dtype
         "batch": batch,
         "many": percentiles(many),
         "many_ups": batch * len(many) / sum(many),
-        "prompt_items": teacher.max_len,
+        "prompt_items": teacher.width,
     }
 
 

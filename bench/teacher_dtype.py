@@ -15,8 +15,8 @@ Writes ``bench/results/teacher_dtype.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import json
 import time
 from pathlib import Path
 
@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import from_dict
-from distill.data import Dataset
-from distill.runs import load_checkpoint
+from distill.io import recorded_path
+from distill.runs import load_checkpoint, read_run_config, run_dataset
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.model import build_teacher, evaluate_teacher, load_trainable
+from teacher.model import backbone_spec, build_teacher, load_trainable, teacher_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "out" / "ml100k" / "moe-lora"
@@ -46,17 +46,21 @@ def main() -> None:
     if not (RUN / "metrics.json").is_file():
         print("skipped: run `python -m bench.teachers_ml100k` first (it trains the teacher compared here)")
         return
-    config = json.loads((RUN / "config.json").read_text())
-    data = Dataset(config["dataset"]["path"])
-    sasrec = load_run(config["sasrec_run"], data)
+    # The run read as teacher.model.load_teacher reads it, built once per backbone dtype.
+    config = read_run_config(RUN)
+    data = run_dataset(RUN)
+    sasrec = load_run(recorded_path(RUN, config.get("sasrec_run"), "its SASRec run (sasrec_run)"), data)
     weights, _, _ = load_checkpoint(RUN / "best")
+    # Runs from before teacher-train's --prompt-items record the prompt width as max_len.
+    train = {("prompt_items" if k == "max_len" else k): v for k, v in config["train"].items()}
     teachers = {}
     for dtype in DTYPES:
-        cfg = from_dict(TeacherTrainConfig, {**config["train"], "dtype": dtype}, "bench")
+        cfg = from_dict(TeacherTrainConfig, {**train, "dtype": dtype}, f"{RUN}/config.json")
+        cfg = dataclasses.replace(cfg, llm=backbone_spec(config, cfg.llm, RUN))
         teachers[dtype] = build_teacher(cfg, data, sasrec, torch.device("cpu"))
         load_trainable(teachers[dtype].model, weights, RUN / "best")
-    max_len = teachers["float32"].max_len
-    samples = data.prefix_samples(4, max_len)
+    width = teachers["float32"].width
+    samples = data.prefix_samples(4, width)
     rows = np.random.default_rng(0).permutation(len(samples.targets))[: args.batches * args.batch_size]
     batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
 
@@ -91,7 +95,10 @@ def main() -> None:
             teacher.model.zero_grad(set_to_none=True)
 
     users = np.sort(np.random.default_rng(0).permutation(data.eval_users())[: args.eval_users])
-    valid = {dtype: evaluate_teacher(teachers[dtype], data, "valid", 16, users) for dtype in DTYPES}
+    valid = {
+        dtype: teacher_scorer(teachers[dtype], config["kind"]).evaluate(data, "valid", 16, users)
+        for dtype in DTYPES
+    }
 
     scored = len(rows)
     trained = sum(len(b[: args.batch_size // 2]) for b in batches[: max(1, args.batches // 2)])
@@ -101,7 +108,7 @@ def main() -> None:
         f"- command: `python -m bench.teacher_dtype --batches {args.batches} --batch-size {args.batch_size} "
         f"--eval-users {args.eval_users}`",
         f"- date: {datetime.date.today()}; 2 CPU cores, torch {torch.__version__}; teacher "
-        f"`bench/out/ml100k/moe-lora` ({max_len} history items with titles per prompt); adapters, "
+        f"`bench/out/ml100k/moe-lora` ({width} history items with titles per prompt); adapters, "
         "projector and gate float32 in both; both dtypes alternate batch by batch in one process",
         "",
         "| backbone | scoring prefixes/s | training samples/s (fwd + bwd) | valid NDCG@10 "

