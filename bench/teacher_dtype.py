@@ -29,7 +29,7 @@ from distill.io import recorded_path
 from distill.runs import load_checkpoint, read_run_config, run_dataset
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.model import backbone_spec, build_teacher, load_trainable, teacher_scorer
+from teacher.model import backbone_spec, build_teacher, item_text_of, load_trainable, teacher_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "out" / "ml100k" / "moe-lora"
@@ -53,11 +53,15 @@ def main() -> None:
     weights, _, _ = load_checkpoint(RUN / "best")
     # Runs from before teacher-train's --prompt-items record the prompt width as max_len.
     train = {("prompt_items" if k == "max_len" else k): v for k, v in config["train"].items()}
+    train.setdefault("item_text", False)  # runs from before item text vectors had none
+    own = from_dict(TeacherTrainConfig, train, f"{RUN}/config.json")
+    own = dataclasses.replace(own, llm=backbone_spec(config, own.llm, RUN))
+    text = item_text_of(own, data, RUN)  # the run's own vectors: an input of both dtypes alike
     teachers = {}
     for dtype in DTYPES:
         cfg = from_dict(TeacherTrainConfig, {**train, "dtype": dtype}, f"{RUN}/config.json")
         cfg = dataclasses.replace(cfg, llm=backbone_spec(config, cfg.llm, RUN))
-        teachers[dtype] = build_teacher(cfg, data, sasrec, torch.device("cpu"))
+        teachers[dtype] = build_teacher(cfg, data, sasrec, torch.device("cpu"), text)
         load_trainable(teachers[dtype].model, weights, RUN / "best")
     width = teachers["float32"].width
     samples = data.prefix_samples(4, width)

@@ -78,6 +78,12 @@ class TeacherTrainConfig:
         "--titles/--no-titles",
     )
     title_tokens: int = option(24, "MoE-LoRA: keep at most N tokens of each title.")
+    item_text: bool = option(
+        True,
+        "Read each item's title once through every layer of the backbone and give the teacher's item "
+        "side that vector (both teachers; when the dataset has titles).",
+        "--item-text/--no-item-text",
+    )
     experts: int = option(4, "MoE-LoRA: number of LoRA experts.")
     moe_scaling: Literal["total", "expert"] = option(
         "total",

@@ -7,6 +7,9 @@ Where this differs from E4SRec, and why:
 
 - **Dense.** E4SRec reads one hidden state after a response prompt. Here every item position is scored,
   so one pass over a window trains on (and exports) all its positions; no response text follows.
+- **Item text** (``item_text``): where items have titles, each title read once through the whole
+  backbone (:mod:`teacher.text`) adds ``text_projector(text)`` to the item's input and
+  ``text_head(text)`` to its row of the head (zero at the start when fused).
 - **Fused with SASRec** (``fuse_sasrec``): the score adds SASRec's own score for the same position, as
   one dot product ``[h ; 1 ; s] · [W_n ; b_n ; e_n]`` with the head's weight ``W`` and bias ``b``. The
   head starts at zero, so an untrained teacher ranks exactly as its SASRec.
@@ -43,6 +46,7 @@ class E4SRecTeacher(nn.Module):
         placeholder_id: token id of the slots the projected items go into.
         r, lora_alpha, lora_dropout, target_modules: peft ``LoraConfig`` fields.
         fuse_sasrec: add SASRec's own score (see the module docstring).
+        item_text: ``(num_items + 1, H_text)`` title vectors (:mod:`teacher.text`), or None.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class E4SRecTeacher(nn.Module):
         lora_dropout: float,
         target_modules: tuple[str, ...],
         fuse_sasrec: bool = True,
+        item_text: Tensor | None = None,
     ):
         super().__init__()
         lora = LoraConfig(
@@ -72,6 +77,14 @@ class E4SRecTeacher(nn.Module):
         if fuse_sasrec:  # the teacher's part of the score starts at zero: it ranks as SASRec does
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.text_projector = self.text_head = None
+        if item_text is not None:
+            self.register_buffer("item_text", item_text.float(), persistent=False)  # the run keeps it
+            self.text_projector = nn.Linear(item_text.shape[1], width)
+            self.text_head = nn.Linear(item_text.shape[1], width)
+            if fuse_sasrec:
+                nn.init.zeros_(self.text_head.weight)
+                nn.init.zeros_(self.text_head.bias)
 
     def train(self, mode: bool = True) -> E4SRecTeacher:
         super().train(mode)
@@ -97,14 +110,20 @@ class E4SRecTeacher(nn.Module):
             raise ValueError(f"{int(slots.sum())} slots for {int(real.sum())} history items")
         embeds = self.backbone.get_input_embeddings()(prompts.input_ids)  # (B, T, H)
         items_in = self.sasrec.item_embeddings().detach()[window[real]]  # (S, d), frozen
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), self.projector(items_in).to(embeds.dtype))
+        slot_values = self.projector(items_in)  # (S, H)
+        if self.text_projector is not None:
+            slot_values = slot_values + self.text_projector(self.item_text[window[real]])
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), slot_values.to(embeds.dtype))
         out = self.backbone(
             inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=prompts.position_ids
         )
         hidden = out.last_hidden_state.float()  # (B, T, H)
         queries = hidden.new_zeros(*real.shape, hidden.shape[-1] + 1)  # (B, w, H + 1): [h ; 1]
         queries[real] = torch.cat([hidden[slots], hidden.new_ones(len(hidden[slots]), 1)], dim=-1)
-        items = torch.cat([self.head.weight, self.head.bias[:, None]], dim=-1)  # (N + 1, H + 1)
+        head = self.head.weight  # (N + 1, H)
+        if self.text_head is not None:
+            head = head + self.text_head(self.item_text)
+        items = torch.cat([head, self.head.bias[:, None]], dim=-1)  # (N + 1, H + 1)
         if self.fuse_sasrec:
             states = self.sasrec(history)[:, -width:].float()  # (B, w, d)
             queries = torch.cat([queries, states], dim=-1)

@@ -28,6 +28,7 @@ from teacher.config import TeacherTrainConfig
 from teacher.e4srec import E4SRecTeacher
 from teacher.moe_lora import MoELoRATeacher
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, PromptBuilder
+from teacher.text import item_text_vectors
 
 # Where a teacher run keeps its copy of the SASRec run it was trained on (its ID encoder).
 SASREC = "sasrec"
@@ -84,8 +85,15 @@ def prompt_context(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
     return context
 
 
-def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device: torch.device) -> Teacher:
-    """Load the backbone and wrap it as the configured teacher (fresh adapters and heads)."""
+def build_teacher(
+    cfg: TeacherTrainConfig,
+    data: Dataset,
+    sasrec: SASRec,
+    device: torch.device,
+    item_text: torch.Tensor | None = None,
+) -> Teacher:
+    """Load the backbone and wrap it as the configured teacher (fresh adapters and heads); ``item_text``
+    from :func:`item_text_of` when the teacher reads titles on its item side."""
     context = prompt_context(cfg, sasrec)
     backbone, tokenizer = load_backbone(cfg.llm, layers=cfg.llm_layers, dtype=cfg.dtype)
     [placeholder] = add_special_tokens(backbone, tokenizer, [HISTORY_TOKEN])
@@ -104,6 +112,7 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
             experts=cfg.experts,
             per_expert_scaling=cfg.moe_scaling == "expert",
             train_sasrec=cfg.train_sasrec,
+            item_text=item_text,
             **lora,
         )
         titles = [None] + [data.title(i) for i in range(1, data.num_items + 1)]
@@ -112,9 +121,25 @@ def build_teacher(cfg: TeacherTrainConfig, data: Dataset, sasrec: SASRec, device
             tokenizer, placeholder, MOE_LORA_PROMPT, titles if use_titles else None, cfg.title_tokens
         )
     else:
-        model = E4SRecTeacher(backbone, sasrec, placeholder_id=placeholder, **lora)
+        model = E4SRecTeacher(backbone, sasrec, placeholder_id=placeholder, item_text=item_text, **lora)
         prompts = PromptBuilder(tokenizer, placeholder, E4SREC_PROMPT)
     return Teacher(model.to(device), prompts, cfg.prompt_items, context, device)
+
+
+def item_titles(cfg: TeacherTrainConfig, data: Dataset) -> list[str | None] | None:
+    """The titles the teacher's item side reads (index 0 unused), or None when it reads none."""
+    if not (cfg.item_text and data.has_titles):
+        return None
+    return [None] + [data.title(i) for i in range(1, data.num_items + 1)]
+
+
+def item_text_of(
+    cfg: TeacherTrainConfig, data: Dataset, run_dir: Path, *, write: bool = True
+) -> torch.Tensor | None:
+    """The item text vectors of a run (:mod:`teacher.text`, kept in the run), or None when the teacher
+    does not read titles on its item side or the dataset has none."""
+    titles = item_titles(cfg, data)
+    return None if titles is None else item_text_vectors(run_dir, cfg.llm, cfg.dtype, titles, write=write)
 
 
 def check_sasrec(cfg: TeacherTrainConfig, sasrec: SASRec) -> int:
@@ -144,12 +169,14 @@ def load_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
     train = _table(config, "train", run_dir)
     if "max_len" in train:  # runs from before the option was --prompt-items
         train = {("prompt_items" if k == "max_len" else k): v for k, v in train.items()}
+    train.setdefault("item_text", False)  # runs from before item text vectors had none
     cfg = from_dict(TeacherTrainConfig, train, f"{run_dir}/config.json")
     cfg = dataclasses.replace(cfg, llm=backbone_spec(config, cfg.llm, run_dir))
     sasrec_run = recorded_path(run_dir, config.get("sasrec_run"), "its SASRec run (sasrec_run)")
     weights, _, _ = load_checkpoint(run_dir / "best")
     warn_if_unfinished(run_dir)
-    teacher = build_teacher(cfg, data, load_run(sasrec_run, data), torch.device(device))
+    sasrec = load_run(sasrec_run, data)
+    teacher = build_teacher(cfg, data, sasrec, torch.device(device), item_text_of(cfg, data, run_dir))
     load_trainable(teacher.model, weights, run_dir / "best")
     teacher.model.eval()
     return teacher

@@ -20,6 +20,9 @@ Where this differs from iLoRA, and why:
   for the same position, written as one dot product of concatenated vectors,
   ``[h ; s] · [item_projector(e) ; e]``. The item projector's last layer starts at zero, so an untrained
   teacher ranks exactly as its SASRec and training learns what the LLM adds.
+- **Item text** (``item_text``): where items have titles, each title read once through the whole
+  backbone (:mod:`teacher.text`) goes through a ``text_projector`` of its own and is added to the item
+  vector; its last layer starts at zero too, so fusion still starts at SASRec's ranking.
 - **Scaling.** ``lora_alpha / r`` with ``r`` the total rank by default; iLoRA's code uses the expert rank
   (E times larger): ``per_expert_scaling``.
 """
@@ -76,6 +79,7 @@ class MoELoRATeacher(nn.Module):
             adapters (``r`` total).
         train_sasrec: fine-tune the ID encoder too.
         fuse_sasrec: add SASRec's own score (see the module docstring).
+        item_text: ``(num_items + 1, H_text)`` title vectors (:mod:`teacher.text`), or None.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class MoELoRATeacher(nn.Module):
         per_expert_scaling: bool = False,
         train_sasrec: bool = False,
         fuse_sasrec: bool = True,
+        item_text: Tensor | None = None,
     ):
         super().__init__()
         inject_moe_lora(backbone, target_modules, experts, r, lora_alpha, lora_dropout, per_expert_scaling)
@@ -106,6 +111,15 @@ class MoELoRATeacher(nn.Module):
             nn.init.zeros_(self.item_projector[-1].weight)
             nn.init.zeros_(self.item_projector[-1].bias)
         self.gate = Gate(d, experts)
+        self.text_projector = None
+        if item_text is not None:
+            self.register_buffer("item_text", item_text.float(), persistent=False)  # the run keeps it
+            self.text_projector = nn.Sequential(
+                nn.Linear(item_text.shape[1], width), nn.GELU(), nn.Linear(width, width)
+            )
+            if fuse_sasrec:
+                nn.init.zeros_(self.text_projector[-1].weight)
+                nn.init.zeros_(self.text_projector[-1].bias)
 
     def train(self, mode: bool = True) -> MoELoRATeacher:
         super().train(mode)
@@ -142,6 +156,8 @@ class MoELoRATeacher(nn.Module):
         queries[real] = hidden[slots]
         table = self.sasrec.item_embeddings()  # (N + 1, d)
         items = self.item_projector(table).float()  # (N + 1, H)
+        if self.text_projector is not None:
+            items = items + self.text_projector(self.item_text).float()
         if self.fuse_sasrec:
             queries = torch.cat([queries, states.float()], dim=-1)  # (B, w, H + d)
             items = torch.cat([items, table.float()], dim=-1)  # (N + 1, H + d)

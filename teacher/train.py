@@ -55,11 +55,14 @@ from teacher.model import (
     Teacher,
     build_teacher,
     check_sasrec,
+    item_text_of,
+    item_titles,
     load_trainable,
     record_backbone,
     teacher_scorer,
     trainable_state,
 )
+from teacher.text import save_item_text
 
 SELECT_ON = "ndcg@10"
 # Parameter groups by name: the learning rate of each is a config field.
@@ -82,11 +85,15 @@ def run(cfg: TeacherTrainConfig) -> dict:
     sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
     context = check_sasrec(cfg, sasrec)
     device = setup_device(cfg.device)
+    text = item_text_of(cfg, data, Path(cfg.output), write=False)  # a resumed run's own, or read afresh
+    seed_everything(cfg.seed)
+    # Loading the backbone is what fails on a wrong --llm: it comes before anything is written.
+    teacher = build_teacher(cfg, data, sasrec.to(device), device, text)
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     if not resuming_with_copy:
         copy_run(cfg.sasrec, own_sasrec)  # the run holds what scoring it needs: moving it keeps it whole
-    seed_everything(cfg.seed)
-    teacher = build_teacher(cfg, data, sasrec.to(device), device)
+    if text is not None:
+        save_item_text(run_dir, cfg.llm, cfg.dtype, item_titles(cfg, data), text)
     model = teacher.model
     rank, ranks = world()
     net = model

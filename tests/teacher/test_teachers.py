@@ -14,7 +14,7 @@ from distill.prepare import run as prepare
 from distill.runs import save_checkpoint
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
-from teacher.model import build_teacher, load_teacher, trainable_state
+from teacher.model import build_teacher, item_text_of, load_teacher, trainable_state
 from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT
 
 TINY_TEACHER = [
@@ -45,10 +45,10 @@ def config(setup, **changes):
 
 def make(setup, **changes):
     data = Dataset(setup / "data")
+    cfg = config(setup, **changes)
+    text = item_text_of(cfg, data, setup)  # cached beside the fixture's runs
     torch.manual_seed(0)
-    return build_teacher(
-        config(setup, **changes), data, load_run(setup / "sasrec", data), torch.device("cpu")
-    ), data
+    return build_teacher(cfg, data, load_run(setup / "sasrec", data), torch.device("cpu"), text), data
 
 
 def histories(data, n=6):
