@@ -289,7 +289,11 @@ class PrepareConfig:
         3, "Drop users with fewer interactions (iterated with the item bound)."
     )
     min_item_interactions: int = option(1, "Drop items with fewer interactions (k-core with the user bound).")
-    synthetic: bool = option(False, "Generate the embedded synthetic dataset instead of reading INPUTS.")
+    synthetic: bool = option(
+        False,
+        "Generate the embedded synthetic dataset instead of reading INPUTS: latent interest clusters, "
+        "popularity skew, successor items; each title names its item's cluster.",
+    )
     num_users: int = option(1000, "Synthetic: number of users.")
     num_items: int = option(500, "Synthetic: number of items.")
     seed: int = option(0, "Synthetic: random seed.")

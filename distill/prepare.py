@@ -42,8 +42,10 @@ def run(cfg: PrepareConfig) -> dict:
 
     titles = None
     if cfg.synthetic:
-        users, items = synthetic.generate(cfg.num_users, cfg.num_items, cfg.seed)
+        users, items, names = synthetic.generate(cfg.num_users, cfg.num_items, cfg.seed)
         frame = pl.DataFrame({"user": users.astype(str), "item": items.astype(str)})
+        raw_items = [str(i) for i in range(1, len(names) + 1)]
+        titles = pl.DataFrame({"raw_item": raw_items, "title": names})
         frame = frame.with_columns(time=pl.lit(None, pl.Float64)).with_row_index("row")
         sources = [{"synthetic": {"num_users": cfg.num_users, "num_items": cfg.num_items, "seed": cfg.seed}}]
     else:

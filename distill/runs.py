@@ -74,8 +74,11 @@ def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> No
         )
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) -> Path:
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False, create: bool = True) -> Path:
     """Create a run directory, refusing to clobber one unless resuming or told to overwrite.
+
+    With ``create`` False it only checks (a stage that loads something slow or fallible first, as a
+    backbone, refuses a wrong output before that and creates it after).
 
     A directory an unfinished run left without a resumable checkpoint (killed or failed before its first
     epoch's ``RUN/last`` was written, perhaps after its ``RUN/best``) is started afresh without
@@ -106,6 +109,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False) 
         what="run directory",
         hint="use --resume to continue it, or --overwrite to replace it",
     )
+    if not create:
+        return run
     if clear and restart and not overwrite:
         log(f"{run} holds no checkpoint (its run stopped before an epoch ended): starting it afresh")
     barrier()  # every rank has looked before rank 0 changes anything

@@ -9,6 +9,11 @@ has a sparse interest mix over clusters. Each next item is, with fixed probabili
 
 so a model that reads order (SASRec, a teacher) beats one that only counts (popularity), and a model
 that also knows the user's mix beats one that only sees the last item.
+
+Every item has a title that names its cluster (``"dark night 17"``: two words per cluster, then the
+item's id). The interactions only hint at the clusters (a rare item is seen a few times), the titles
+state them: a teacher that reads titles knows something an ID-only student cannot learn from the same
+interactions, which is what makes distillation pay on this data.
 """
 
 from __future__ import annotations
@@ -23,12 +28,23 @@ MIN_LENGTH = 5
 MAX_LENGTH = 60
 
 
-def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+# Cluster names: an adjective and a noun the tiny backbone's word-level vocabulary knows.
+ADJECTIVES = "dark light black white red blue green gold silver old new great little big secret lost".split()
+NOUNS = "night day star king queen fire water ice heart dream city war love world home house".split()
+
+
+def cluster_name(cluster: int) -> str:
+    """Two words per cluster (a number after them past the 256 pairs)."""
+    pair = f"{ADJECTIVES[cluster % 16]} {NOUNS[cluster // 16 % 16]}"
+    return pair if cluster < 256 else f"{pair} {cluster // 256}"
+
+
+def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Draw the interactions of ``num_users`` users over ``num_items`` items.
 
     Returns:
-        ``(users, items)``: int64 arrays of equal length, ids from 1, users in order and each
-        user's items in chronological order.
+        ``(users, items, titles)``: int64 arrays of equal length, ids from 1, users in order and each
+        user's items in chronological order; ``titles[i - 1]`` is item i's title, naming its cluster.
     """
     rng = np.random.default_rng(seed)
     num_clusters = max(2, num_items // 25)
@@ -83,7 +99,8 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
 
     keep = np.arange(lengths.max())[None, :] < lengths[:, None]
     users = np.broadcast_to(rows[:, None] + 1, seqs.shape)[keep]
-    return users.astype(np.int64), seqs[keep] + 1
+    titles = [f"{cluster_name(int(c))} {i}" for i, c in enumerate(cluster_of, start=1)]
+    return users.astype(np.int64), seqs[keep] + 1, titles
 
 
 def _popular_item(

@@ -29,9 +29,10 @@ from distill.config import PrepareConfig
 from distill.data import Dataset
 from distill.errors import DistillError
 from distill.io import log, write_json
-from distill.metrics import MASKING_NOTE, format_table
+from distill.metrics import MASKING_NOTE, format_table, per_user
 from distill.outputs import claim, remove_dir
 from distill.prepare import run as prepare
+from pipeline.compare import paired_difference
 from pipeline.config import ExportConfig, PipelineConfig
 from pipeline.export import run as export_logits
 from pipeline.runs import open_run
@@ -82,30 +83,36 @@ def run(cfg: PipelineConfig) -> dict:
             )
         )
     student = student_config(cfg, data)
-    log("== student-train: the plain SASRec (alpha 0) and the teacher's ID encoder")
-    plain = train_student(StudentTrainConfig(output=str(out / "sasrec"), **student))
-    log(f"== teacher-train: {cfg.teacher} on {cfg.llm}")
-    teacher = train_teacher(
-        TeacherTrainConfig(
-            data=data,
-            sasrec=str(out / "sasrec"),
-            output=str(out / "teacher"),
-            teacher=cfg.teacher,
-            llm=cfg.llm,
-            epochs=cfg.teacher_epochs,
-            prompt_items=cfg.teacher_prompt_items,
-            batch_size=16,
-            seed=cfg.seed,
-            device=cfg.device,
+    log(f"== student-train: the teacher's SASRec (d={cfg.teacher_hidden})")
+    train_student(StudentTrainConfig(output=str(out / "sasrec"), hidden=cfg.teacher_hidden, **student))
+    teacher_run = out / "sasrec"
+    if cfg.teacher != "sasrec":
+        log(f"== teacher-train: {cfg.teacher} on {cfg.llm}")
+        train_teacher(
+            TeacherTrainConfig(
+                data=data,
+                sasrec=str(out / "sasrec"),
+                output=str(out / "teacher"),
+                teacher=cfg.teacher,
+                llm=cfg.llm,
+                epochs=cfg.teacher_epochs,
+                prompt_items=cfg.teacher_prompt_items,
+                batch_size=16,
+                seed=cfg.seed,
+                device=cfg.device,
+            )
         )
-    )
-    if teacher["valid"][SELECT_ON] < plain["valid"][SELECT_ON]:
-        picked = {"alpha": 0.0, "temperature": None, "grid": [], "reason": why_skipped(teacher, plain)}
+        teacher_run = out / "teacher"
+    teacher = json.loads((teacher_run / "metrics.json").read_text())
+    log(f"== student-train: the plain student (d={cfg.student_hidden}, alpha 0)")
+    plain = train_point(cfg, student, {"kd": None, "alpha": 0.0, "temperature": None}, None, out / "grid")
+    if teacher["valid"][SELECT_ON] < plain["valid"]:
+        picked = {**plain, "grid": [plain], "reason": why_skipped(teacher, plain)}
     else:
         log("== export-logits")
         export_logits(
             ExportConfig(
-                runs=(str(out / "teacher"),),
+                runs=(str(teacher_run),),
                 data=data,
                 output=str(out / "scores"),
                 top_k=cfg.top_k,
@@ -116,9 +123,8 @@ def run(cfg: PipelineConfig) -> dict:
         )
         picked = pick(cfg, student, plain, str(out / "scores"), out / "grid")
     log(picked["reason"])
-    source = out / "sasrec" if picked["alpha"] == 0 else out / "grid" / point_name(picked)
-    shutil.copytree(source, out / "distilled")
-    results = summarise(out, data, cfg, picked)
+    shutil.copytree(out / "grid" / point_name(picked, cfg.seed), out / "distilled")
+    results = summarise(out, data, cfg, picked, teacher_run)
     write_json(out / SUMMARY_JSON, results)
     (out / SUMMARY_MD).write_text(f"{SUMMARY_TITLE} {out}\n\n```\n{summary(results)}\n```\n")
     return results
@@ -137,7 +143,7 @@ def _our_summary(path: Path) -> bool:
 
 
 def student_config(cfg: PipelineConfig, data: str) -> dict:
-    """The student-train settings every student of the pipeline shares (plain and distilled)."""
+    """The student-train settings every SASRec of the pipeline shares (the teacher's and the students)."""
     return {
         "data": data,
         "epochs": cfg.student_epochs,
@@ -149,94 +155,151 @@ def student_config(cfg: PipelineConfig, data: str) -> dict:
     }
 
 
-def pick(cfg: PipelineConfig, student: dict, plain: dict, scores: str, grid_dir: Path) -> dict:
-    """Train a distilled student per (alpha, temperature) of the grid; pick the best on validation.
+def grid_points(cfg: PipelineConfig) -> list[dict]:
+    """The distilled students to try: ``kl`` at every alpha × temperature, ``rank`` at every alpha
+    (it has no temperature); alpha 0 is the plain student, trained once."""
+    alphas = sorted(a for a in set(cfg.alphas) if a > 0)
+    points = []
+    for kd in dict.fromkeys(cfg.kd):
+        for alpha in alphas:
+            for temperature in cfg.temperatures if kd == "kl" else (1.0,):
+                points.append({"kd": kd, "alpha": alpha, "temperature": temperature})
+    return points
 
-    alpha = 0 is the plain student (``plain``, same seed: training with alpha 0 reproduces it bit for
-    bit), so it is not rerun; a grid point wins only if strictly better on validation NDCG@10.
-    """
-    best = {"alpha": 0.0, "temperature": None, "valid": plain["valid"][SELECT_ON]}
-    grid = [{"alpha": 0.0, "temperature": None, "valid": best["valid"]}]
-    for alpha in sorted(a for a in set(cfg.alphas) if a > 0):
-        for temperature in cfg.temperatures:
-            point = {"alpha": alpha, "temperature": temperature}
-            log(f"== student-train with the teacher's scores: alpha {alpha}, temperature {temperature}")
-            result = train_student(
-                StudentTrainConfig(
-                    output=str(grid_dir / point_name(point)),
-                    teacher_scores=scores,
-                    kd=cfg.kd,
-                    alpha=alpha,
-                    temperature=temperature,
-                    **student,
-                )
+
+def train_point(cfg: PipelineConfig, student: dict, point: dict, scores: str | None, grid_dir: Path) -> dict:
+    """Train one grid point over ``cfg.seeds`` paired seeds; ``point`` with each seed's validation and
+    test NDCG@10 and their means."""
+    valid, test = [], []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        distill = {} if point["alpha"] == 0 else {"teacher_scores": scores, **point}
+        result = train_student(
+            StudentTrainConfig(
+                output=str(grid_dir / point_name(point, seed)),
+                hidden=cfg.student_hidden,
+                **{**student, "seed": seed},
+                **distill,
             )
-            point["valid"] = result["valid"][SELECT_ON]
-            grid.append(point)
-            if point["valid"] > best["valid"]:
-                best = point
-    tried = ", ".join(
-        f"alpha {p['alpha']:g}"
-        + ("" if p["temperature"] is None else f" T {p['temperature']:g}")
-        + f": {p['valid']:.4f}"
-        for p in grid
-    )
+        )
+        valid.append(result["valid"][SELECT_ON])
+        test.append(result["test"][SELECT_ON])
+    return {**point, "valid": sum(valid) / len(valid), "test": sum(test) / len(test), "valid_by_seed": valid}
+
+
+def pick(cfg: PipelineConfig, student: dict, plain: dict, scores: str, grid_dir: Path) -> dict:
+    """Train a distilled student per grid point (:func:`grid_points`); pick the best on the mean
+    validation NDCG@10 over the paired seeds. The plain student (``plain``, alpha 0) is a candidate: a
+    grid point wins only if strictly better. Test is never looked at."""
+    best, grid = plain, [plain]
+    for point in grid_points(cfg):
+        log(f"== student-train with the teacher's scores: {describe(point)}")
+        point = train_point(cfg, student, point, scores, grid_dir)
+        grid.append(point)
+        if point["valid"] > best["valid"]:
+            best = point
+    seeds = f"mean of {cfg.seeds} seeds' " if cfg.seeds > 1 else ""
+    tried = ", ".join(f"{describe(p)}: {p['valid']:.4f}" for p in grid)
     if best["alpha"] == 0:
-        reason = f"picked alpha 0 (the plain student): no distilled student beat it on valid {SELECT_ON}"
+        reason = (
+            f"picked alpha 0 (the plain student): no distilled student beat it on {seeds}valid {SELECT_ON}"
+        )
     else:
         reason = (
-            f"picked alpha {best['alpha']:g}, temperature {best['temperature']:g}: valid {SELECT_ON} "
-            f"{best['valid']:.4f} against {grid[0]['valid']:.4f} for the plain student"
+            f"picked {describe(best)}: {seeds}valid {SELECT_ON} {best['valid']:.4f} against "
+            f"{plain['valid']:.4f} for the plain student"
         )
-    return {
-        "alpha": best["alpha"],
-        "temperature": best["temperature"],
-        "grid": grid,
-        "reason": f"{reason} (valid {SELECT_ON}: {tried})",
-    }
+    return {**best, "grid": grid, "reason": f"{reason} ({seeds}valid {SELECT_ON}: {tried})"}
 
 
-def point_name(point: dict) -> str:
-    """The grid run directory of an (alpha, temperature) point."""
-    return f"a{point['alpha']:g}-t{point['temperature']:g}"
+def describe(point: dict) -> str:
+    if point["alpha"] == 0:
+        return "alpha 0"
+    temperature = f" T {point['temperature']:g}" if point["kd"] == "kl" else ""
+    return f"{point['kd']} alpha {point['alpha']:g}{temperature}"
+
+
+def point_name(point: dict, seed: int) -> str:
+    """The grid run directory of a point at one seed."""
+    if point["alpha"] == 0:
+        return f"plain-s{seed}"
+    temperature = f"-t{point['temperature']:g}" if point["kd"] == "kl" else ""
+    return f"{point['kd']}-a{point['alpha']:g}{temperature}-s{seed}"
 
 
 def why_skipped(teacher: dict, plain: dict) -> str:
     return (
         f"{SKIPPED} (valid {SELECT_ON} {teacher['valid'][SELECT_ON]:.4f} against "
-        f"{plain['valid'][SELECT_ON]:.4f} for the plain student); the distilled student is the plain one"
+        f"{plain['valid']:.4f} for the plain student); the distilled student is the plain one"
     )
 
 
-def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict) -> dict:
-    """``summary.json``: each model's metrics, size and scoring latency, and what was picked."""
+def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict, teacher_run: Path) -> dict:
+    """``summary.json``: each model's metrics, size and scoring latency, what was picked, and the paired
+    per-user test difference of the distilled student against the plain one (as ``distill compare``)."""
     dataset = Dataset(data)
-    models = {}
-    for name, run_dir in (("student", "sasrec"), ("teacher", "teacher"), ("distilled", "distilled")):
-        metrics = json.loads((out / run_dir / "metrics.json").read_text())
-        scorer = open_run(out / run_dir, dataset, cfg.device)
+    runs = {
+        "teacher": teacher_run,
+        "student": out / "grid" / point_name({"alpha": 0.0}, cfg.seed),
+        "distilled": out / "distilled",
+    }
+    models, ranks = {}, {}
+    for name, run_dir in runs.items():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        scorer = open_run(run_dir, dataset, cfg.device)
+        users, ranks[name] = scorer.ranks(dataset, "test", 256)
         models[name] = {
-            "run": run_dir,
+            "run": str(run_dir.relative_to(out)),
             "test": metrics["test"],
             "valid": metrics["valid"],
             "parameters": scorer.parameters,
             "ms_per_user": scorer.ms_per_user(dataset, "test", 256),
         }
     models["teacher"]["kind"] = cfg.teacher
-    return {"models": models, "picked": picked}
+    diffs = (per_user(ranks["distilled"], SELECT_ON) - per_user(ranks["student"], SELECT_ON)).numpy()
+    paired = paired_difference(diffs, samples=10_000, seed=0)
+    return {"models": models, "picked": picked, "paired_test": paired, "llm": cfg.llm}
 
 
 def summary(results: dict) -> str:
     """The test metrics of every model of a pipeline, side by side, and the pick: what it prints and saves."""
     models = results["models"]
     names = {
-        "student": "SASRec",
         "teacher": f"teacher ({models['teacher']['kind']})",
+        "student": "plain SASRec",
         "distilled": "distilled SASRec",
     }
-    table = format_table({names[n]: m["test"] for n, m in models.items()}, label="model")
+    table = format_table({names[n]: models[n]["test"] for n in names}, label="model")
     sizes = "\n".join(
-        f"{names[n]:<22} {m['parameters']:>12,} parameters  {m['ms_per_user']:8.3f} ms per user to score"
-        for n, m in models.items()
+        f"{names[n]:<22} {models[n]['parameters']:>12,} parameters  "
+        f"{_latency(models[n]['ms_per_user'])} per user to score"
+        for n in names
     )
-    return f"test metrics ({MASKING_NOTE}):\n{table}\n\n{sizes}\n\n{results['picked']['reason']}"
+    paired = results["paired_test"]
+    verdict = "excludes 0" if paired["low"] > 0 or paired["high"] < 0 else "contains 0: not told apart"
+    lines = [
+        f"test metrics ({MASKING_NOTE}):",
+        "hr@K: share of users whose next item is in the top K; ndcg@K: the same, discounted by its rank; "
+        "mrr: mean of 1 / rank",
+        table,
+        "",
+        sizes,
+        "",
+        results["picked"]["reason"],
+        f"distilled minus plain, test {SELECT_ON} per user: {paired['mean']:+.4f}, bootstrap 95% interval "
+        f"[{paired['low']:+.4f}, {paired['high']:+.4f}] ({verdict}; {paired['wins']} users better, "
+        f"{paired['losses']} worse of {paired['users']})",
+    ]
+    if models["teacher"]["kind"] != "sasrec":
+        lines.append(TINY_NOTE if results.get("llm") == "tiny" else "")
+    return "\n".join(line for line in lines if line is not None).rstrip()
+
+
+TINY_NOTE = (
+    "the built-in 'tiny' backbone is a small random Llama, for a fast demo: it knows no language. "
+    "Use a real one with --llm (a .gguf file, a model directory or a hub id)."
+)
+
+
+def _latency(ms: float) -> str:
+    """Milliseconds at a precision a median of a few passes supports (two significant digits)."""
+    return f"{ms:8.2g} ms" if ms < 10 else f"{ms:8.0f} ms"

@@ -20,11 +20,13 @@ WEIGHTS_HELP = "Ensemble weights: equal, or fit (EM on the likelihood of the val
 class PipelineConfig:
     """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
 
-    prepare (the synthetic data unless ``data`` names a prepared directory) → SASRec → teacher →
-    export-logits → distilled students on a grid of ``alphas`` × ``temperatures`` (α = 0 is the plain
-    SASRec itself), one picked on validation NDCG@10; none when the teacher ranks below the plain
-    student on validation. Each stage's full config is written to its own run directory; run the
-    stages one by one for every option.
+    prepare (the synthetic data unless ``data`` names a prepared directory) → the teacher's SASRec
+    (``teacher_hidden`` wide) → the teacher (an LLM teacher on it, or that SASRec itself with
+    ``teacher = "sasrec"``) → export-logits → students ``student_hidden`` wide: the plain one (α = 0)
+    and one per point of ``kd`` × ``alphas`` × ``temperatures`` (``rank`` has no temperature), each
+    over ``seeds`` paired seeds, one point picked on the mean validation NDCG@10; none when the teacher
+    ranks below the plain student on validation. Each stage's full config is written to its own run
+    directory; run the stages one by one for every option.
     """
 
     output: str = option("", "Directory for every stage's output.", "--output", "-o")
@@ -32,18 +34,27 @@ class PipelineConfig:
     num_users: int = option(1000, "Synthetic data: number of users.")
     num_items: int = option(500, "Synthetic data: number of items.")
     llm: str = option("tiny", "Teacher backbone: 'tiny', a .gguf file, a model directory or a hub id.")
-    teacher: Literal["moe-lora", "e4srec"] = option("moe-lora", "Teacher kind.")
+    teacher: Literal["moe-lora", "e4srec", "sasrec"] = option(
+        "moe-lora", "Teacher: an LLM teacher on the teacher's SASRec, or that SASRec alone (compression)."
+    )
+    teacher_hidden: int = option(64, "Width of the teacher's SASRec (the LLM teacher's ID encoder).")
+    student_hidden: int = option(16, "Width of the students, plain and distilled.")
+    seeds: int = option(1, "Paired seeds per student; the grid point is picked on their mean validation.")
     student_epochs: int = option(30, "Maximum epochs of each student.")
     teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
     max_len: int = 50
     teacher_prompt_items: int = 10
     positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N
     top_k: int = 100
-    kd: Literal["kl", "rank"] = option("kl", "Distillation loss.")
+    kd: tuple[Literal["kl", "rank"], ...] = option(
+        ("kl", "rank"), "Distillation losses to try (comma-separated)."
+    )
     alphas: tuple[float, ...] = option(
         (0.5,), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
     )
-    temperatures: tuple[float, ...] = option((1.0, 2.0), "KD temperatures to try (comma-separated).")
+    temperatures: tuple[float, ...] = option(
+        (0.5, 1.0, 2.0), "KD temperatures to try with kl (comma-separated)."
+    )
     seed: int = option(0, "Random seed of every stage.")
     device: str = option("auto")
     overwrite: bool = option(False, "Replace the runs of an earlier pipeline.")
@@ -59,6 +70,9 @@ class PipelineConfig:
                 "teacher_epochs",
                 "max_len",
                 "teacher_prompt_items",
+                "teacher_hidden",
+                "student_hidden",
+                "seeds",
                 "positions",
                 "top_k",
             ),

@@ -85,6 +85,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
     sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
     context = check_sasrec(cfg, sasrec)
     device = setup_device(cfg.device)
+    prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, create=False)  # refused early
     text = item_text_of(cfg, data, Path(cfg.output), write=False)  # a resumed run's own, or read afresh
     seed_everything(cfg.seed)
     # Loading the backbone is what fails on a wrong --llm: it comes before anything is written.

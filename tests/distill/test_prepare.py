@@ -282,11 +282,12 @@ def test_everything_filtered_is_an_error(tmp_path):
 
 
 def test_synthetic_is_deterministic_by_seed():
-    u1, i1 = synthetic.generate(50, 40, seed=3)
-    u2, i2 = synthetic.generate(50, 40, seed=3)
+    u1, i1, t1 = synthetic.generate(50, 40, seed=3)
+    u2, i2, t2 = synthetic.generate(50, 40, seed=3)
     np.testing.assert_array_equal(u1, u2)
     np.testing.assert_array_equal(i1, i2)
-    _, i3 = synthetic.generate(50, 40, seed=4)
+    assert t1 == t2 and len(t1) == 40 and t1[0].endswith(" 1")
+    _, i3, _ = synthetic.generate(50, 40, seed=4)
     assert len(i1) != len(i3) or not np.array_equal(i1, i3)
     assert u1.min() == 1 and i1.min() >= 1 and i1.max() <= 40
     assert np.all(np.diff(u1) >= 0)  # users in order
@@ -305,7 +306,7 @@ def test_synthetic_prepare_fingerprint_depends_on_seed(tmp_path):
 
 def test_synthetic_has_sequential_structure():
     """Predicting an item's most frequent successor beats predicting the most popular item by far."""
-    users, items = synthetic.generate(400, 100, seed=0)
+    users, items, _ = synthetic.generate(400, 100, seed=0)
     same_user = users[1:] == users[:-1]
     prev, nxt = items[:-1][same_user], items[1:][same_user]
     fit = np.arange(len(prev)) % 2 == 0  # learn the bigrams on half of the transitions, test on the rest

@@ -1,47 +1,44 @@
-"""``distill pipeline``, the README's main job, end to end (shrunk to test size)."""
+"""``distill pipeline``, the README's main job: end to end (shrunk, and once at its real size)."""
 
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cli import main
 from distill.data import Dataset
 from distill.scores import ScoreWriter
-from pipeline.chain import SKIPPED, pick, student_config
+from pipeline.chain import SKIPPED, grid_points, pick, student_config, train_point
 from pipeline.config import PipelineConfig
-from student.config import StudentTrainConfig
-from student.train import run as train_student
 
 SMALL = ["--num-users", "60", "--num-items", "40", "--student-epochs", "2", "--device", "cpu"]
 
 
 def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     out = tmp_path / "qs"
-    result = CliRunner().invoke(
-        main,
-        ["pipeline", "--output", str(out), *SMALL, "--kd", "rank", "--alphas", "0.5", "--temperatures", "1"],
-    )
+    args = ["pipeline", "--output", str(out), *SMALL, "--kd", "rank", "--alphas", "0.5", "--seeds", "2"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    for line in ("SASRec", "teacher (moe-lora)", "distilled SASRec", "ms per user"):
+    for line in ("plain SASRec", "teacher (moe-lora)", "distilled SASRec", "ms per user", "bootstrap 95%"):
         assert line in result.output and line in (out / "summary.md").read_text()
-    for run in ("sasrec", "teacher", "distilled"):
-        metrics = json.loads((out / run / "metrics.json").read_text())
-        assert 0 <= metrics["test"]["ndcg@10"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == {"student", "teacher", "distilled"}
     for model in summary["models"].values():
         assert {"test", "valid", "parameters", "ms_per_user"} <= set(model) and model["parameters"] > 0
     student, distilled = summary["models"]["student"], summary["models"]["distilled"]
-    assert distilled["valid"]["ndcg@10"] >= student["valid"]["ndcg@10"]  # alpha 0 is a candidate
+    assert student["parameters"] < summary["models"]["teacher"]["parameters"]
     assert summary["picked"]["reason"] in result.output
+    assert {"mean", "low", "high"} <= set(summary["paired_test"])
+    for seed in (0, 1):  # the plain student at every paired seed
+        assert (out / "grid" / f"plain-s{seed}" / "metrics.json").is_file()
     if SKIPPED in result.output:
-        assert summary["picked"]["alpha"] == 0 and not (out / "grid").exists()
+        assert summary["picked"]["alpha"] == 0 and not (out / "scores").exists()
     else:
-        assert len(summary["picked"]["grid"]) == 2 and (out / "grid" / "a0.5-t1" / "metrics.json").is_file()
-        grid = json.loads((out / "grid" / "a0.5-t1" / "config.json").read_text())
+        assert [p["kd"] for p in summary["picked"]["grid"]] == [None, "rank"]
+        config = json.loads((out / "grid" / "rank-a0.5-s1" / "config.json").read_text())
         assert (
-            grid["teacher_scores"]["teacher"]["kind"] == "teacher-moe-lora" and grid["train"]["kd"] == "rank"
+            config["teacher_scores"]["teacher"]["kind"] == "teacher-moe-lora" and config["train"]["seed"] == 1
         )
     if summary["picked"]["alpha"] == 0:
         assert distilled["test"] == student["test"]
@@ -54,34 +51,62 @@ def test_pipeline_refuses_to_clobber_unless_told(tmp_path):
     result = CliRunner().invoke(main, ["pipeline", "--output", str(out), *SMALL])
     assert result.exit_code != 0 and "already exists" in result.output
     result = CliRunner().invoke(
-        main, ["pipeline", "--output", str(out), *SMALL, "--overwrite", "--teacher", "e4srec", "--alphas", ""]
+        main, ["pipeline", "--output", str(out), *SMALL, "--overwrite", "--teacher", "sasrec", "--alphas", ""]
     )
     assert result.exit_code == 0, result.output
     assert (out / "notes.txt").read_text() == "mine"  # only the pipeline's own runs are replaced
-    assert "teacher (e4srec)" in result.output
+    assert "teacher (sasrec)" in result.output and not (out / "teacher").exists()
+
+
+def test_the_grid_spans_losses_alphas_and_temperatures():
+    cfg = PipelineConfig(output="o", kd=("kl", "rank"), alphas=(0.0, 0.5, 0.8), temperatures=(0.5, 2.0))
+    points = [(p["kd"], p["alpha"], p["temperature"]) for p in grid_points(cfg)]
+    kl = [("kl", a, t) for a in (0.5, 0.8) for t in (0.5, 2.0)]
+    assert points == [*kl, ("rank", 0.5, 1.0), ("rank", 0.8, 1.0)]
 
 
 def test_the_grid_picks_alpha_zero_when_the_teacher_is_random(tmp_path):
-    cfg = PipelineConfig(output=str(tmp_path), num_users=80, num_items=30, alphas=(0.9,), temperatures=(1.0,))
+    cfg = PipelineConfig(
+        output=str(tmp_path), kd=("kl",), alphas=(0.9,), temperatures=(1.0,), seeds=2, student_hidden=16
+    )
     from distill.config import PrepareConfig
     from distill.prepare import run as prepare
 
     prepare(PrepareConfig(output=str(tmp_path / "data"), synthetic=True, num_users=150, num_items=40, seed=1))
     data = Dataset(tmp_path / "data")
     student = {**student_config(cfg, str(tmp_path / "data")), "epochs": 8, "device": "cpu"}
-    plain = train_student(StudentTrainConfig(output=str(tmp_path / "plain"), **student))
+    plain = train_point(
+        cfg, student, {"kd": None, "alpha": 0.0, "temperature": None}, None, tmp_path / "grid"
+    )
+    assert len(plain["valid_by_seed"]) == 2 and plain["valid"] == np.mean(plain["valid_by_seed"])
     samples = data.prefix_samples(None, 1)
     rng = np.random.default_rng(0)
     items = np.stack([rng.permutation(data.num_items)[:10] + 1 for _ in samples.targets])
     logits = np.sort(rng.normal(0, 5, items.shape), axis=1)[:, ::-1].astype(np.float32)
-    manifest = {
-        "teacher": {"kind": "random"},
-        "dataset": data.identity(tmp_path / "scores"),
-        "k": 10,
-        "positions": "all",
-    }
-    with ScoreWriter(tmp_path / "scores", manifest) as writer:
+    manifest = {"teacher": {"kind": "random"}, "dataset": data.identity(tmp_path / "scores"), "k": 10}
+    with ScoreWriter(tmp_path / "scores", {**manifest, "positions": "all"}) as writer:
         writer.write(samples.users, samples.position, items, logits)
     picked = pick(cfg, student, plain, str(tmp_path / "scores"), tmp_path / "grid")
-    assert picked["alpha"] == 0 and "picked alpha 0" in picked["reason"]
-    assert picked["grid"][1]["valid"] < plain["valid"]["ndcg@10"]
+    assert (
+        picked["alpha"] == 0
+        and "picked alpha 0" in picked["reason"]
+        and "mean of 2 seeds" in picked["reason"]
+    )
+    assert picked["grid"][1]["valid"] < plain["valid"]  # the mean of the two seeds decided
+
+
+@pytest.mark.slow
+def test_the_main_job_shows_distillation_paying(tmp_path):
+    """The README's main job as a user runs it (the defaults): the teacher ranks above the plain student
+    on validation and test, validation picks a distilled student, and it beats the plain one on test
+    with a paired interval above 0. Fails if distillation is skipped."""
+    out = tmp_path / "quickstart"
+    result = CliRunner().invoke(main, ["pipeline", "--output", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert SKIPPED not in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    teacher, plain, distilled = (summary["models"][n] for n in ("teacher", "student", "distilled"))
+    for split in ("valid", "test"):
+        assert teacher[split]["ndcg@10"] > plain[split]["ndcg@10"]
+    assert summary["picked"]["alpha"] > 0 and (out / "scores" / "manifest.json").is_file()
+    assert distilled["test"]["ndcg@10"] > plain["test"]["ndcg@10"] and summary["paired_test"]["low"] > 0
