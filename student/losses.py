@@ -185,8 +185,9 @@ def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -
     return total
 
 
-# Rows of logits per chunk. On CPU, 256 rows x a few thousand items stay in L2 cache (fastest on ML-1M,
-# 2 threads, see bench/sasrec_loss_speed.py); accelerators prefer fewer, larger kernels.
+# Rows of logits per chunk. On CPU, 128 to 1024 rows x ML-1M's 3,416 items are equally fast (within 3%),
+# larger chunks slower as they outgrow the cache (bench/results/sasrec_loss_speed.md); accelerators
+# prefer fewer, larger kernels.
 CPU_CHUNK_SIZE = 256
 ACCELERATOR_CHUNK_SIZE = 4096
 
