@@ -4,19 +4,23 @@ It sits above the stages (``pipeline → teacher, student, distill``): each stag
 ``run(cfg)`` its own command calls.
 
 ```
-OUT/data           the dataset directory (unless --data names one)
-OUT/sasrec         SASRec on labels: the plain student (alpha = 0) and the teacher's ID encoder
-OUT/teacher        the LLM teacher
-OUT/scores         the teacher's top-k soft labels
-OUT/grid/aA-tT     a distilled student per grid point (alpha A, temperature T)
-OUT/distilled      the student picked on validation (a copy of OUT/sasrec when alpha 0 wins)
-OUT/summary.md     test metrics of the three models side by side, and what was picked and why
-OUT/summary.json   {"models": {name: {"test", "valid", "parameters", "ms_per_user"}}, "picked": {...}}
+OUT/data               the dataset directory (unless --data names one)
+OUT/sasrec             the teacher's SASRec (--teacher-hidden wide): the LLM teacher's ID encoder,
+                       or the teacher itself with --teacher sasrec
+OUT/teacher            the LLM teacher
+OUT/scores             the teacher's soft labels
+OUT/grid/plain-sS      the plain student (--student-hidden wide, alpha 0) at seed S
+OUT/grid/KD-aA[-tT]-sS a distilled student per grid point (loss KD, alpha A, temperature T) and seed
+OUT/distilled          the student picked on validation (a copy of its first seed's run)
+OUT/summary.md         test metrics of the three models side by side, what was picked and why, and the
+                       paired test difference of distilled minus plain
+OUT/summary.json       {"models": {name: {"test", "valid", "parameters", "ms_per_user"}}, "picked": {...},
+                        "paired_test": {...}}
 ```
 
-The recipe cannot make the student worse on validation: alpha = 0 (the plain student, same seed) is
-always a candidate and a distilled one is picked only if it is strictly better on validation NDCG@10;
-a teacher that ranks below the plain student on validation is not distilled at all.
+The recipe cannot make the student worse on validation: alpha = 0 (the plain student, same seeds) is
+always a candidate and a distilled one is picked only if it is strictly better on the mean validation
+NDCG@10 of its seeds; a teacher that ranks below the plain student on validation is not distilled at all.
 """
 
 from __future__ import annotations
