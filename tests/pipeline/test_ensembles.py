@@ -154,3 +154,20 @@ def test_evaluate_and_compare_take_an_ensemble(runs, synthetic_dataset):
     out = ok("compare", runs / "seed0", f"{runs / 'seed0'},{runs / 'seed1'}", "--data", synthetic_dataset,
              "--device", "cpu")  # fmt: skip
     assert "paired per-user" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--folds", "3"], "takes both --folds K and --fold F"),
+        (["--folds", "1", "--fold", "0"], "need --folds K >= 2"),
+        (["--folds", "3", "--fold", "3"], "0 <= --fold F < K"),
+    ],
+)
+@pytest.mark.parametrize("command", ["student-train", "teacher-train"])
+def test_fold_options_are_checked_before_anything_is_written(tmp_path, command, args, message):
+    extra = ["--sasrec", str(tmp_path / "s")] if command == "teacher-train" else []
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, [command, "--data", str(tmp_path / "d"), *extra, "-o", str(out), *args])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert not out.exists()
