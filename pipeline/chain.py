@@ -25,8 +25,11 @@ NDCG@10 of its seeds; a teacher that ranks below the plain student on validation
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from distill.config import PrepareConfig
@@ -77,61 +80,81 @@ def run(cfg: PipelineConfig) -> dict:
                 remove_dir(out / name)
         for path in summaries:
             path.unlink(missing_ok=True)
+    seconds: dict[str, float] = {}  # wall time of each stage
     data = cfg.data
     if data is None:
         data = str(out / "data")
-        log("== prepare: synthetic data")
-        prepare(
-            PrepareConfig(
-                output=data, synthetic=True, num_users=cfg.num_users, num_items=cfg.num_items, seed=cfg.seed
+        with stage(seconds, "prepare", "prepare: synthetic data"):
+            prepare(
+                PrepareConfig(
+                    output=data,
+                    synthetic=True,
+                    num_users=cfg.num_users,
+                    num_items=cfg.num_items,
+                    seed=cfg.seed,
+                )
             )
-        )
     student = student_config(cfg, data)
-    log(f"== student-train: the teacher's SASRec (d={cfg.teacher_hidden})")
-    train_student(StudentTrainConfig(output=str(out / "sasrec"), hidden=cfg.teacher_hidden, **student))
+    with stage(seconds, "teacher's SASRec", f"student-train: the teacher's SASRec (d={cfg.teacher_hidden})"):
+        train_student(StudentTrainConfig(output=str(out / "sasrec"), hidden=cfg.teacher_hidden, **student))
     teacher_run = out / "sasrec"
     if cfg.teacher != "sasrec":
-        log(f"== teacher-train: {cfg.teacher} on {cfg.llm}")
-        train_teacher(
-            TeacherTrainConfig(
-                data=data,
-                sasrec=str(out / "sasrec"),
-                output=str(out / "teacher"),
-                teacher=cfg.teacher,
-                llm=cfg.llm,
-                epochs=cfg.teacher_epochs,
-                prompt_items=cfg.teacher_prompt_items,
-                batch_size=16,
-                seed=cfg.seed,
-                device=cfg.device,
+        with stage(seconds, "teacher", f"teacher-train: {cfg.teacher} on {cfg.llm}"):
+            train_teacher(
+                TeacherTrainConfig(
+                    data=data,
+                    sasrec=str(out / "sasrec"),
+                    output=str(out / "teacher"),
+                    teacher=cfg.teacher,
+                    llm=cfg.llm,
+                    epochs=cfg.teacher_epochs,
+                    prompt_items=cfg.teacher_prompt_items,
+                    batch_size=16,
+                    seed=cfg.seed,
+                    device=cfg.device,
+                )
             )
-        )
         teacher_run = out / "teacher"
     teacher = json.loads((teacher_run / "metrics.json").read_text())
-    log(f"== student-train: the plain student (d={cfg.student_hidden}, alpha 0)")
-    plain = train_point(cfg, student, {"kd": None, "alpha": 0.0, "temperature": None}, None, out / "grid")
+    with stage(
+        seconds, "plain student", f"student-train: the plain student (d={cfg.student_hidden}, alpha 0)"
+    ):
+        plain = train_point(cfg, student, {"kd": None, "alpha": 0.0, "temperature": None}, None, out / "grid")
     if teacher["valid"][SELECT_ON] < plain["valid"]:
         picked = {**plain, "grid": [plain], "reason": why_skipped(teacher, plain)}
     else:
-        log("== export-logits")
-        export_logits(
-            ExportConfig(
-                runs=(str(teacher_run),),
-                data=data,
-                output=str(out / "scores"),
-                top_k=cfg.top_k,
-                positions=cfg.positions,
-                device=cfg.device,
-                overwrite=True,
+        with stage(seconds, "export", "export-logits"):
+            export_logits(
+                ExportConfig(
+                    runs=(str(teacher_run),),
+                    data=data,
+                    output=str(out / "scores"),
+                    top_k=cfg.top_k,
+                    positions=cfg.positions,
+                    device=cfg.device,
+                    overwrite=True,
+                )
             )
-        )
+        started = time.perf_counter()
         picked = pick(cfg, student, plain, str(out / "scores"), out / "grid")
+        seconds["distilled students"] = time.perf_counter() - started
     log(picked["reason"])
     shutil.copytree(out / "grid" / point_name(picked, cfg.seed), out / "distilled")
-    results = summarise(out, data, cfg, picked, teacher_run)
+    with stage(seconds, "summary", "summary: metrics, sizes, latency, the paired test difference"):
+        results = summarise(out, data, cfg, picked, teacher_run)
+    results["seconds"] = seconds
     write_json(out / SUMMARY_JSON, results)
     (out / SUMMARY_MD).write_text(f"{SUMMARY_TITLE} {out}\n\n```\n{summary(results)}\n```\n")
     return results
+
+
+@contextlib.contextmanager
+def stage(seconds: dict[str, float], name: str, what: str) -> Iterator[None]:
+    """Log a stage's start and add its wall time to ``seconds[name]``."""
+    log(f"== {what}")
+    started = time.perf_counter()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def _our_summary(path: Path) -> bool:
@@ -293,6 +316,8 @@ def summary(results: dict) -> str:
         f"[{paired['low']:+.4f}, {paired['high']:+.4f}] ({verdict}; {paired['wins']} users better, "
         f"{paired['losses']} worse of {paired['users']})",
     ]
+    if "seconds" in results:
+        lines.append("wall time: " + ", ".join(f"{name} {t:.0f} s" for name, t in results["seconds"].items()))
     if models["teacher"]["kind"] != "sasrec":
         lines.append(TINY_NOTE if results.get("llm") == "tiny" else "")
     return "\n".join(line for line in lines if line is not None).rstrip()
