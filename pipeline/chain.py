@@ -42,7 +42,7 @@ from distill.prepare import run as prepare
 from pipeline.compare import paired_difference
 from pipeline.config import ExportConfig, PipelineConfig
 from pipeline.export import run as export_logits
-from pipeline.runs import open_run
+from pipeline.runs import open_runs
 from student.config import StudentTrainConfig
 from student.train import run as train_student
 from teacher.config import TeacherTrainConfig
@@ -53,6 +53,7 @@ STAGES = {
     "data": "dataset",
     "sasrec": "run",
     "teacher": "run",
+    "members": "runs",
     "scores": "scores",
     "grid": "runs",
     "distilled": "run",
@@ -97,8 +98,11 @@ def run(cfg: PipelineConfig) -> dict:
     student = student_config(cfg, data)
     with stage(seconds, "teacher's SASRec", f"student-train: the teacher's SASRec (d={cfg.teacher_hidden})"):
         train_student(StudentTrainConfig(output=str(out / "sasrec"), hidden=cfg.teacher_hidden, **student))
-    teacher_run = out / "sasrec"
-    if cfg.teacher != "sasrec":
+    teacher_runs = [out / "sasrec"]
+    if cfg.teacher in ("ensemble", "cross-fit"):
+        with stage(seconds, "teacher", f"student-train: the {cfg.teacher} teacher's other SASRecs"):
+            teacher_runs = train_members(cfg, student, out / "members", teacher_runs)
+    elif cfg.teacher != "sasrec":
         with stage(seconds, "teacher", f"teacher-train: {cfg.teacher} on {cfg.llm}"):
             train_teacher(
                 TeacherTrainConfig(
@@ -114,8 +118,8 @@ def run(cfg: PipelineConfig) -> dict:
                     device=cfg.device,
                 )
             )
-        teacher_run = out / "teacher"
-    teacher = json.loads((teacher_run / "metrics.json").read_text())
+        teacher_runs = [out / "teacher"]
+    teacher = run_metrics(teacher_runs, Dataset(data), cfg.device)
     with stage(
         seconds, "plain student", f"student-train: the plain student (d={cfg.student_hidden}, alpha 0)"
     ):
@@ -126,7 +130,7 @@ def run(cfg: PipelineConfig) -> dict:
         with stage(seconds, "export", "export-logits"):
             export_logits(
                 ExportConfig(
-                    runs=(str(teacher_run),),
+                    runs=tuple(map(str, teacher_runs)),
                     data=data,
                     output=str(out / "scores"),
                     top_k=cfg.top_k,
@@ -141,7 +145,7 @@ def run(cfg: PipelineConfig) -> dict:
     log(picked["reason"])
     shutil.copytree(out / "grid" / point_name(picked, cfg.seed), out / "distilled")
     with stage(seconds, "summary", "summary: metrics, sizes, latency, the paired test difference"):
-        results = summarise(out, data, cfg, picked, teacher_run)
+        results = summarise(out, data, cfg, picked, teacher_runs)
     results["seconds"] = seconds
     write_json(out / SUMMARY_JSON, results)
     (out / SUMMARY_MD).write_text(f"{SUMMARY_TITLE} {out}\n\n```\n{summary(results)}\n```\n")
@@ -260,22 +264,47 @@ def why_skipped(teacher: dict, plain: dict) -> str:
     )
 
 
-def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict, teacher_run: Path) -> dict:
+def train_members(cfg: PipelineConfig, student: dict, members: Path, first: list[Path]) -> list[Path]:
+    """The SASRecs of an ensemble or cross-fit teacher (``--teacher-hidden`` wide): ``cfg.members``
+    seeds (the teacher's SASRec is the first) or the ``cfg.members`` folds of a cross-fit."""
+    runs = list(first) if cfg.teacher == "ensemble" else []
+    for k in range(1 if cfg.teacher == "ensemble" else 0, cfg.members):
+        if cfg.teacher == "ensemble":
+            extra = {"seed": cfg.seed + k}
+            run = members / f"seed{cfg.seed + k}"
+        else:
+            extra = {"folds": cfg.members, "fold": k}
+            run = members / f"fold{k}"
+        train_student(StudentTrainConfig(output=str(run), hidden=cfg.teacher_hidden, **{**student, **extra}))
+        runs.append(run)
+    return runs
+
+
+def run_metrics(runs: list[Path], data: Dataset, device: str) -> dict:
+    """A teacher's validation and test metrics: its run's ``metrics.json``, or those of several runs
+    scoring as one (an ensemble or a cross-fit, computed here)."""
+    if len(runs) == 1:
+        return json.loads((runs[0] / "metrics.json").read_text())
+    scorer = open_runs(runs, data, device)
+    return {split: scorer.evaluate(data, split, 256) for split in ("valid", "test")}
+
+
+def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict, teacher_runs: list[Path]) -> dict:
     """``summary.json``: each model's metrics, size and scoring latency, what was picked, and the paired
     per-user test difference of the distilled student against the plain one (as ``distill compare``)."""
     dataset = Dataset(data)
     runs = {
-        "teacher": teacher_run,
-        "student": out / "grid" / point_name({"alpha": 0.0}, cfg.seed),
-        "distilled": out / "distilled",
+        "teacher": teacher_runs,
+        "student": [out / "grid" / point_name({"alpha": 0.0}, cfg.seed)],
+        "distilled": [out / "distilled"],
     }
     models, ranks = {}, {}
-    for name, run_dir in runs.items():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        scorer = open_run(run_dir, dataset, cfg.device)
-        users, ranks[name] = scorer.ranks(dataset, "test", 256)
+    for name, run_dirs in runs.items():
+        metrics = run_metrics(run_dirs, dataset, cfg.device)
+        scorer = open_runs(run_dirs, dataset, cfg.device)
+        _, ranks[name] = scorer.ranks(dataset, "test", 256)
         models[name] = {
-            "run": str(run_dir.relative_to(out)),
+            "run": ",".join(str(run_dir.relative_to(out)) for run_dir in run_dirs),
             "test": metrics["test"],
             "valid": metrics["valid"],
             "parameters": scorer.parameters,

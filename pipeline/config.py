@@ -34,9 +34,12 @@ class PipelineConfig:
     num_users: int = option(1000, "Synthetic data: number of users.")
     num_items: int = option(500, "Synthetic data: number of items.")
     llm: str = option("tiny", "Teacher backbone: 'tiny', a .gguf file, a model directory or a hub id.")
-    teacher: Literal["moe-lora", "e4srec", "sasrec"] = option(
-        "moe-lora", "Teacher: an LLM teacher on the teacher's SASRec, or that SASRec alone (compression)."
+    teacher: Literal["moe-lora", "e4srec", "sasrec", "ensemble", "cross-fit"] = option(
+        "moe-lora",
+        "Teacher: an LLM teacher on the teacher's SASRec; that SASRec alone (compression); an ensemble of "
+        "--members SASRec seeds; or the --members folds of a cross-fit of SASRecs.",
     )
+    members: int = option(3, "--teacher ensemble: SASRec seeds; --teacher cross-fit: folds.")
     teacher_hidden: int = option(64, "Width of the teacher's SASRec (the LLM teacher's ID encoder).")
     student_hidden: int = option(16, "Width of the students, plain and distilled.")
     seeds: int = option(1, "Paired seeds per student; the grid point is picked on their mean validation.")
@@ -73,10 +76,13 @@ class PipelineConfig:
                 "teacher_hidden",
                 "student_hidden",
                 "seeds",
+                "members",
                 "positions",
                 "top_k",
             ),
         )
+        if self.teacher == "cross-fit" and self.members < 2:
+            raise ValueError(f"a cross-fit teacher needs --members (folds) >= 2, got {self.members}")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):

@@ -110,3 +110,24 @@ def test_the_main_job_shows_distillation_paying(tmp_path):
         assert teacher[split]["ndcg@10"] > plain[split]["ndcg@10"]
     assert summary["picked"]["alpha"] > 0 and (out / "scores" / "manifest.json").is_file()
     assert distilled["test"]["ndcg@10"] > plain["test"]["ndcg@10"] and summary["paired_test"]["low"] > 0
+
+
+@pytest.mark.parametrize("teacher", ["ensemble", "cross-fit"])
+def test_the_teacher_can_be_several_sasrecs(tmp_path, teacher):
+    out = tmp_path / "qs"
+    args = ["pipeline", "-o", str(out), *SMALL, "--teacher", teacher, "--members", "2", "--kd", "kl"]
+    result = CliRunner().invoke(main, [*args, "--temperatures", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    members = ["sasrec", "members/seed1"] if teacher == "ensemble" else ["members/fold0", "members/fold1"]
+    assert summary["models"]["teacher"]["run"] == ",".join(members)
+    if SKIPPED not in result.output:
+        manifest = json.loads((out / "scores" / "manifest.json").read_text())
+        assert manifest["teacher"]["kind"] == teacher
+
+
+def test_a_cross_fit_teacher_needs_two_folds(tmp_path):
+    result = CliRunner().invoke(
+        main, ["pipeline", "-o", str(tmp_path / "o"), "--teacher", "cross-fit", "--members", "1"]
+    )
+    assert result.exit_code != 0 and "needs --members (folds) >= 2" in result.output
