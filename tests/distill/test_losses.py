@@ -142,3 +142,16 @@ def test_float32_gradients_and_empty_batches(name):
 def test_an_unknown_loss_names_the_choices():
     with pytest.raises(ValueError, match=re.escape(f"'nope'; expected one of {sorted(KD)}")):
         kd_loss("nope", torch.zeros(1, N + 1), torch.tensor([[1]]), torch.zeros(1, 1))
+
+
+def test_every_registered_loss_is_a_choice_of_the_commands():
+    """The commands' --kd choices are spelled for --help without torch; this keeps them the registry."""
+    import typing
+
+    from distill.losses import KD
+    from pipeline.config import PipelineConfig
+    from student.config import StudentTrainConfig
+
+    student = typing.get_args(typing.get_type_hints(StudentTrainConfig)["kd"])
+    (pipeline,) = typing.get_args(typing.get_type_hints(PipelineConfig)["kd"])[:1]
+    assert set(student) == set(KD) == set(typing.get_args(pipeline))
