@@ -111,10 +111,13 @@ def create_app(
     class RecommendRequest(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="forbid")
 
-        user: str | int | None = None
-        history: list[str | int] | None = pydantic.Field(None, max_length=max_history)
-        k: int = pydantic.Field(10, ge=1, le=k_limit)
-        exclude_seen: bool = True
+        # Strict: JSON true is not the number 1 nor the id "1", and "5" is not the number 5.
+        user: pydantic.StrictStr | pydantic.StrictInt | None = None
+        history: list[pydantic.StrictStr | pydantic.StrictInt] | None = pydantic.Field(
+            None, max_length=max_history
+        )
+        k: pydantic.StrictInt = pydantic.Field(10, ge=1, le=k_limit)
+        exclude_seen: pydantic.StrictBool = True
 
         @pydantic.model_validator(mode="after")
         def one_of_user_and_history(self) -> "RecommendRequest":

@@ -46,6 +46,10 @@ def test_recommend_a_history_and_a_user(client):
         ({"user": "u1", "history": ["m1"]}, 422, "give either 'user' or 'history'"),
         ({"history": ["m1"], "top": 3}, 422, "top: Extra inputs are not permitted"),
         ({"user": "u999"}, 404, "unknown user 'u999'"),
+        ({"history": ["m1"], "k": True}, 422, "k: Input should be a valid integer"),
+        ({"history": [True, False]}, 422, "history.0"),
+        ({"user": True}, 422, "user"),
+        ({"history": ["m1"], "exclude_seen": 1}, 422, "exclude_seen: Input should be a valid boolean"),
     ],
 )
 def test_bad_requests_are_4xx_with_a_message(client, body, status, message):
