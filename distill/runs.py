@@ -179,6 +179,12 @@ def load_checkpoint(
         weights = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise DistillError(f"checkpoint {path / WEIGHTS} is corrupt: {e}") from None
+    bad = [name for name, w in weights.items() if w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:
+        raise DistillError(
+            f"checkpoint {path / WEIGHTS} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+            "it cannot score; retrain, or use an earlier checkpoint"
+        )
     config = read_json(path / CONFIG, "checkpoint config")
     state = None
     if with_state:

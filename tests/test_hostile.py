@@ -224,3 +224,19 @@ def test_an_unfinished_run_is_used_with_a_warning(synthetic_dataset, student_run
         result.output.startswith(f"warning: {run} is unfinished")
         and "Error: --prompt-items 9 is more than" in result.output
     )
+
+
+def test_a_run_with_nan_weights_is_refused_not_scored(student_run, synthetic_dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "nan"
+    shutil.copytree(student_run, run)
+    weights = load_file(str(run / "best" / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] * float("nan")
+    save_file(weights, str(run / "best" / "model.safetensors"))
+    for args in (
+        ("evaluate", "--run", run, "--data", synthetic_dataset),
+        ("recommend", "--run", run, "--history", "1"),
+    ):
+        one_line_error(invoke(*args), "holds NaN or infinite weights")
