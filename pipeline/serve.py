@@ -20,6 +20,7 @@ so a lone request is never delayed. ``bench/results/latency.md`` measures both s
 # function from its annotation, which must then be the class itself, not a string.
 
 import asyncio
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,7 +171,17 @@ def run(cfg: ServeConfig) -> None:
     import torch
 
     torch.set_num_threads(cfg.threads)
+    check_address(cfg.host, cfg.port)  # before the model loads, in distill's one line
     recommender = Recommender.load(cfg.run, cfg.data, cfg.device)
     app = create_app(recommender, cfg.max_k, cfg.max_history, cfg.max_batch)
     # uvicorn says where it listens; one log line per request would cost more than scoring one.
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address this process cannot listen on (a port in use, an unknown host)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise DistillError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from distill.errors import DistillError
 from pipeline.recommend import Recommender
 from tests.conftest import RING
 
@@ -120,3 +121,14 @@ def test_without_the_serve_extra_the_error_says_what_to_install(ring_run, monkey
     result = CliRunner().invoke(main, ["serve", "--run", str(ring_run[0]), "--port", "0"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == "Error: serving needs the serve extra: pip install 'distill[serve]'"
+
+
+def test_a_port_in_use_is_one_line_of_distills_own(ring_run):
+    import socket
+
+    from pipeline.serve import check_address
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(DistillError, match=f"cannot listen on 127.0.0.1:{port}: .*in use"):
+            check_address("127.0.0.1", port)
