@@ -1,0 +1,409 @@
+"""Teachers of several runs: does an ensemble or a cross-fit of wide SASRecs make distillation pay?
+
+Arms, each a d=64 SASRec student (``--hidden 64 --max-len 200 --lr 0.001``) over the same paired seeds,
+the same epoch budget and early-stopping rule on validation NDCG@10: labels alone (plain); KD
+(``--kd kl --alpha 0.5 --temperature 1``, fixed beforehand, not tuned) from one d=128 SASRec (seed 0);
+from an ensemble of three d=128 SASRecs (seeds 0, 1, 2: the single teacher is one of them); from a
+5-fold cross-fit of d=128 SASRecs (``student-train --folds 5 --fold F``, every soft label out of fold);
+and from the ensemble and the cross-fit together (all 8 runs in one ``export-logits`` call: 4 equal
+members, the 3 seeds and the cross-fit, which ``open_runs`` groups into one). Each teacher's soft labels
+come from ``distill export-logits --run … --all-positions`` (top ``--top-k`` items, or ``--top-k full``);
+each teacher is scored by ``distill evaluate`` with all its runs; each KD student is set against the
+plain student of its seed by ``distill compare``. Real commands as subprocesses. Writes
+``bench/results/teachers_of_runs_<dataset>.md``; a ``## Reading`` section written by hand at the end of
+that file is kept when it is regenerated.
+
+    python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
+        [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
+
+The teachers are SASRecs of the kd_value recipe (max_len 50, lr 0.002, patience 5: ``--teacher-*``),
+about five times cheaper an epoch than the students' max_len 200; 8 of them had to fit a shared 2-core
+machine.
+
+``--jobs N`` runs up to N commands at once (each once the runs it needs have finished); the figures do not
+depend on it, the seconds do. Runs carry over invocations: a finished run or score directory is reused,
+an unfinished run resumed. ``--report-only`` trains and exports nothing and reports what has finished.
+Each command runs under ``/usr/bin/time`` where there is one; its wall and CPU seconds are kept in
+``bench/out/teachers_of_runs_<dataset>/times/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDS = 5
+ENSEMBLE_SEEDS = (0, 1, 2)
+PRINT = threading.Lock()
+
+
+def rel(path: Path | str) -> str:
+    return str(path).replace(f"{ROOT}/", "")
+
+
+def command_line(args: list[str]) -> str:
+    """A ``distill`` command as the report lists it: paths from the repo root."""
+    return "distill " + shlex.join(rel(a) for a in args)
+
+
+def say(text: str) -> None:
+    with PRINT:
+        print(text, flush=True)
+
+
+class Job:
+    """One ``distill`` command that writes ``done`` (a run's metrics.json, a score directory's manifest)
+    once whole; ``needs``: the jobs whose outputs it reads."""
+
+    def __init__(
+        self, key: str, args: list[str], done: Path, needs: tuple[str, ...] = (), resume: Path | None = None
+    ):
+        self.key, self.args, self.done, self.needs, self.resume = key, args, done, needs, resume
+
+
+def execute(job: Job, out: Path, report_only: bool) -> None:
+    """Run ``job`` unless an earlier invocation finished it; its log and times go under ``out``."""
+    if job.done.is_file() or report_only:
+        return
+    args = list(job.args)
+    if job.resume is not None and (job.resume / "last" / "state.pt").is_file():
+        args.append("--resume")
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "times").mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "cli", *args]
+    timer = Path("/usr/bin/time")
+    if timer.is_file():  # one JSON line per invocation: a resumed run has several
+        spec = '{"wall": %e, "user": %U, "sys": %S}'
+        command = [str(timer), "-a", "-o", str(out / "times" / f"{job.key}.jsonl"), "-f", spec, *command]
+    say(f"$ {command_line(args)}")
+    with open(out / "logs" / f"{job.key}.log", "a") as log:
+        subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    say(f"done {job.key}")
+
+
+def run_all(jobs: list[Job], out: Path, workers: int, report_only: bool) -> None:
+    """Run ``jobs`` on ``workers`` threads: whenever one is free, the first job in list order whose needs
+    have finished (the list is the priority)."""
+    pending, done, failed = list(jobs), set(), []
+    running: dict[Future, Job] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            for job in [j for j in pending if all(n in done for n in j.needs)]:
+                if len(running) >= workers:
+                    break
+                pending.remove(job)
+                running[pool.submit(execute, job, out, report_only)] = job
+            if not running:  # what is left needs a job that failed
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                job = running.pop(future)
+                if future.exception() is None:
+                    done.add(job.key)
+                else:
+                    failed.append(job.key)
+                    say(f"failed {job.key}: {future.exception()}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (logs in {rel(out / 'logs')})")
+
+
+def times(out: Path, key: str) -> dict | None:
+    """Wall and CPU (user + system) seconds of a job over its invocations; None if none was timed."""
+    path = out / "times" / f"{key}.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    if not rows:
+        return None
+    return {"wall": sum(r["wall"] for r in rows), "cpu": sum(r["user"] + r["sys"] for r in rows)}
+
+
+def finished(run: Path) -> dict | None:
+    """A finished run's metrics.json, with ``seconds``: the sum of its epochs' training seconds as its
+    history records them (validation excluded), the same whether it went in one go or was resumed."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    metrics["seconds"] = sum(epoch["seconds"] for epoch in metrics["history"])
+    return metrics
+
+
+def distill_output(args: list[str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return result.stdout
+
+
+def evaluate(runs: list[Path], data: Path) -> dict[str, dict[str, float]]:
+    """``distill evaluate`` of ``runs`` scored as one: ``{split: {metric: value}}`` from its table."""
+    args = ["evaluate", *(a for r in runs for a in ("--run", str(r))), "--data", str(data), "--device", "cpu"]
+    lines = distill_output(args).strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["split"])
+    names = lines[start].split()[1:]
+    return {
+        row.split()[0]: dict(zip(names, map(float, row.split()[1:]), strict=True))
+        for row in lines[start + 1 :]
+    }
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores ({model})"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/ml-100k/ml-100k.inter", help="an interaction file")
+    parser.add_argument("--seeds", default="0,1,2", help="student seeds, comma-separated")
+    parser.add_argument("--epochs", type=int, default=200, help="epoch cap of every run")
+    parser.add_argument("--patience", type=int, default=10, help="of the students, on validation NDCG@10")
+    parser.add_argument("--top-k", default="100", help="items per soft label row, or full (the catalogue)")
+    parser.add_argument("--teacher-max-len", type=int, default=50)
+    parser.add_argument("--teacher-lr", default="0.002")
+    parser.add_argument("--teacher-patience", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
+    parser.add_argument("--report-only", action="store_true", help="train and export nothing")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    load_before, started = load(), time.perf_counter()
+    inter = Path(args.data)
+    name = inter.stem
+    out = ROOT / "bench" / "out" / f"teachers_of_runs_{name}"
+    data = out / "data"
+    prepare = ["prepare", str(inter.resolve()), "--output", str(data), "--overwrite"]
+    if not (data / "meta.json").is_file():
+        if args.report_only:
+            parser.error(f"--report-only: {rel(data)} has not been prepared")
+        subprocess.run([sys.executable, "-m", "cli", *prepare], cwd=ROOT, check=True)
+    teacher_size = ["--hidden", "128", "--max-len", str(args.teacher_max_len), "--lr", args.teacher_lr,
+                    "--epochs", str(args.epochs), "--patience", str(args.teacher_patience)]  # fmt: skip
+    student_size = ["--hidden", "64", "--max-len", "200", "--lr", "0.001",
+                    "--epochs", str(args.epochs), "--patience", str(args.patience)]  # fmt: skip
+
+    def train(
+        key: str, size: list[str], seed: int, extra: list[str] = (), needs: tuple[str, ...] = ()
+    ) -> Job:
+        run = out / key
+        command = ["student-train", "--data", str(data), "--output", str(run), *size, "--seed", str(seed)]
+        return Job(key, [*command, "--device", "cpu", *extra], run / "metrics.json", needs, resume=run)
+
+    members = {f"teacher-s{s}": train(f"teacher-s{s}", teacher_size, s) for s in ENSEMBLE_SEEDS}
+    folds = {
+        f"fold{f}": train(f"fold{f}", teacher_size, 0, ["--folds", str(FOLDS), "--fold", str(f)])
+        for f in range(FOLDS)
+    }
+    teachers = {  # arm -> (what it is, its runs)
+        "single": ("one d=128 SASRec (seed 0)", ["teacher-s0"]),
+        "ensemble": ("ensemble of 3 d=128 SASRecs (seeds 0, 1, 2)", list(members)),
+        "crossfit": (f"{FOLDS}-fold cross-fit of d=128 SASRecs", list(folds)),
+        "both": (
+            "ensemble + cross-fit (all 8 runs: 4 equal members, 3 seeds + the cross-fit)",
+            [*members, *folds],
+        ),
+    }
+    size = ["--full"] if args.top_k == "full" else ["--top-k", args.top_k]
+    exports = {}
+    for arm, (_, runs) in teachers.items():
+        scores = out / f"scores-{arm}"
+        command = [
+            "export-logits", *(a for r in runs for a in ("--run", str(out / r))), "--data", str(data),
+            "--output", str(scores), "--all-positions", *size, "--batch-size", "256", "--device", "cpu",
+            "--overwrite",
+        ]  # fmt: skip
+        exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", tuple(runs))
+    kd = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
+
+    def students(seed: int) -> list[Job]:
+        return [train(f"plain-s{seed}", student_size, seed)] + [
+            train(f"kd-{arm}-s{seed}", student_size, seed,
+                  ["--teacher-scores", str(out / f"scores-{arm}"), *kd], (f"scores-{arm}",))
+            for arm in teachers
+        ]  # fmt: skip
+
+    # the first seed first, arm by arm (the runs its teacher still needs, its export, its student), so that
+    # the cheaper arms finish first; then the other seeds
+    first = students(seeds[0])
+    jobs, listed = [first[0]], set()
+    for (arm, (_, runs)), student in zip(teachers.items(), first[1:], strict=True):
+        jobs += [{**members, **folds}[r] for r in runs if r not in listed]
+        listed.update(runs)
+        jobs += [exports[arm], student]
+    jobs += [job for seed in seeds[1:] for job in students(seed)]
+    run_all(jobs, out, args.jobs, args.report_only)
+
+    # the report
+    teacher_rows = []
+    for arm, (what, runs) in teachers.items():
+        dirs = [out / r for r in runs]
+        if not all((d / "metrics.json").is_file() for d in dirs):
+            continue
+        metrics = evaluate(dirs, data)
+        member = [finished(d) for d in dirs]
+        train_s = sum(m["seconds"] for m in member)
+        export_t = (
+            times(out, f"scores-{arm}") if (out / f"scores-{arm}" / "manifest.json").is_file() else None
+        )
+        teacher_rows.append((arm, what, runs, metrics, member, train_s, export_t))
+    arms = {"plain": "plain (labels only)", **{arm: f"KD from the {t[0]}" for arm, t in teachers.items()}}
+    results = {
+        arm: {s: finished(out / f"{arm if arm == 'plain' else 'kd-' + arm}-s{s}") for s in seeds}
+        for arm in arms
+    }
+    compares = []
+    for arm in teachers:
+        for seed in seeds:
+            plain, other = out / f"plain-s{seed}", out / f"kd-{arm}-s{seed}"
+            if results["plain"][seed] is None or results[arm][seed] is None:
+                continue
+            compare = ["compare", str(plain), str(other), "--data", str(data), "--device", "cpu"]
+            line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
+            compares.append((arm, seed, line, command_line(compare)))
+    write_report(args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares,
+                 load_before, time.perf_counter() - started)  # fmt: skip
+
+
+def cost(out: Path, key: str, metrics: dict | None) -> str:
+    timed = times(out, key)
+    train = f"{metrics['seconds']:.0f}" if metrics else "—"
+    return train if timed is None else f"{train} ({timed['wall']:.0f} / {timed['cpu']:.0f})"
+
+
+def write_report(
+    args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares, load_before, total
+):
+    plain = results["plain"]
+    lines = [
+        f"# Teachers of several runs on {name}: one d=128 SASRec, an ensemble, a cross-fit → d=64 students",
+        "",
+        f"- command: `python -m bench.teachers_of_runs {shlex.join(sys.argv[1:])}`",
+        f"- date: {datetime.date.today()}; {machine()}; load average (1, 5, 15 min) {load_before} at the "
+        f"start, {load()} at the end of this invocation ({total / 60:.1f} min; runs an earlier invocation "
+        "finished are reused). The machine was shared with another engineer's tests and pipelines: "
+        "seconds are inflated and uneven, the metrics are not affected",
+        f"- students: d=64 SASRec, 2 blocks, max_len 200, lr 0.001, batch 128, at most {args.epochs} "
+        f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
+        "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
+        "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)",
+        f"- teachers: d=128 SASRecs, max_len {args.teacher_max_len}, lr {args.teacher_lr}, at most "
+        f"{args.epochs} epochs, patience {args.teacher_patience}; soft labels: `export-logits "
+        "--all-positions "
+        f"{'--full' if args.top_k == 'full' else '--top-k ' + args.top_k}` (every training position, "
+        f"{'the whole catalogue' if args.top_k == 'full' else 'the top ' + args.top_k + ' items'}); several "
+        "runs: an equal-weight mixture of probabilities, the cross-fit's K runs each scoring the users it "
+        "held out",
+        "- seconds: a run's training seconds are the sum of its epochs' seconds in its metrics.json "
+        "(validation excluded); in brackets, where the command ran under /usr/bin/time, its whole-process "
+        "wall / CPU (user + system) seconds",
+        "",
+        "## Teachers (`distill evaluate` with all their runs)",
+        "",
+        "| teacher | runs | valid NDCG@10 | test NDCG@10 | test HR@10 | members' best epochs | training s "
+        "(sum of members) | export s (wall / CPU) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, what, runs, metrics, member, train_s, export_t in teacher_rows:
+        exported = f"{export_t['wall']:.0f} / {export_t['cpu']:.0f}" if export_t else "—"
+        lines.append(
+            f"| {what} | {len(runs)} | {metrics['valid']['ndcg@10']:.4f} | {metrics['test']['ndcg@10']:.4f} "
+            f"| {metrics['test']['hr@10']:.4f} | {', '.join(str(m['best_epoch']) for m in member)} "
+            f"| {train_s:.0f} | {exported} |"
+        )
+    folds = [m for row in teacher_rows if row[0] == "crossfit" for m in row[4]]
+    if folds:
+        held = [f"{m['held_out']['test']['ndcg@10']:.4f}" for m in folds]
+        lines += [
+            "",
+            f"Cross-fit runs' own held-out fold test NDCG@10 (metrics.json `held_out`): {', '.join(held)}.",
+        ]
+    lines += [
+        "",
+        "## Students (test NDCG@10 at the epoch picked on validation)",
+        "",
+        "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | valid NDCG@10 (mean) | best epoch / "
+        "epochs run | gain vs plain per seed | training s per run (wall / CPU) | + teacher, once: training "
+        "s of its runs + export wall s |",
+        "|---|" + "---|" * (len(seeds) + 6),
+    ]
+    teacher_cost = {"plain": "none"} | {
+        row[0]: f"{row[5]:.0f} + {row[6]['wall']:.0f}" if row[6] else f"{row[5]:.0f} + —"
+        for row in teacher_rows
+    }
+    for arm, label in arms.items():
+        runs = results[arm]
+        done = [s for s in seeds if runs[s] is not None]
+        if not done:
+            continue
+        cells = [f"{runs[s]['test']['ndcg@10']:.4f}" if runs[s] else "—" for s in seeds]
+        gains = (
+            "—"
+            if arm == "plain"
+            else ", ".join(
+                f"{runs[s]['test']['ndcg@10'] - plain[s]['test']['ndcg@10']:+.4f}" for s in done if plain[s]
+            )
+        )
+        epochs = ", ".join(f"{runs[s]['best_epoch']}/{len(runs[s]['history'])}" for s in done)
+        key = "plain" if arm == "plain" else f"kd-{arm}"
+        lines.append(
+            f"| {label} | {' | '.join(cells)} "
+            f"| {statistics.mean(runs[s]['test']['ndcg@10'] for s in done):.4f} "
+            f"| {statistics.mean(runs[s]['valid']['ndcg@10'] for s in done):.4f} | {epochs} | {gains} "
+            f"| {'; '.join(cost(out, f'{key}-s{s}', runs[s]) for s in done)} | {teacher_cost.get(arm, '—')} |"
+        )
+    capped = [s for s in seeds if plain[s] and plain[s]["best_epoch"] >= args.epochs]
+    lines += [
+        "",
+        "Plain students' best epochs: "
+        + ", ".join(f"seed {s}: {plain[s]['best_epoch']} of {len(plain[s]['history'])} run"
+                    for s in seeds if plain[s])
+        + (f" — the cap of {args.epochs} binds at seed(s) {capped}" if capped
+           else f" (cap {args.epochs}: none reached it; each stopped on patience after its best epoch)"),
+        "",
+        "## Paired per-user test NDCG@10, KD minus plain of the same seed (`distill compare`, bootstrap 95%)",
+        "",
+    ]  # fmt: skip
+    lines += [f"- {arms[arm]}, seed {seed}: {line}" for arm, seed, line, _ in compares] or [
+        "- none finished yet"
+    ]
+    lines += ["", "## Commands", "", "```", command_line(["prepare", args.data, *prepare[2:]])]
+    lines += [command_line(job.args) for job in jobs if job.done.is_file()]
+    lines += [
+        command_line(["evaluate", *(a for r in row[2] for a in ("--run", str(out / r))),
+                      "--data", str(out / "data"), "--device", "cpu"])
+        for row in teacher_rows
+    ]  # fmt: skip
+    lines += [c for *_, c in compares]
+    lines += ["```", ""]
+    results_file = ROOT / "bench" / "results" / f"teachers_of_runs_{name}.md"
+    if results_file.is_file() and "\n## Reading" in (old := results_file.read_text()):
+        lines += ["## Reading" + old.split("\n## Reading", 1)[1].rstrip("\n"), ""]
+    results_file.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
