@@ -283,8 +283,32 @@ def main() -> None:
             compare = ["compare", str(plain), str(other), "--data", str(data), "--device", "cpu"]
             line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
             compares.append((arm, seed, line, command_line(compare)))
+        paired = [s for s in seeds if results["plain"][s] is not None and results[arm][s] is not None]
+        if len(paired) > 1:
+            d = pooled_difference(out, arm, paired)
+            zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
+            line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0), seeds {paired} pooled"
+            compares.append((arm, "pooled", line, None))
     write_report(args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares,
                  load_before, time.perf_counter() - started)  # fmt: skip
+
+
+def pooled_difference(out: Path, arm: str, seeds: list[int]) -> dict:
+    """Per-user test NDCG@10 of an arm's student minus the plain student of its seed, averaged over the
+    paired seeds (the same users in each), with ``distill compare``'s bootstrap over users (2,000
+    resamples, seed 0)."""
+    from distill.data import Dataset
+    from distill.metrics import per_user
+    from pipeline.compare import paired_difference
+    from pipeline.runs import open_run
+
+    data = Dataset(out / "data")
+
+    def values(run: Path):
+        return per_user(open_run(run, data, "cpu").ranks(data, "test", 256)[1], "ndcg@10").numpy()
+
+    diffs = [values(out / f"kd-{arm}-s{s}") - values(out / f"plain-s{s}") for s in seeds]
+    return paired_difference(sum(diffs) / len(diffs), 2000, 0)
 
 
 def cost(out: Path, key: str, metrics: dict | None) -> str:
@@ -296,14 +320,20 @@ def cost(out: Path, key: str, metrics: dict | None) -> str:
 def write_report(
     args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares, load_before, total
 ):
-    plain = results["plain"]
+    plain, flag = results["plain"], "--report-only"
     lines = [
         f"# Teachers of several runs on {name}: one d=128 SASRec, an ensemble, a cross-fit → d=64 students",
         "",
-        f"- command: `python -m bench.teachers_of_runs {shlex.join(sys.argv[1:])}`",
-        f"- date: {datetime.date.today()}; {machine()}; load average (1, 5, 15 min) {load_before} at the "
-        f"start, {load()} at the end of this invocation ({total / 60:.1f} min; runs an earlier invocation "
-        "finished are reused). The machine was shared with another engineer's tests and pipelines: "
+        f"- command: `python -m bench.teachers_of_runs {shlex.join(a for a in sys.argv[1:] if a != flag)}`"
+        + (f" (this file: the same with `{flag}`, from the runs it had trained)" if args.report_only else ""),
+        f"- date: {datetime.date.today()}; {machine()}; "
+        + (
+            f"load average (1, 5, 15 min) {load()} when this report was written"
+            if args.report_only
+            else f"load average (1, 5, 15 min) {load_before} at the start, {load()} at the end of this "
+            f"invocation ({total / 60:.1f} min; runs an earlier invocation finished are reused)"
+        )
+        + ". The machine was shared with another engineer's tests and pipelines: "
         "seconds are inflated and uneven, the metrics are not affected",
         f"- students: d=64 SASRec, 2 blocks, max_len 200, lr 0.001, batch 128, at most {args.epochs} "
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
@@ -386,9 +416,13 @@ def write_report(
         "## Paired per-user test NDCG@10, KD minus plain of the same seed (`distill compare`, bootstrap 95%)",
         "",
     ]  # fmt: skip
-    lines += [f"- {arms[arm]}, seed {seed}: {line}" for arm, seed, line, _ in compares] or [
-        "- none finished yet"
-    ]
+    lines += [
+        f"- **{arms[arm]}, pooled** (each user's difference averaged over the paired seeds, users "
+        f"resampled): {line}"
+        if seed == "pooled"
+        else f"- {arms[arm]}, seed {seed}: {line}"
+        for arm, seed, line, _ in compares
+    ] or ["- none finished yet"]
     lines += ["", "## Commands", "", "```", command_line(["prepare", args.data, *prepare[2:]])]
     lines += [command_line(job.args) for job in jobs if job.done.is_file()]
     lines += [
@@ -396,7 +430,7 @@ def write_report(
                       "--data", str(out / "data"), "--device", "cpu"])
         for row in teacher_rows
     ]  # fmt: skip
-    lines += [c for *_, c in compares]
+    lines += [c for *_, c in compares if c]
     lines += ["```", ""]
     results_file = ROOT / "bench" / "results" / f"teachers_of_runs_{name}.md"
     if results_file.is_file() and "\n## Reading" in (old := results_file.read_text()):
