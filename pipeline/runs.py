@@ -17,6 +17,7 @@ is one member's scores, however many members there are.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,7 +56,7 @@ def open_run(run_dir: str | Path, data: Dataset, device: str | torch.device = "a
         raise DistillError(f"{run_dir}: unknown run kind {kind!r} (distill writes {known})")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     scorer = OPENERS[kind](run_dir, data, device)
-    return _with_source(scorer, {"kind": kind, "run": run_dir})
+    return dataclasses.replace(scorer, source={"kind": kind, "run": run_dir})
 
 
 def open_runs(
@@ -225,12 +226,6 @@ def _log_probs(scores: torch.Tensor) -> torch.Tensor:
 
 def _int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _with_source(scorer: Scorer, source: dict) -> Scorer:
-    return Scorer(
-        scorer.kind, scorer.context, scorer.width, scorer.dense, scorer.last, scorer.modules, source
-    )
 
 
 def describe(source: dict, relative: Callable[[Path], str]) -> dict:
