@@ -22,10 +22,12 @@ import polars as pl
 import torch
 
 from distill.errors import DistillError
-from distill.io import record_path
+from distill.io import TEXT, check_fields, record_path, whole
 from distill.prepare import FORMAT_VERSION
 
 SPLITS = ("valid", "test")
+# What a dataset's meta.json must hold for this module to read it.
+META_FIELDS = {"num_users": whole(1), "num_items": whole(1, 2**31 - 2), "fingerprint": TEXT}
 
 
 @dataclass(frozen=True)
@@ -106,20 +108,35 @@ class Dataset:
                 f"{meta_path}: unknown format_version {version!r} (this distill reads {FORMAT_VERSION}); "
                 "prepare the data again"
             )
+        check_fields(self.meta, meta_path, META_FIELDS)
         try:
             sequences = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "items"])
             items = pl.read_parquet(self.path / "items.parquet", columns=["item", "raw_item", "title"])
         except Exception as e:  # missing or corrupt parquet: polars raises several types
             first_line = str(e).splitlines()[0]
             raise DistillError(f"{self.path}: cannot read the dataset files: {first_line}") from None
-        self.num_users = int(self.meta["num_users"])
-        self.num_items = int(self.meta["num_items"])
-        self.fingerprint = str(self.meta["fingerprint"])
+        self.num_users = self.meta["num_users"]
+        self.num_items = self.meta["num_items"]
+        self.fingerprint = self.meta["fingerprint"]
         if sequences.height != self.num_users or items.height != self.num_items:
             raise DistillError(f"{self.path}: the parquet files do not match meta.json's counts")
+        if (
+            not (
+                isinstance(sequences.schema["items"], pl.List)
+                and sequences.schema["items"].inner.is_integer()
+            )
+            or sequences["items"].explode().null_count()
+            or items.schema["title"] not in (pl.String, pl.Null)
+        ):
+            raise DistillError(f"{self.path}: the parquet files do not hold the columns distill writes")
         lengths = sequences["items"].list.len().to_numpy().astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.items = sequences["items"].explode().to_numpy().astype(np.int64)
+        if lengths.min(initial=3) < 3 or not ((self.items >= 1) & (self.items <= self.num_items)).all():
+            raise DistillError(
+                f"{self.path}: sequences.parquet holds a sequence of fewer than 3 items or an item outside "
+                f"1..{self.num_items}; prepare the data again"
+            )
         self._titles = items["title"].to_list()
         self._raw_items = items["raw_item"].to_list()
         self._item_ids: dict[str, int] | None = None  # raw id -> id, built on first use

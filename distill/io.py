@@ -9,6 +9,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,9 @@ def write_json(path: Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; a missing file, bad JSON or another JSON value is a DistillError."""
+def read_json(path: Path, what: str, fields: Mapping[str, Field] | None = None) -> dict[str, Any]:
+    """A JSON object from ``path`` whose ``fields`` (when given) pass :func:`check_fields`; a missing
+    file, bad JSON, another JSON value or a field of the wrong kind is a one-line DistillError."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -50,9 +53,68 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise DistillError(f"{what}: {path} is a directory, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DistillError(f"{what}: {path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise DistillError(f"{what}: cannot read {path} ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise DistillError(f"{what}: {path} is not a JSON object (it holds a {type(data).__name__})")
+    if fields:
+        check_fields(data, path, fields)
     return data
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a field of a file distill reads must hold: ``what`` in words, ``ok`` the test; ``fields``
+    for a nested object (checked in turn when ``ok`` passes)."""
+
+    what: str
+    ok: Callable[[Any], bool]
+    fields: Mapping[str, Field] | None = None
+    required: bool = True
+
+
+def whole(low: int = 0, high: int | None = None) -> Field:
+    """An integer (not a boolean) in ``low..high``."""
+    span = f"at least {low}" if high is None else f"in {low}..{high}"
+    return Field(
+        f"an integer {span}",
+        lambda v: type(v) is int and v >= low and (high is None or v <= high),
+    )
+
+
+TEXT = Field("a string", lambda v: isinstance(v, str))
+
+
+def table(fields: Mapping[str, Field] | None = None, required: bool = True) -> Field:
+    """A nested JSON object, its own ``fields`` checked."""
+    return Field("an object", lambda v: isinstance(v, dict), fields, required)
+
+
+def optional(field: Field) -> Field:
+    """``field``, or absent (``null`` counts as absent)."""
+    return Field(field.what, field.ok, field.fields, required=False)
+
+
+def check_fields(
+    data: Mapping[str, Any], where: str | Path, fields: Mapping[str, Field], prefix: str = ""
+) -> None:
+    """Refuse the first of ``fields`` that ``data`` lacks or holds a value of the wrong kind in, naming
+    the file (``where``), the field (dotted when nested) and what it must hold."""
+    for key, field in fields.items():
+        name = f"{prefix}{key}"
+        value = data.get(key)
+        if value is None:
+            if field.required:
+                raise DistillError(
+                    f"{where}: no field {name!r} ({field.what}); the file is damaged or not distill's"
+                )
+            continue
+        if not field.ok(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise DistillError(f"{where}: field {name!r} must be {field.what}, not {shown}")
+        if field.fields:
+            check_fields(value, where, field.fields, f"{name}.")
 
 
 def record_path(run_dir: str | Path, path: str | Path) -> str:

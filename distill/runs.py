@@ -36,12 +36,19 @@ from safetensors.torch import load_file, save_file
 from distill.data import Dataset
 from distill.dist import barrier
 from distill.errors import DistillError
-from distill.io import is_main_process, log, read_json, recorded_path
+from distill.io import TEXT, is_main_process, log, optional, read_json, recorded_path, table, whole
 from distill.outputs import claim, clean_stale, kind_of, remove_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "state.pt"
+# What every run's config.json holds (a run kind's loader checks its own tables further).
+RUN_FIELDS = {
+    "kind": TEXT,
+    "dataset": table({"path": TEXT, "fingerprint": TEXT}),
+    "train": table(),
+    "folds": optional(table({"k": whole(2), "fold": whole(0)})),
+}
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -51,22 +58,19 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise DistillError(
             f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"
         )
-    return read_json(run_dir / CONFIG, "run")
+    return read_json(run_dir / CONFIG, "run", RUN_FIELDS)
 
 
 def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:
     """The dataset ``data``, or by default the one the run in ``run_dir`` records it was trained on."""
     if data is None:
-        recorded = read_run_config(run_dir).get("dataset")
-        if not isinstance(recorded, dict) or "path" not in recorded:
-            raise DistillError(f"{Path(run_dir) / CONFIG} records no dataset: give --data DIR")
-        data = recorded_path(run_dir, recorded["path"], "its dataset")
+        data = recorded_path(run_dir, read_run_config(run_dir)["dataset"]["path"], "its dataset")
     return Dataset(data)
 
 
 def check_dataset(config: Mapping[str, Any], data: Dataset, run_dir: Path) -> None:
     """A run only scores the dataset it was trained on: the fingerprints in its config and ``data`` agree."""
-    trained_on = config.get("dataset", {}).get("fingerprint")
+    trained_on = config["dataset"]["fingerprint"]
     if trained_on != data.fingerprint:
         raise DistillError(
             f"{run_dir} was trained on another dataset (fingerprint {trained_on}) than {data.path} "

@@ -34,12 +34,25 @@ import torch
 from distill.data import Dataset
 from distill.dist import barrier, gather, world
 from distill.errors import DistillError
-from distill.io import is_main_process
+from distill.io import TEXT, Field, check_fields, is_main_process, read_json, table, whole
 from distill.outputs import claim
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VALUES_PER_SHARD = 1 << 24  # about 128 MB of items and logits per shard
+# What a manifest must hold for read_scores, and the columns of every shard it names.
+MANIFEST_FIELDS = {
+    "dataset": table({"fingerprint": TEXT, "num_items": whole(1)}),
+    "k": whole(1),
+    "rows": whole(0),
+    "shards": Field(
+        "a list of shard file names",
+        lambda v: isinstance(v, list) and all(isinstance(s, str) and s and Path(s).name == s for s in v),
+    ),
+}
+SHARD_SCHEMA = pl.Schema(
+    {"user": pl.Int32, "position": pl.Int32, "items": pl.List(pl.Int32), "logits": pl.List(pl.Float32)}
+)
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:
@@ -182,46 +195,52 @@ class Scores:
 def read_scores(path: str | Path, data: Dataset) -> Scores:
     """Check a score directory against ``data`` and map its tables (memory bounded by one shard)."""
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
+    if not (path / MANIFEST).is_file():
         raise DistillError(
             f"{path} is not a score directory: no {MANIFEST} (create it with `distill export-logits`)"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DistillError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+        )
+    manifest = read_json(path / MANIFEST, "scores")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DistillError(f"{path}: unknown score format_version {manifest.get('format_version')!r}")
-    dataset = manifest.get("dataset", {})
-    if dataset.get("fingerprint") != data.fingerprint:
+    check_fields(manifest, path / MANIFEST, MANIFEST_FIELDS)
+    dataset = manifest["dataset"]
+    if dataset["fingerprint"] != data.fingerprint:
         raise DistillError(
-            f"{path} scores another dataset (fingerprint {dataset.get('fingerprint')}) than {data.path} "
+            f"{path} scores another dataset (fingerprint {dataset['fingerprint']}) than {data.path} "
             f"(fingerprint {data.fingerprint})"
         )
-    if dataset.get("num_items") != data.num_items:
+    if dataset["num_items"] != data.num_items:
+        raise DistillError(f"{path} scores {dataset['num_items']} items but {data.path} has {data.num_items}")
+    k, total = manifest["k"], manifest["rows"]
+    if k > data.num_items:
+        raise DistillError(f"{path / MANIFEST}: k {k} is more than the {data.num_items} items")
+    if total > len(data.items):  # at most one row per training position
         raise DistillError(
-            f"{path} scores {dataset.get('num_items')} items but {data.path} has {data.num_items}"
+            f"{path / MANIFEST}: {total} rows, more than the {len(data.items)} positions {data.path} holds"
         )
-    k, total = int(manifest["k"]), manifest.get("rows")
-    if not isinstance(total, int) or total < 0:
-        raise DistillError(f"{path}: manifest has no row count")
     item_dtype = np.int16 if data.num_items <= np.iinfo(np.int16).max else np.int32
     items = _mapped((total, k), item_dtype)
     logits = _mapped((total, k), np.float32)
     row_of = np.full(len(data.items), -1, dtype=np.int64)
     starts, ends = data.history_bounds("train")
     done = 0
-    for shard in manifest.get("shards", []):
+    for shard in manifest["shards"]:
         try:
             frame = pl.read_parquet(path / shard)
         except Exception as e:  # a missing or damaged shard: polars raises several types
             raise DistillError(f"{path}: cannot read the score shards: {str(e).splitlines()[0]}") from None
+        if frame.schema != SHARD_SCHEMA:
+            raise DistillError(
+                f"{path / shard}: columns {dict(frame.schema)} are not a score shard's {dict(SHARD_SCHEMA)}"
+            )
         if done + frame.height > total:
             raise DistillError(f"{path}: manifest says {total} rows, the shards hold more")
         if frame.height == 0:
             continue
-        if (frame["items"].list.len() != k).any():
-            raise DistillError(f"{path}: rows with other than k={k} items")
+        if (frame["items"].list.len() != k).any() or (frame["logits"].list.len() != k).any():
+            raise DistillError(f"{path / shard}: rows with other than k={k} items or logits")
+        if frame["items"].explode().null_count() or frame["logits"].explode().null_count():
+            raise DistillError(f"{path / shard}: rows with missing items or logits")
         users = frame["user"].to_numpy().astype(np.int64)
         positions = frame["position"].to_numpy().astype(np.int64)
         if (

@@ -83,8 +83,6 @@ def open_runs(
         if record is None:
             singles.append(run_dir)
             continue
-        if not (isinstance(record, dict) and _int(record.get("k")) and _int(record.get("fold"))):
-            raise DistillError(f"{run_dir / 'config.json'}: 'folds' is not a table with integers k and fold")
         folds.setdefault(record["k"], []).append((record["fold"], run_dir))
     members = [open_run(run_dir, data, device) for run_dir in singles]
     members += [cross_fit(k, runs, data, device) for k, runs in sorted(folds.items())]
@@ -222,10 +220,6 @@ def _member_scores(
 def _log_probs(scores: torch.Tensor) -> torch.Tensor:
     """``log softmax`` over items ``1..N`` (column 0, padding, dropped), in float32: ``(..., N)``."""
     return torch.log_softmax(scores[..., 1:].float(), dim=-1)
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def describe(source: dict, relative: Callable[[Path], str]) -> dict:
