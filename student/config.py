@@ -46,9 +46,15 @@ class StudentTrainConfig:
     With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss per position is
     ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did
     not, averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the
-    chunked full-softmax CE pass, so distillation needs ``loss = "ce"``. ``alpha = 0`` trains exactly
-    as without a teacher. ``hint_run`` (a wider SASRec run) adds ``hint_weight`` times the
-    representation loss of :mod:`student.hint` at every position, with or without soft labels.
+    chunked full-softmax CE pass (``loss = "ce"``) or, with ``loss = "sampled"``, estimated over the
+    teacher's top-k plus the sampled items (:func:`student.losses.sampled_loss`); ``loss = "bce"`` has
+    no normaliser to distil against and takes no teacher. ``alpha = 0`` trains exactly as without a
+    teacher. ``loss = "sampled"`` is the sampled softmax for catalogues too large for a full softmax:
+    the batch's own targets plus ``negatives`` draws per batch from ``sampler`` (uniform unless set;
+    ``popularity``: the training split's item counts), logQ-corrected; ``negatives`` must be below the
+    catalogue size, checked by ``student-train`` once the data is read. ``hint_run`` (a wider SASRec
+    run) adds ``hint_weight`` times the representation loss of :mod:`student.hint` at every position,
+    with or without soft labels.
     ``length_group`` > 1 batches users of similar length together (see
     :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on ML-1M slower progress
     per epoch too, so the default is the plain shuffle (1).
@@ -68,10 +74,22 @@ class StudentTrainConfig:
     batch_size: int = option(128)
     lr: float = option(1e-3)
     weight_decay: float = option(0.0)
-    loss: Literal["ce", "bce"] = option(
-        "ce", "ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives."
+    loss: Literal["ce", "bce", "sampled"] = option(
+        "ce",
+        "ce: full-softmax cross-entropy; bce: binary cross-entropy with sampled negatives; sampled: "
+        "softmax over the batch's target items plus --negatives draws, logQ-corrected (for catalogues "
+        "too large for ce; takes --teacher-scores too).",
     )
-    negatives: int = option(1, "Negatives per position for --loss bce.")
+    negatives: int = option(
+        1,
+        "--loss bce: negatives per position; --loss sampled: extra negatives drawn per batch, beside "
+        "the batch's own items. At least 1, below the number of items.",
+    )
+    sampler: Literal["uniform", "popularity"] | None = option(
+        None,
+        "--loss sampled: draw the extra negatives uniformly (the default) or by popularity (the "
+        "training split's item counts, plus one).",
+    )
     length_group: int = option(
         1, "Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches."
     )
@@ -124,8 +142,12 @@ class StudentTrainConfig:
                 f"alpha mixes label and distillation loss and must be in [0, 1], got {self.alpha}"
             )
         check_folds(self)
-        if self.teacher_scores and self.loss != "ce":
-            raise ValueError("distillation (--teacher-scores) is fused with --loss ce; --loss bce has none")
+        if self.sampler is not None and self.loss != "sampled":
+            raise ValueError(f"--sampler draws the negatives of --loss sampled; --loss {self.loss} has none")
+        if self.teacher_scores and self.loss == "bce":
+            raise ValueError(
+                "distillation (--teacher-scores) needs --loss ce or sampled (a softmax); --loss bce has none"
+            )
 
     def sasrec(self, num_items: int) -> SASRecConfig:
         """The model config for a catalogue of ``num_items`` items."""

@@ -1,12 +1,56 @@
-"""Label losses for training SASRec: full-softmax cross-entropy and sampled binary cross-entropy.
+"""Label losses for training SASRec: full-softmax cross-entropy, sampled binary cross-entropy, and the
+sampled softmax for catalogues too large for a full softmax at every position.
 
-Pure functions of the model's states and the targets. Both are computed in float32 at the non-pad
+Pure functions of the model's states and the targets. All are computed in float32 at the non-pad
 positions only (target 0 is padding) and averaged over those positions. Knowledge-distillation losses
-live in ``distill/losses.py``.
+are defined in ``distill/losses.py``; the full CE and the sampled softmax fuse them into their passes.
+
+The sampled softmax (:func:`sampled_loss`, ``--loss sampled``) replaces the full CE's normaliser
+``Z = Σ_j exp(s_j)`` over items ``1..V`` by an estimate from a sample drawn per batch. Choices where
+implementations differ, fixed here:
+
+- **Shared negatives, not per-position ones.** One candidate set per batch, scored by one
+  ``(N, d) x (d, M)`` product: for the memory of per-position negatives' ``N·n`` gathered
+  embeddings a position sees far more negatives, and in-batch items cost nothing to draw. The
+  positions of a batch then share their sampling noise (correlated estimates, not biased ones).
+- **In-batch items are enumerated, not sampled.** The candidates are ``U``, the batch's distinct
+  targets, plus ``n`` draws ``D`` from ``Q`` (uniform, or the training split's item counts plus one),
+  with replacement. Given the batch, ``U`` is a known set: its items enter the normaliser exactly
+  (``Q = 1``, log-correction 0), and the draws estimate the mass outside it:
+  ``Ẑ = Σ_{j∈U} exp(s_j) + Σ_{d∈D, d∉U} exp(s_d) / (n·Q(d))``, unbiased for ``Z`` at every position
+  (in expectation over the draws, the batch held fixed). Yi et al. (RecSys'19) instead correct each
+  in-batch logit by the log of the item's probability of being in a batch (a streaming frequency
+  estimate), which treats a batch's items as independent popularity draws. A batch of sequences is
+  not that — a position's own history and future are always in it, and one item fills many positions —
+  so there the correction is approximate; here it is exact and needs no ``Q`` for in-batch items.
+- **The logQ correction is ``log(n·Q(d))``**, the expected number of times ``d`` is drawn, not
+  ``log Q(d)``: with the in-batch part uncorrected, the constant ``log n`` is what puts both parts on
+  the catalogue's scale. The positive's logit is not corrected (it is in ``U``, counted exactly). With
+  every item drawn once under uniform ``Q`` (``n·Q = 1``) the loss is exactly the full CE.
+- **Accidental hits are masked**: a draw equal to an item of ``U`` (the position's own positive
+  among them) is dropped, since ``U`` already counts it; this keeps ``Ẑ`` unbiased for the mass
+  outside ``U``. Smoothing the counts by one gives every item ``Q > 0``: an item never drawn would
+  leave its mass out of ``Ẑ`` for good.
+- **What is left biased**: ``E[log Ẑ] <= log Z`` (Jensen), so the loss is low by about
+  ``Var(Ẑ) / (2 Z²)``, and its gradient (``exp(s_j) / Ẑ`` per candidate) is a ratio estimate,
+  biased by O(1/n). Both vanish as the sample grows.
+
+Against gSASRec's gBCE (Petrov & Macdonald, RecSys'23): gBCE keeps SASRec's pointwise BCE with ``k``
+uniform negatives per position and raises the positive's sigmoid to a power
+``β = α(t(1 - 1/α) + 1/α)``, ``α = k / (V - 1)``, undoing the overconfidence that negative sampling
+gives BCE (``t = 1``: fully calibrated); it needs no normaliser. It is, though, a calibrated BCE, not the
+softmax: it does not share the objective of the full CE (this toolkit's default and strongest loss),
+and it gives no normalised ``log q(j)`` for distillation, a KL against the student's softmax. The
+sampled softmax is the full CE's estimate, tends to it as the sample grows, and its ``Ẑ`` gives KD
+the same normaliser, so it is the loss for catalogues of 10⁵-10⁷ items (the CLI default stays the
+exact ``ce`` where it fits). gBCE is not implemented here.
+
+With a teacher, the sampled pass estimates the KD term the same way (:func:`sampled_loss`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
+from torch.utils.checkpoint import checkpoint
 
-from distill.losses import KD, kd_by_name
+from distill.losses import KD, SoftTarget, kd_by_name
 from student.sasrec import SASRec
 
 
@@ -325,3 +370,258 @@ def bce_loss(model: SASRec, h: Tensor, targets: Tensor, negatives: Tensor) -> Te
         neg = torch.einsum("nd,nkd->nk", h_sel, items[negatives[mask]])  # (N, n)
     # -log σ(x) = softplus(-x) and -log(1 - σ(x)) = softplus(x), both stable for large |x|.
     return (F.softplus(-pos).sum() + F.softplus(neg).sum()) / count
+
+
+# ------------------------------------------------------------------------------------------ sampled softmax
+@dataclass(frozen=True)
+class NegativeSampler:
+    """The extra negatives of :func:`sampled_loss`: ``n`` draws per batch, with replacement, from ``Q``.
+
+    Draws use torch's generator (or ``generator``), so a seeded run and its ``--resume`` draw the same.
+
+    Attributes:
+        n: draws per batch, >= 1.
+        log_q: ``(num_items + 1,)`` float32 ``log Q(item)``; -inf at 0 (padding is never drawn).
+        cdf: ``(num_items,)`` float64 cumulative ``Q`` of items ``1..num_items``; None when uniform.
+    """
+
+    n: int
+    log_q: Tensor
+    cdf: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"number of negatives must be >= 1, got {self.n}")
+
+    @classmethod
+    def uniform(cls, num_items: int, n: int) -> NegativeSampler:
+        """``Q(item) = 1 / num_items``."""
+        log_q = torch.full((num_items + 1,), -math.log(num_items))
+        log_q[0] = float("-inf")
+        return cls(n, log_q)
+
+    @classmethod
+    def popularity(cls, counts: Tensor, n: int) -> NegativeSampler:
+        """``Q(item) ∝ counts[item] + 1``: by popularity, with every item drawable.
+
+        Args:
+            counts: ``(num_items + 1,)`` interactions per item (index 0, padding, is ignored).
+            n: draws per batch.
+        """
+        weights = counts[1:].double() + 1.0  # (num_items,)
+        q = weights / weights.sum()
+        log_q = torch.cat([torch.full((1,), float("-inf"), dtype=torch.float64), q.log()]).float()
+        return cls(n, log_q, q.cumsum(0))
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One batch's draws and their logQ correction.
+
+        Returns:
+            ``(items, log_counts)``: ``(n,)`` long item ids in ``1..num_items``, and ``(n,)`` float32
+            ``log(n·Q(item))``, the log of how often each is expected among the draws.
+        """
+        num_items = self.log_q.shape[0] - 1
+        if self.cdf is None:
+            items = torch.randint(1, num_items + 1, (self.n,), generator=generator)
+        else:
+            u = torch.rand(self.n, generator=generator, dtype=torch.float64)
+            items = torch.searchsorted(self.cdf, u, right=True).clamp_(max=num_items - 1) + 1
+        return items, self.log_q[items] + math.log(self.n)
+
+
+@dataclass(frozen=True)
+class _SampledKD:
+    """The distillation side of one chunk of :func:`sampled_loss`, for its ``m`` scored rows.
+
+    Attributes:
+        rows: ``(m,)`` the scored rows, indices into the chunk.
+        columns: ``(m, k)`` each row's teacher items, as rows of the batch's embedding table.
+        counted: ``(m, k)`` True where the teacher's item is in ``U`` (already among the shared columns).
+        hidden: ``(m, M)`` True at shared columns that are draws of one of the row's teacher items.
+        target: the KD loss on these rows as a soft target.
+        alpha, temperature: as in :class:`BatchScores`.
+    """
+
+    rows: Tensor
+    columns: Tensor
+    counted: Tensor
+    hidden: Tensor
+    target: SoftTarget
+    alpha: float
+    temperature: float
+
+
+def sampled_loss(
+    model: SASRec,
+    h: Tensor,
+    targets: Tensor,
+    negatives: Tensor,
+    log_counts: Tensor,
+    soft: BatchScores | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sampled softmax with the logQ correction, and KD over the teacher's top-k plus the same sample.
+
+    The choices (shared candidates, in-batch items counted exactly, ``log(n·Q)`` on the draws, accidental
+    hits masked) and the bias are the module's list. Per non-pad position with positive ``t`` and
+    states ``h``, ``s_j = h·e_j``:
+
+        CE = -s_t + log Ẑ,    Ẑ = Σ_{j∈U} exp(s_j) + Σ_{d∈D, d∉U} exp(s_d - log(n·Q(d)))
+
+    With ``soft``, at a position the teacher scored, KD is ``soft.kd``'s :class:`SoftTarget` on
+    ``log q̂(j) = s_j / T - log Ẑ_T`` for the teacher's items ``K`` (its top-k), where
+
+        Ẑ_T = Σ_{j∈U∪K} exp(s_j / T) + Σ_{d∈D, d∉U∪K} exp(s_d / T - log(n·Q(d)))
+
+    counts the batch's targets and the teacher's items exactly and estimates the rest of the catalogue
+    from the draws: the importance weights ``1 / (n·Q(d))`` make ``Ẑ_T`` unbiased for
+    ``Z_T = Σ_j exp(s_j / T)``. A KD loss's ``p`` sums to one, so the estimate is the exact KD plus
+    ``scale·(log Ẑ_T - log Z_T)``: biased low (Jensen), by about ``scale·Var(Ẑ_T) / (2 Z_T²)``,
+    which is small where ``U ∪ K`` holds most of the student's mass, and zero when the draws are the
+    whole catalogue once under uniform ``Q``. As in :func:`ce_kd_loss`, the position's loss is
+    ``(1 - alpha)·CE + alpha·KD`` there and CE elsewhere; ``alpha = 0`` is the plain sampled softmax.
+
+    Memory is ``O(N·(|U| + n + k))``, never the catalogue: rows are taken ``chunk_size`` at a time,
+    each chunk recomputed in backward (activation checkpointing) rather than kept.
+
+    Args:
+        model: The student; only its item table is used.
+        h: States from ``model(seq)``, ``(B, L, d)``.
+        targets: Next-item ids, ``(B, L)`` long; 0 marks positions to ignore.
+        negatives: ``(n,)`` long item ids drawn for the batch (:meth:`NegativeSampler.draw`).
+        log_counts: ``(n,)`` float ``log(n·Q(item))`` of each draw.
+        soft: The teacher's rows for the ``N`` non-pad positions of ``targets``, or None.
+        chunk_size: Rows scored at a time; by default as for :func:`ce_loss`.
+
+    Returns:
+        The scalar mean loss over non-pad positions (0 if none) and, detached, the mean estimated KD
+        over scored positions (0 if none).
+    """
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if negatives.shape != log_counts.shape or negatives.dim() != 1:
+        raise ValueError(f"negatives {tuple(negatives.shape)} and log_counts {tuple(log_counts.shape)}")
+    mask = targets != 0  # (B, L)
+    h_sel = h[mask].float()  # (N, d)
+    labels = targets[mask]  # (N,)
+    count = h_sel.shape[0]
+    if soft is not None and soft.rows.shape != (count,):
+        raise ValueError(f"soft labels for {tuple(soft.rows.shape)} rows, the batch has {count} positions")
+    kd_mean = h.new_zeros((), dtype=torch.float32)
+    if count == 0:
+        return h.sum().float() * 0.0, kd_mean
+    negatives = negatives.to(labels.device)
+    in_batch = torch.unique(labels)  # (|U|,) sorted
+    drawn_in_batch = torch.isin(negatives, in_batch)  # (n,) accidental hits
+    offset = torch.cat(
+        [
+            torch.zeros(len(in_batch), device=h.device),
+            (-log_counts.to(h.device, torch.float32)).masked_fill(drawn_in_batch.to(h.device), float("-inf")),
+        ]
+    )  # (M,) added to each shared column's logit: 0 on U, -log(n·Q) on draws, -inf on hits
+    positive = torch.searchsorted(in_batch, labels)  # (N,) each row's positive among the shared columns
+
+    teacher = _TeacherRows.of(soft, negatives, in_batch) if soft is not None and soft.alpha > 0 else None
+    # The batch's own table: every item a column refers to, gathered once.
+    vocab = torch.unique(torch.cat([in_batch, negatives, *([teacher.items.flatten()] if teacher else [])]))
+    shared = torch.searchsorted(vocab, torch.cat([in_batch, negatives]))  # (M,)
+    total, kd_total = h_sel.new_zeros(()), h_sel.new_zeros(())
+    with torch.autocast(h.device.type, enabled=False):
+        table = model.item_embeddings()[vocab.to(h.device)].float()  # (|W|, d)
+        shared_emb = table[shared.to(h.device)]  # (M, d)
+        wants_grad = torch.is_grad_enabled() and (h_sel.requires_grad or table.requires_grad)
+        positive = positive.to(h.device)
+        starts = list(range(0, count, chunk_size))
+        if teacher is not None:  # each chunk's scored rows: teacher rows bounds[i]:bounds[i + 1]
+            scored = teacher.scored
+            bounds = torch.searchsorted(scored, torch.tensor([*starts, count], device=scored.device)).tolist()
+        for i, start in enumerate(starts):
+            stop = min(start + chunk_size, count)
+            kd = None
+            if teacher is not None and bounds[i + 1] > bounds[i]:
+                kd = teacher.chunk(slice(bounds[i], bounds[i + 1]), start, vocab, soft, h.device)
+            chunk = (h_sel[start:stop], shared_emb, table, positive[start:stop], offset, kd)
+            if wants_grad and count > chunk_size:  # keep only the chunk's inputs; recompute in backward
+                loss, kd_sum = checkpoint(
+                    _sampled_chunk, *chunk, use_reentrant=False, preserve_rng_state=False
+                )
+            else:
+                loss, kd_sum = _sampled_chunk(*chunk)
+            total, kd_total = total + loss, kd_total + kd_sum
+    if teacher is not None:
+        kd_mean = kd_total / len(teacher.scored)
+    return total / count, kd_mean
+
+
+@dataclass(frozen=True)
+class _TeacherRows:
+    """The teacher's side of :func:`sampled_loss` at its ``S`` scored rows.
+
+    Attributes:
+        scored: ``(S,)`` the scored rows, ascending.
+        items: ``(S, k)`` their teacher items.
+        counted: ``(S, k)`` True where an item is in ``U``, so already among the shared columns.
+        hidden: ``(S, |U| + n)`` True at shared columns that draw one of the row's teacher items.
+        target: the KD loss on these rows as a soft target.
+    """
+
+    scored: Tensor
+    items: Tensor
+    counted: Tensor
+    hidden: Tensor
+    target: SoftTarget
+
+    @classmethod
+    def of(cls, soft: BatchScores, negatives: Tensor, in_batch: Tensor) -> _TeacherRows | None:
+        """The rows ``soft`` scored, against the batch's targets ``in_batch`` and draws ``negatives``;
+        None if it scored none."""
+        scored = (soft.rows >= 0).nonzero().squeeze(1)  # (S,)
+        if scored.numel() == 0:
+            return None
+        items, t_logits = soft.fetch(soft.rows[scored])
+        items = items.to(in_batch.device).long()  # (S, k)
+        ordered = items.sort(dim=1).values  # (S, k)
+        draws = negatives.expand(len(items), -1).contiguous()  # (S, n)
+        found = ordered.gather(1, torch.searchsorted(ordered, draws).clamp_(max=items.shape[1] - 1)) == draws
+        return cls(
+            scored=scored,
+            items=items,
+            counted=torch.isin(items, in_batch),
+            hidden=torch.cat([found.new_zeros(len(items), len(in_batch)), found], dim=1),
+            target=KD[soft.kd](t_logits.float(), soft.temperature),
+        )
+
+    def chunk(
+        self, part: slice, start: int, vocab: Tensor, soft: BatchScores, device: torch.device
+    ) -> _SampledKD:
+        """The rows ``part`` for the chunk whose first row is ``start``, columns into ``vocab``."""
+        target = self.target
+        return _SampledKD(
+            rows=(self.scored[part] - start).to(device),
+            columns=torch.searchsorted(vocab, self.items[part]).to(device),
+            counted=self.counted[part].to(device),
+            hidden=self.hidden[part].to(device),
+            target=SoftTarget(target.p[part].to(device), target.scale, target.offset[part].to(device)),
+            alpha=soft.alpha,
+            temperature=soft.temperature,
+        )
+
+
+def _sampled_chunk(
+    h: Tensor, shared_emb: Tensor, table: Tensor, positive: Tensor, offset: Tensor, kd: _SampledKD | None
+) -> tuple[Tensor, Tensor]:
+    """The summed loss of ``C`` rows of :func:`sampled_loss`, and their summed KD (detached)."""
+    logits = h @ shared_emb.T  # (C, M)
+    ce = torch.logsumexp(logits + offset, dim=1) - logits.gather(1, positive[:, None]).squeeze(1)  # (C,)
+    if kd is None:
+        return ce.sum(), ce.new_zeros(())
+    temperature = kd.temperature
+    own = torch.einsum("md,mkd->mk", h[kd.rows], table[kd.columns]) / temperature  # (m, k) s_j / T on K
+    # Ẑ_T's terms: U and the draws outside U ∪ K from the shared columns, K \ U from the row's own.
+    rest = (logits[kd.rows] / temperature + offset).masked_fill(kd.hidden, float("-inf"))  # (m, M)
+    log_z = torch.logsumexp(torch.cat([rest, own.masked_fill(kd.counted, float("-inf"))], dim=1), dim=1)
+    kd_rows = kd.target.rows(own - log_z[:, None])  # (m,)
+    weights = torch.ones_like(ce).index_fill(0, kd.rows, 1.0 - kd.alpha)
+    return (weights * ce).sum() + kd.alpha * kd_rows.sum(), kd_rows.sum().detach()

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -36,7 +37,15 @@ from distill.training import (
 )
 from student.config import StudentTrainConfig
 from student.hint import DistillationExperts
-from student.losses import BatchScores, bce_loss, ce_kd_loss, ce_loss, sample_negatives
+from student.losses import (
+    BatchScores,
+    NegativeSampler,
+    bce_loss,
+    ce_kd_loss,
+    ce_loss,
+    sample_negatives,
+    sampled_loss,
+)
 from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
@@ -49,6 +58,11 @@ def run(cfg: StudentTrainConfig) -> dict:
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     hinter = load_hint_run(cfg, data) if cfg.hint_run else None  # likewise
+    if cfg.loss != "ce" and cfg.negatives >= data.num_items:  # likewise
+        raise DistillError(
+            f"--negatives {cfg.negatives} must be below the number of items ({data.num_items}) in {data.path}"
+        )
+    sampler = negative_sampler(cfg, data) if cfg.loss == "sampled" else None
     device = setup_device(cfg.device)
     seed_everything(cfg.seed)
     rank, ranks = world()
@@ -107,7 +121,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         )
     write_json(run_dir / "config.json", run_config)
 
-    losses = Losses(cfg, data, model, teacher, hinter, experts)
+    losses = Losses(cfg, data, model, teacher, hinter, experts, sampler)
     scorer = sasrec_scorer(model)
     logger = Logger(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -148,8 +162,9 @@ def run(cfg: StudentTrainConfig) -> dict:
 
 @dataclass(frozen=True)
 class Losses:
-    """What a batch's loss is made of: the label loss (full CE or sampled BCE), the teacher's soft labels
-    fused into the CE when there is a score directory, and the hint term when there is a hint run."""
+    """What a batch's loss is made of: the label loss (full CE, sampled BCE or the sampled softmax), the
+    teacher's soft labels fused into the CE or the sampled softmax when there is a score directory,
+    and the hint term when there is a hint run."""
 
     cfg: StudentTrainConfig
     data: Dataset
@@ -157,6 +172,7 @@ class Losses:
     teacher: Scores | None
     hinter: SASRec | None
     experts: DistillationExperts | None
+    sampler: NegativeSampler | None = None
 
     def __call__(
         self, h: torch.Tensor, batch: TrainBatch, inputs: torch.Tensor, targets: torch.Tensor
@@ -170,8 +186,12 @@ class Losses:
         """
         cfg, device = self.cfg, h.device
         kd = hint = 0.0
-        if self.teacher is not None:
-            soft = batch_scores(self.teacher, shard(batch.index), targets, cfg)
+        soft = None if self.teacher is None else batch_scores(self.teacher, shard(batch.index), targets, cfg)
+        if cfg.loss == "sampled":
+            negatives, log_counts = self.sampler.draw()  # one set per batch, from torch's generator
+            loss, kd_value = sampled_loss(self.model, h, targets.to(device), negatives, log_counts, soft)
+            kd = kd_value.item()
+        elif soft is not None:
             loss, kd_value = ce_kd_loss(self.model, h, targets.to(device), soft)
             kd = kd_value.item()
         elif cfg.loss == "ce":
@@ -262,10 +282,23 @@ def load_hint_run(cfg: StudentTrainConfig, data: Dataset) -> SASRec:
     return hinter.eval().requires_grad_(False)
 
 
+def negative_sampler(cfg: StudentTrainConfig, data: Dataset) -> NegativeSampler:
+    """The extra negatives of ``--loss sampled``: uniform, or by the training split's item counts (of the
+    users it trains on), each plus one so that every item can be drawn."""
+    if cfg.sampler != "popularity":
+        return NegativeSampler.uniform(data.num_items, cfg.negatives)
+    _, ends = data.history_bounds("train")
+    user_of = np.repeat(np.arange(data.num_users), data.lengths)  # (T,) the user of each interaction
+    train = (np.arange(len(data.items)) < ends[user_of]) & data.users[user_of]
+    counts = np.bincount(data.items[train], minlength=data.num_items + 1)  # (num_items + 1,)
+    return NegativeSampler.popularity(torch.from_numpy(counts), cfg.negatives)
+
+
 def batch_scores(
     teacher: Scores, index: torch.Tensor, targets: torch.Tensor, cfg: StudentTrainConfig
 ) -> BatchScores:
-    """The teacher's rows for a batch's non-pad positions, in the order :func:`ce_kd_loss` reads them.
+    """The teacher's rows for a batch's non-pad positions, in the order :func:`ce_kd_loss` and
+    :func:`sampled_loss` read them.
 
     Args:
         index: flat target indices ``(B, L)`` of the batch (-1 at padding).
