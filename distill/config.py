@@ -26,6 +26,7 @@ else:  # the same parser, before it joined the standard library
 from distill.errors import DistillError
 
 C = TypeVar("C")
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(DistillError, ValueError):
@@ -100,6 +101,7 @@ def check(
     positive: Sequence[str] = (),
     non_negative: Sequence[str] = (),
     fractions: Sequence[str] = (),
+    seeds: Sequence[str] = (),
 ) -> None:
     """The checks every config's ``__post_init__`` makes, each raising one ``ValueError`` line.
 
@@ -109,6 +111,7 @@ def check(
         positive: number fields that must be > 0.
         non_negative: number fields that must be >= 0.
         fractions: number fields in [0, 1).
+        seeds: random seeds, in ``0..2**32 - 1`` (what numpy's and torch's generators all take).
     """
     for name, flag in required.items():
         if not getattr(cfg, name):
@@ -118,6 +121,7 @@ def check(
         (positive, lambda v: v > 0, "must be positive"),
         (non_negative, lambda v: v >= 0, "must be >= 0"),
         (fractions, lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        (seeds, lambda v: 0 <= v <= MAX_SEED, f"must be in 0..{MAX_SEED}"),
     ):
         for name in names:
             value = getattr(cfg, name)
@@ -311,7 +315,7 @@ class PrepareConfig:
                 "min_user_interactions must be at least 3 (leave-one-out needs a train, a validation "
                 f"and a test item), got {self.min_user_interactions}"
             )
-        check(self, at_least_one=("min_item_interactions",))
+        check(self, at_least_one=("min_item_interactions",), seeds=("seed",))
         if self.synthetic and (self.num_users < 1 or self.num_items < 10):
             raise ValueError(
                 "synthetic data needs num_users >= 1 and num_items >= 10, "

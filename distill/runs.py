@@ -36,15 +36,24 @@ from safetensors.torch import load_file, save_file
 from distill.data import Dataset
 from distill.dist import barrier
 from distill.errors import DistillError
-from distill.io import TEXT, is_main_process, log, optional, read_json, recorded_path, table, whole
-from distill.outputs import claim, clean_stale, kind_of, remove_dir
+from distill.io import (
+    TEXT,
+    check_fields,
+    is_main_process,
+    log,
+    optional,
+    read_json,
+    recorded_path,
+    table,
+    whole,
+)
+from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "state.pt"
 # What every run's config.json holds (a run kind's loader checks its own tables further).
 RUN_FIELDS = {
-    "kind": TEXT,
     "dataset": table({"path": TEXT, "fingerprint": TEXT}),
     "train": table(),
     "folds": optional(table({"k": whole(2), "fold": whole(0)})),
@@ -58,7 +67,12 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise DistillError(
             f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"
         )
-    return read_json(run_dir / CONFIG, "run", RUN_FIELDS)
+    config = read_json(run_dir / CONFIG, "run")
+    if config.get("kind") not in RUN_KINDS:
+        known = ", ".join(RUN_KINDS)
+        raise DistillError(f"{run_dir}: unknown run kind {config.get('kind')!r} (distill writes {known})")
+    check_fields(config, run_dir / CONFIG, RUN_FIELDS)
+    return config
 
 
 def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:

@@ -45,6 +45,7 @@ from pipeline.export import run as export_logits
 from pipeline.runs import open_runs
 from student.config import StudentTrainConfig
 from student.train import run as train_student
+from teacher.backbone import locate_backbone
 from teacher.config import TeacherTrainConfig
 from teacher.train import run as train_teacher
 
@@ -73,6 +74,8 @@ def run(cfg: PipelineConfig) -> dict:
             raise DistillError(
                 f"{path} exists and was not written by distill pipeline; refusing to replace it"
             )
+    if cfg.teacher in ("moe-lora", "e4srec") and cfg.llm != "tiny":
+        locate_backbone(cfg.llm)  # a wrong --llm fails now, not after the SASRec has trained
     if claim(out, kind="outputs", layout=STAGES, overwrite=cfg.overwrite, what="pipeline output"):
         # Every stage there is one distill wrote (claim checked); other files and a dataset given with
         # --data stay.

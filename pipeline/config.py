@@ -80,7 +80,10 @@ class PipelineConfig:
                 "positions",
                 "top_k",
             ),
+            seeds=("seed",),
         )
+        if self.data is None and self.num_items < 10:
+            raise ValueError(f"synthetic data needs num_items >= 10, got {self.num_items}")
         if self.teacher == "cross-fit" and self.members < 2:
             raise ValueError(f"a cross-fit teacher needs --members (folds) >= 2, got {self.members}")
         if any(not 0 <= a <= 1 for a in self.alphas):
@@ -121,7 +124,7 @@ class CompareConfig:
     device: str = option("auto")
 
     def __post_init__(self) -> None:
-        check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"))
+        check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"), seeds=("seed",))
         if len(self.runs) < 2:
             raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
         parse_metric(self.metric)

@@ -50,10 +50,7 @@ Weights = Literal["equal", "fit"]
 def open_run(run_dir: str | Path, data: Dataset, device: str | torch.device = "auto") -> Scorer:
     """The model of the run in ``run_dir``, checked against ``data``, ready to score on ``device``."""
     run_dir = Path(run_dir)
-    kind = read_run_config(run_dir).get("kind")
-    if kind not in OPENERS:
-        known = ", ".join(OPENERS)
-        raise DistillError(f"{run_dir}: unknown run kind {kind!r} (distill writes {known})")
+    kind = read_run_config(run_dir)["kind"]  # one of RUN_KINDS, each of which OPENERS holds
     device = device if isinstance(device, torch.device) else resolve_device(device)
     scorer = OPENERS[kind](run_dir, data, device)
     return dataclasses.replace(scorer, source={"kind": kind, "run": run_dir})

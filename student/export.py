@@ -9,6 +9,7 @@ caller's (a few lines of numpy; see the README).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -25,6 +26,9 @@ from student.run import load_run
 from student.sasrec import SASRec
 
 FORMAT_VERSION = 1  # of the vocabulary file
+# Opsets the graph can be written in: attention (scaled_dot_product_attention) needs 14; torch's
+# TorchScript exporter writes up to 23.
+OPSETS = range(14, 24)
 
 
 class Scorer(nn.Module):
@@ -78,12 +82,26 @@ def export_onnx(model: SASRec, path: str | Path, opset: int = 18) -> None:
 def run(cfg: ExportModelConfig) -> dict:
     """Export ``cfg.run`` to ``cfg.output`` and its vocabulary beside it; returns the vocabulary header."""
     output, vocab = Path(cfg.output), vocabulary_path(cfg.output)
+    if cfg.opset not in OPSETS:
+        raise DistillError(f"--opset {cfg.opset}: the student exports to opsets {OPSETS[0]} to {OPSETS[-1]}")
     for path in (output, vocab):
+        if path.is_dir():
+            raise DistillError(f"{path} is a directory; give a file name for the model (--output model.onnx)")
         if path.exists() and not cfg.overwrite:
             raise DistillError(f"{path} already exists (use --overwrite to replace it)")
+    if cfg.overwrite and output.exists() and not _ours(output, vocab):
+        raise DistillError(
+            f"{output} was not written by distill export-model (no {vocab.name} beside it that names it); "
+            "refusing to replace it"
+        )
     data = run_dataset(cfg.run, cfg.data)
     model = load_run(cfg.run, data, "cpu")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    made = [p for p in reversed(output.parent.absolute().parents) if not p.exists()]
+    made += [] if output.parent.exists() else [output.parent.absolute()]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DistillError(f"cannot write {output}: {e.strerror or e}") from None
     header = {
         "format_version": FORMAT_VERSION,
         "model": output.name,
@@ -105,7 +123,26 @@ def run(cfg: ExportModelConfig) -> dict:
         tmp_vocab.write_text(json.dumps({**header, "items": items}, ensure_ascii=False, indent=1) + "\n")
         tmp_model.replace(output)
         tmp_vocab.replace(vocab)
+    except OSError as e:
+        raise DistillError(f"cannot write {output}: {e.strerror or e}") from None
     finally:
         tmp_model.unlink(missing_ok=True)
         tmp_vocab.unlink(missing_ok=True)
+        if not output.exists():  # failed: the directories this export created go too
+            for directory in reversed(made):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
     return {**header, "vocabulary": str(vocab)}
+
+
+def _ours(output: Path, vocab: Path) -> bool:
+    """Whether ``output`` is a model this command wrote: the vocabulary beside it names it."""
+    try:
+        header = json.loads(vocab.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(header, dict)
+        and header.get("format_version") == FORMAT_VERSION
+        and (header.get("model") == output.name)
+    )

@@ -254,6 +254,33 @@ def _freeze(model: PreTrainedModel) -> None:
     model.requires_grad_(False)
 
 
+def locate_backbone(spec: str) -> tuple[str, dict, str]:
+    """Where and how ``from_pretrained`` finds backbone ``spec`` (any but ``"tiny"``), checked without
+    loading it: ``(path or hub id, keyword arguments, how a load error is introduced)``. A missing
+    file, a directory without ``config.json``, a path that is no hub id, or a hub id neither reachable
+    nor cached is a one-line DistillError: a caller checks this before writing anything."""
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise DistillError(f"cannot load backbone {spec!r}: no such .gguf file")
+        if importlib.util.find_spec("gguf") is None:
+            raise DistillError(
+                f"cannot load backbone {spec!r}: reading .gguf files needs the 'gguf' package "
+                "(pip install gguf)"
+            )
+        return str(path.parent), _gguf_kwargs(path.name), ""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DistillError(f"cannot load backbone {spec!r}: directory has no config.json")
+        return str(path), {}, ""
+    if path.exists() or not _HUB_ID.match(spec):
+        raise DistillError(
+            f"cannot load backbone {spec!r}: no such local path (expected 'tiny', a "
+            ".gguf file, a model directory or a hub id)"
+        )
+    return spec, _hub_kwargs(spec), "no such local path, and on the hub: "
+
+
 def load_backbone(
     spec: str, *, layers: int | None = None, dtype: str = "float32", seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -280,32 +307,12 @@ def load_backbone(
             f"cannot load backbone {spec!r}: unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})"
         )
     torch_dtype = DTYPES[dtype]
-    path = Path(spec).expanduser()
 
     if spec == "tiny":
         tokenizer = _tiny_tokenizer()
         model = _tiny_model(len(tokenizer), tokenizer.pad_token_id, seed)
     else:
-        if spec.endswith(".gguf"):
-            if not path.is_file():
-                raise DistillError(f"cannot load backbone {spec!r}: no such .gguf file")
-            if importlib.util.find_spec("gguf") is None:
-                raise DistillError(
-                    f"cannot load backbone {spec!r}: reading .gguf files needs the 'gguf' "
-                    "package (pip install gguf)"
-                )
-            where, kwargs, why = str(path.parent), _gguf_kwargs(path.name), ""
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise DistillError(f"cannot load backbone {spec!r}: directory has no config.json")
-            where, kwargs, why = str(path), {}, ""
-        elif path.exists() or not _HUB_ID.match(spec):
-            raise DistillError(
-                f"cannot load backbone {spec!r}: no such local path (expected 'tiny', a "
-                ".gguf file, a model directory or a hub id)"
-            )
-        else:
-            where, kwargs, why = spec, _hub_kwargs(spec), "no such local path, and on the hub: "
+        where, kwargs, why = locate_backbone(spec)
         try:
             model, tokenizer = _from_pretrained(where, torch_dtype, **kwargs)
         except _LOAD_ERRORS as exc:

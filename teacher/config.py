@@ -129,7 +129,11 @@ class TeacherTrainConfig:
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        check(self, required={"data": "--data DIR", "sasrec": "--sasrec RUN", "output": "--output RUN"})
+        check(
+            self,
+            required={"data": "--data DIR", "sasrec": "--sasrec RUN", "output": "--output RUN"},
+            seeds=("seed",),
+        )
         if self.teacher not in TEACHERS:
             raise ValueError(f"unknown teacher {self.teacher!r}; expected one of {', '.join(TEACHERS)}")
         check(
