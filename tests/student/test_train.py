@@ -71,6 +71,24 @@ def test_bce_loss_trains(dataset, tmp_path):
     assert metrics["test"]["ndcg@10"] >= 0
 
 
+SAMPLED = ["--loss", "sampled", "--negatives", "8"]
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_sampled_loss_trains_and_resumes_like_an_uninterrupted_run(dataset, tmp_path, sampler):
+    runner = CliRunner()
+    args = [*SAMPLED, "--sampler", sampler]
+    full = train(runner, dataset, tmp_path / "full", "--epochs", "4", *args)
+    train(runner, dataset, tmp_path / "cut", "--epochs", "2", *args)
+    resumed = train(runner, dataset, tmp_path / "cut", "--epochs", "4", "--resume", *args)
+    for key in ("best_epoch", "valid", "test"):
+        assert resumed[key] == full[key]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert full["valid"]["hr@10"] > 0.3  # 60 items, ~10 masked: chance is about 0.2
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())["train"]
+    assert (saved["loss"], saved["negatives"], saved["sampler"]) == ("sampled", 8, sampler)
+
+
 def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
     runner = CliRunner()
     metrics = train(runner, dataset, tmp_path / "run", "--epochs", "2")
@@ -93,6 +111,11 @@ def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
         (["--lr", "inf"], "config key 'lr' (from option): expected a finite number"),
         (["--weight-decay", "nan"], "config key 'weight_decay' (from option): expected a finite number"),
         (["--set", "dropout=nan"], "config key 'dropout' (from --set): expected a finite number"),
+        (["--loss", "sampled", "--negatives", "0"], "negatives must be at least 1, got 0"),
+        (["--loss", "sampled", "--negatives", "60"], "--negatives 60 must be below the number of items (60)"),
+        (["--loss", "bce", "--negatives", "100"], "--negatives 100 must be below the number of items (60)"),
+        (["--sampler", "popularity"], "--sampler draws the negatives of --loss sampled; --loss ce has none"),
+        (["--loss", "bce", "--teacher-scores", "s"], "needs --loss ce or sampled (a softmax); --loss bce"),
     ],
 )
 def test_impossible_options_are_one_line_errors(dataset, tmp_path, args, message):
@@ -291,5 +314,17 @@ def test_alpha_zero_reproduces_plain_training_bit_for_bit(dataset, tmp_path):
     assert zero["test"] == plain["test"]
     weights = [(tmp_path / run / "best" / "model.safetensors").read_bytes() for run in ("plain", "zero")]
     assert weights[0] == weights[1]
+    mixed = train(runner, dataset, tmp_path / "kd", "--epochs", "2", *teacher, "--alpha", "0.5")
+    assert mixed["history"][0]["kd_loss"] > 0 and mixed["history"][0]["loss"] != plain["history"][0]["loss"]
+
+
+def test_sampled_loss_distils_and_alpha_zero_is_the_plain_sampled_run(dataset, tmp_path):
+    runner = CliRunner()
+    scores = random_scores(dataset, tmp_path / "scores")
+    plain = train(runner, dataset, tmp_path / "plain", "--epochs", "2", *SAMPLED)
+    teacher = [*SAMPLED, "--teacher-scores", str(scores)]
+    zero = train(runner, dataset, tmp_path / "zero", "--epochs", "2", *teacher, "--alpha", "0")
+    assert [h["loss"] for h in zero["history"]] == [h["loss"] for h in plain["history"]]
+    assert zero["test"] == plain["test"]
     mixed = train(runner, dataset, tmp_path / "kd", "--epochs", "2", *teacher, "--alpha", "0.5")
     assert mixed["history"][0]["kd_loss"] > 0 and mixed["history"][0]["loss"] != plain["history"][0]["loss"]
