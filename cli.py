@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import os
+import shutil
 import types
 import typing
 from collections.abc import Callable
@@ -67,22 +68,45 @@ ENVIRONMENT_ERRNOS = {
 }
 
 
-def _remove_if_empty(output: str | None, fresh: bool) -> None:
-    """A failed command leaves nothing behind: the output directory it created, if still empty, goes."""
-    if fresh and output is not None:
-        with contextlib.suppress(OSError):  # another rank may have removed it, or written into it
-            os.rmdir(output)
+def _remove_failed(output: str | None, fresh: bool) -> None:
+    """A failed command leaves nothing behind: an output it created goes whole (all of it is this
+    command's), unless it holds a run checkpoint that ``--resume`` continues from (a run that failed
+    after an epoch, which its error message points to)."""
+    if not (fresh and output is not None) or os.path.islink(output):
+        return
+    from distill.io import is_main_process
+
+    if not is_main_process():  # rank 0 cleans, once every rank has stopped writing
+        return
+    if os.path.isfile(os.path.join(output, "last", "state.pt")):
+        return
+    if os.path.isdir(output):
+        shutil.rmtree(output, ignore_errors=True)
+    elif os.path.isfile(output):
+        with contextlib.suppress(OSError):
+            os.unlink(output)
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    """An allocation that failed (torch raises RuntimeError subclasses; Python MemoryError)."""
+def _environment_error(e: Exception, output: str | None) -> str | None:
+    """One line for a failure of the machine rather than of distill: no permission, a read-only or
+    full disk (which polars, torch and safetensors report in their own types and words around the OS's
+    ENOSPC), a path through a file, or memory that could not be allocated. None for anything else."""
     text = str(e)
-    return (
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+        from distill.io import write_failure
+
+        return f"cannot write {output or '.'}: {write_failure(e, output or '.')}"
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"cannot write or read {where}{e.strerror}"
+    if (
         isinstance(e, MemoryError)
         or type(e).__name__ == "OutOfMemoryError"
-        or "can't allocate memory" in text
-        or "out of memory" in text
-    )
+        or (isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+    ):
+        first = (text.strip().splitlines() or [type(e).__name__])[0]
+        return f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"
+    return None
 
 
 def _click_type(cls: type, key: str) -> dict[str, Any]:
@@ -137,22 +161,14 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
                 fresh = output is not None and not os.path.lexists(output)
                 return fn(cfg, **extra)
             except DistillError as e:
-                _remove_if_empty(output, fresh)
+                _remove_failed(output, fresh)
                 raise click.ClickException(str(e)) from None
-            except OSError as e:
-                if e.errno not in ENVIRONMENT_ERRNOS:
+            except Exception as e:
+                message = _environment_error(e, output)
+                if message is None:  # a bug: its traceback is what a report needs
                     raise
-                _remove_if_empty(output, fresh)
-                where = f"{e.filename}: " if e.filename else ""
-                raise click.ClickException(f"cannot write or read {where}{e.strerror}") from None
-            except (MemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
-                    raise
-                _remove_if_empty(output, fresh)
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise click.ClickException(
-                    f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"
-                ) from None
+                _remove_failed(output, fresh)
+                raise click.ClickException(message) from None
 
         for field in reversed(dataclasses.fields(cls)):
             if "help" in field.metadata:

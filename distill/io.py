@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +41,19 @@ def write_json(path: Path, data: Any) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failure(e: BaseException, path: str | Path) -> str:
+    """Why writing ``path`` failed, in words: the OS's reason, and the space left on its disk (a full
+    disk shows as other errors too: torch and safetensors report it in their own words)."""
+    reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    path = Path(path).absolute()
+    try:
+        free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.is_dir())).free
+    except OSError:
+        return reason
+    full = "; is the disk full?" if free < 100 * 2**20 else ""
+    return f"{reason} ({free / 2**20:.1f} MiB free there{full})"
 
 
 def read_json(path: Path, what: str, fields: Mapping[str, Field] | None = None) -> dict[str, Any]:

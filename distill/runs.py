@@ -46,6 +46,7 @@ from distill.io import (
     recorded_path,
     table,
     whole,
+    write_failure,
 )
 from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir
 
@@ -167,12 +168,19 @@ def save_checkpoint(
         return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if state is not None:
-        torch.save(_to_cpu(state), tmp / STATE)
+    try:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; every other file follows umask
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if state is not None:
+            torch.save(_to_cpu(state), tmp / STATE)
+    except BaseException as e:  # no half-written checkpoint stays beside the run
+        why = write_failure(e, path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError, SafetensorError)):  # a full disk, as each writer says it
+            raise DistillError(f"cannot write checkpoint {path}: {why}") from None
+        raise
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         path.rename(old)

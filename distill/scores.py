@@ -136,7 +136,11 @@ class ScoreWriter:
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
-        self._flush()
+        try:
+            self._flush()
+        except BaseException:  # a full disk, say: the partial directory goes
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         parts = gather((self.rows, self._shards))  # every rank has flushed its last shard
         self.rows = sum(rows for rows, _ in parts)
         if is_main_process():

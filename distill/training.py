@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,8 @@ class Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(run_dir / "tb"))
+            if not getattr(threading.excepthook, "quiet_writer", False):
+                threading.excepthook = _quiet_writer_thread(threading.excepthook)
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
         if self._writer is not None:
@@ -232,3 +235,15 @@ class Logger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _quiet_writer_thread(previous: Callable) -> Callable:
+    """A ``threading.excepthook`` that leaves TensorBoard's writer thread unprinted: its failure (a full
+    disk) is raised again on the main thread at the next scalar, which says it in one line."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.quiet_writer = True
+    return hook

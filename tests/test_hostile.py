@@ -4,14 +4,20 @@ separate processes and tabulates them in ``bench/results/hostile_inputs.md``."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 STUDENT = ["--max-len", "8", "--hidden", "8", "--epochs", "1", "--device", "cpu"]
 
 
@@ -21,7 +27,7 @@ def invoke(*args):
 
 def one_line_error(result, *fragments):
     assert result.exit_code == 1, result.output
-    info = ("warning: ", "read as --format")  # what stderr says besides the error
+    info = ("warning: ", "read as --format", "scoring ")  # what stderr says besides the error
     lines = [ln for ln in result.output.strip().splitlines() if not any(i in ln for i in info)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     for fragment in fragments:
@@ -240,3 +246,103 @@ def test_a_run_with_nan_weights_is_refused_not_scored(student_run, synthetic_dat
         ("recommend", "--run", run, "--history", "1"),
     ):
         one_line_error(invoke(*args), "holds NaN or infinite weights")
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _nothing_left(parent, before):
+    """Nothing new in ``parent``: no output, no temporary directory beside it."""
+    assert sorted(p.name for p in parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "distill.runs.save_file",  # safetensors: the weights of a checkpoint
+        "distill.runs.torch.save",  # the trainer state of a checkpoint
+    ],
+)
+def test_a_full_disk_during_a_run_leaves_nothing(synthetic_dataset, tmp_path, monkeypatch, target):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(target, _no_space)
+    result = invoke("student-train", "--data", synthetic_dataset, "-o", tmp_path / "run", *STUDENT)
+    one_line_error(result, "cannot write checkpoint", "No space left on device")
+    _nothing_left(tmp_path, before)
+
+
+def test_a_full_disk_during_an_export_leaves_nothing(synthetic_dataset, student_run, tmp_path, monkeypatch):
+    import polars as pl
+
+    def no_space(*args, **kwargs):  # what polars raises around ENOSPC
+        raise pl.exceptions.ComputeError(
+            "parquet: underlying IO error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", no_space)
+    result = invoke("export-logits", "--run", student_run, "--data", synthetic_dataset, "-o", tmp_path / "s")
+    one_line_error(result, "cannot write", "No space left on device")
+    _nothing_left(tmp_path, [])
+
+
+def _small_filesystem(path) -> bool:
+    """Mount a 600 KiB tmpfs at ``path`` (root, where mounts are allowed)."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(path)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_a_real_full_disk_is_one_line_and_leaves_nothing(synthetic_dataset, student_run, tmp_path):
+    """The real thing, where this machine lets a test mount a small filesystem: each writer's own
+    words for ENOSPC (safetensors, torch, polars) become one line, and the disk is left as it was."""
+    small = tmp_path / "small"
+    if not _small_filesystem(small):
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        cases = [
+            ["student-train", "--data", synthetic_dataset, "-o", small / "run", *STUDENT, "--hidden", "300"],
+            ["export-logits", "--run", student_run, "--data", synthetic_dataset, "-o", small / "s", "--full"],
+        ]
+        (small / "filler").write_bytes(bytes(600 * 1024 - 16 * 1024))  # 16 KiB left
+        for args in cases:
+            result = subprocess.run(
+                [sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT
+            )
+            assert result.returncode == 1, result.stderr
+            lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("Error: ")]
+            assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+            assert "Traceback" not in result.stderr
+            assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["prepare", "--synthetic", "-o", "out", "--seed", "-1"], "seed must be in 0..4294967295"),
+        (["prepare", "--synthetic", "-o", "out", "--seed", str(2**64)], "seed must be in 0..4294967295"),
+        (["pipeline", "-o", "out", "--num-items", "5"], "num_items >= 10"),
+        (["pipeline", "-o", "out", "--llm", "./nosuch-model"], "no such local path"),
+    ],
+)
+def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke(*args), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_model_checks_the_opset_and_keeps_a_users_file(student_run, tmp_path):
+    one_line_error(
+        invoke("export-model", "--run", student_run, "-o", tmp_path / "a/m.onnx", "--opset", "5"), "14"
+    )
+    assert list(tmp_path.iterdir()) == []
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("a user's model")
+    result = invoke("export-model", "--run", student_run, "-o", mine, "--overwrite")
+    one_line_error(result, "was not written by distill export-model")
+    assert mine.read_text() == "a user's model"
