@@ -104,8 +104,9 @@ def _environment_error(e: Exception, output: str | None) -> str | None:
         or type(e).__name__ == "OutOfMemoryError"
         or (isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
     ):
-        first = (text.strip().splitlines() or [type(e).__name__])[0]
-        return f"out of memory ({first[:200]}); lower --max-len, --batch-size or the model's size"
+        from distill.io import first_line
+
+        return f"out of memory ({first_line(e)[:200]}); lower --max-len, --batch-size or the model's size"
     return None
 
 

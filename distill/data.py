@@ -22,7 +22,7 @@ import polars as pl
 import torch
 
 from distill.errors import DistillError
-from distill.io import TEXT, check_fields, record_path, whole
+from distill.io import TEXT, check_fields, first_line, record_path, whole
 from distill.prepare import FORMAT_VERSION
 
 SPLITS = ("valid", "test")
@@ -113,8 +113,7 @@ class Dataset:
             sequences = pl.read_parquet(self.path / "sequences.parquet", columns=["user", "items"])
             items = pl.read_parquet(self.path / "items.parquet", columns=["item", "raw_item", "title"])
         except Exception as e:  # missing or corrupt parquet: polars raises several types
-            first_line = str(e).splitlines()[0]
-            raise DistillError(f"{self.path}: cannot read the dataset files: {first_line}") from None
+            raise DistillError(f"{self.path}: cannot read the dataset files: {first_line(e)}") from None
         self.num_users = self.meta["num_users"]
         self.num_items = self.meta["num_items"]
         self.fingerprint = self.meta["fingerprint"]

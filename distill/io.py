@@ -43,10 +43,16 @@ def write_json(path: Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line: its first line, or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def write_failure(e: BaseException, path: str | Path) -> str:
     """Why writing ``path`` failed, in words: the OS's reason, and the space left on its disk (a full
     disk shows as other errors too: torch and safetensors report it in their own words)."""
-    reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    reason = getattr(e, "strerror", None) or first_line(e)[:200]
     path = Path(path).absolute()
     try:
         free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.is_dir())).free

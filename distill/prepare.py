@@ -21,7 +21,7 @@ import polars as pl
 from distill import synthetic
 from distill.config import PrepareConfig, to_dict
 from distill.errors import DistillError
-from distill.io import log, record_path
+from distill.io import first_line, log, record_path
 from distill.outputs import claim
 
 USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
@@ -140,7 +140,7 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
             lf = pl.scan_parquet(path)
             columns = lf.collect_schema().names()
         except Exception as e:  # polars raises several types for a file that is not Parquet
-            raise DistillError(f"{path} is not a readable Parquet file: {_first_line(e)}") from None
+            raise DistillError(f"{path} is not a readable Parquet file: {first_line(e)}") from None
     else:
         separator = "," if fmt == "csv" else "\t"
         quote_char = '"' if fmt == "csv" else None
@@ -148,7 +148,7 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
         try:
             columns = lf.collect_schema().names()
         except Exception as e:
-            raise DistillError(f"{path} is not a readable {fmt.upper()} file: {_first_line(e)}") from None
+            raise DistillError(f"{path} is not a readable {fmt.upper()} file: {first_line(e)}") from None
         # RecBole headers carry their type ('user_id:token'); the name is before the colon.
         lf = lf.rename({c: c.split(":")[0] for c in columns})
         columns = [c.split(":")[0] for c in columns]
@@ -165,7 +165,7 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     try:
         frame = lf.collect()
     except Exception as e:
-        raise DistillError(f"{path}: {_first_line(e)}") from None
+        raise DistillError(f"{path}: {first_line(e)}") from None
     bad = frame.filter(pl.col("user").is_null() | pl.col("item").is_null() | (pl.col("item") == ""))
     if bad.height:
         raise DistillError(f"{path}, line {bad['lineno'][0]}: missing user or item id")
@@ -208,7 +208,7 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
     try:
         frame = lf.with_columns(tokens=tokens).filter(pl.col("tokens").list.len() > 0).collect()
     except Exception as e:
-        raise DistillError(f"{path}: cannot read: {_first_line(e)}") from None
+        raise DistillError(f"{path}: cannot read: {first_line(e)}") from None
     width = frame["tokens"].list.len()
     wrong = {
         "sasrec": (width != 2, "expected 'user item'"),
@@ -306,7 +306,7 @@ def read_titles(path: Path) -> pl.DataFrame:
             quote_char='"' if separator == "," else None,
         )
     except Exception as e:
-        raise DistillError(f"items file {path} is not readable: {_first_line(e)}") from None
+        raise DistillError(f"items file {path} is not readable: {first_line(e)}") from None
     frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
     columns = frame.columns
     id_col = next((c for c in columns if c.lower() in ITEM_COLUMNS or c.lower() == "id"), columns[0])
@@ -448,11 +448,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _shown(value: str, limit: int = 60) -> str:

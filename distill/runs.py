@@ -39,6 +39,7 @@ from distill.errors import DistillError
 from distill.io import (
     TEXT,
     check_fields,
+    first_line,
     is_main_process,
     log,
     optional,
@@ -219,7 +220,7 @@ def load_checkpoint(
         except FileNotFoundError:
             raise DistillError(f"checkpoint {path} has no trainer state ({STATE})") from None
         except Exception as e:  # torch raises many types for a damaged pickle
-            raise DistillError(f"trainer state {path / STATE} is corrupt: {str(e).splitlines()[0]}") from None
+            raise DistillError(f"trainer state {path / STATE} is corrupt: {first_line(e)}") from None
     return weights, config, state
 
 

@@ -34,7 +34,7 @@ import torch
 from distill.data import Dataset
 from distill.dist import barrier, gather, world
 from distill.errors import DistillError
-from distill.io import TEXT, Field, check_fields, is_main_process, read_json, table, whole
+from distill.io import TEXT, Field, check_fields, first_line, is_main_process, read_json, table, whole
 from distill.outputs import claim
 
 FORMAT_VERSION = 1
@@ -232,7 +232,7 @@ def read_scores(path: str | Path, data: Dataset) -> Scores:
         try:
             frame = pl.read_parquet(path / shard)
         except Exception as e:  # a missing or damaged shard: polars raises several types
-            raise DistillError(f"{path}: cannot read the score shards: {str(e).splitlines()[0]}") from None
+            raise DistillError(f"{path}: cannot read the score shards: {first_line(e)}") from None
         if frame.schema != SHARD_SCHEMA:
             raise DistillError(
                 f"{path / shard}: columns {dict(frame.schema)} are not a score shard's {dict(SHARD_SCHEMA)}"
