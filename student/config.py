@@ -136,6 +136,7 @@ class StudentTrainConfig:
             ),
             positive=("lr", "temperature"),
             non_negative=("weight_decay", "patience", "hint_weight"),
+            seeds=("seed",),
         )
         if not 0 <= self.alpha <= 1:
             raise ValueError(
