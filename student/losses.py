@@ -482,7 +482,9 @@ def sampled_loss(
     ``(1 - alpha)·CE + alpha·KD`` there and CE elsewhere; ``alpha = 0`` is the plain sampled softmax.
 
     Memory is ``O(N·(|U| + n + k))``, never the catalogue: rows are taken ``chunk_size`` at a time,
-    each chunk recomputed in backward (activation checkpointing) rather than kept.
+    each chunk recomputed in backward (activation checkpointing) rather than kept. The teacher's rows
+    are fetched for the whole batch at once (``N·k``), so the score directory should be a top-k one: a
+    full-catalogue one (k = V) is what the chunked :func:`ce_kd_loss` is for.
 
     Args:
         model: The student; only its item table is used.
