@@ -32,8 +32,9 @@ implementations differ, fixed here:
   outside ``U``. Smoothing the counts by one gives every item ``Q > 0``: an item never drawn would
   leave its mass out of ``Ẑ`` for good.
 - **What is left biased**: ``E[log Ẑ] <= log Z`` (Jensen), so the loss is low by about
-  ``Var(Ẑ) / (2 Z²)``, and its gradient (``exp(s_j) / Ẑ`` per candidate) is a ratio estimate,
-  biased by O(1/n). Both vanish as the sample grows.
+  ``Var(Ẑ) / (2 Z²)``, and its gradient (a candidate's softmax weight, ``exp(s_j) / (n·Q(j)·Ẑ)`` for a
+  draw) is a ratio estimate, biased by O(1/n). Both vanish as the sample grows
+  (``tests/student/test_sampled.py`` measures them).
 
 Against gSASRec's gBCE (Petrov & Macdonald, RecSys'23): gBCE keeps SASRec's pointwise BCE with ``k``
 uniform negatives per position and raises the positive's sigmoid to a power
