@@ -61,6 +61,7 @@ ENVIRONMENT_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
     errno.ENOTDIR,
+    errno.ENOENT,
     errno.EISDIR,
     errno.ENAMETOOLONG,
     errno.EEXIST,

@@ -27,6 +27,7 @@ from distill.errors import DistillError
 
 C = TypeVar("C")
 MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1  # sizes and counts: beyond this no tensor dimension or loop makes sense
 
 
 class ConfigError(DistillError, ValueError):
@@ -107,7 +108,7 @@ def check(
 
     Args:
         required: field -> the flag that sets it, for fields that must not be empty.
-        at_least_one: integer fields that must be >= 1 (None allowed: "unset").
+        at_least_one: integer fields that must be in ``1..MAX_COUNT`` (None allowed: "unset").
         positive: number fields that must be > 0.
         non_negative: number fields that must be >= 0.
         fractions: number fields in [0, 1).
@@ -118,6 +119,7 @@ def check(
             raise ValueError(f"{name} is required ({flag})")
     for names, ok, what in (
         (at_least_one, lambda v: v >= 1, "must be at least 1"),
+        (at_least_one, lambda v: v <= MAX_COUNT, f"must be at most {MAX_COUNT}"),
         (positive, lambda v: v > 0, "must be positive"),
         (non_negative, lambda v: v >= 0, "must be >= 0"),
         (fractions, lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -133,7 +135,7 @@ def check_folds(cfg: Any) -> None:
     """A cross-fitted run's ``folds`` and ``fold``: both or neither, K >= 2, 0 <= F < K."""
     if (cfg.folds is None) != (cfg.fold is None):
         raise ValueError("cross-fitting takes both --folds K and --fold F (0 <= F < K), or neither")
-    if cfg.folds is not None and (cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds):
+    if cfg.folds is not None and (not 2 <= cfg.folds <= MAX_COUNT or not 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"need --folds K >= 2 and 0 <= --fold F < K, got K {cfg.folds}, F {cfg.fold}")
 
 

@@ -26,9 +26,13 @@ def resolve_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise DistillError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise DistillError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DistillError(f"device {spec!r} requested but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DistillError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -192,7 +192,38 @@ def claim(
             f"{what} {path} is not a {what if kind == 'outputs' else _NAMES[kind]} written by distill "
             f"({why}); refusing to replace it"
         )
+    foreign = _foreign(path, kind, layout)
+    if foreign:
+        shown = ", ".join(str(f.relative_to(path)) for f in foreign[:3]) + (
+            ", ..." if len(foreign) > 3 else ""
+        )
+        raise DistillError(
+            f"{what} {path} also holds {len(foreign)} file(s) distill did not write ({shown}); "
+            "refusing to replace it: move them out first"
+        )
     return True
+
+
+# What each kind of output holds when distill wrote it (a score directory: its manifest and the shards
+# the manifest names): anything else in it is someone's, and --overwrite does not delete it.
+_ENTRIES = {
+    "dataset": {"meta.json", "sequences.parquet", "items.parquet"},
+    "run": {"config.json", "metrics.json", "best", "last", "tb", "sasrec", "item_text.safetensors"},
+}
+
+
+def _foreign(path: Path, kind: str, layout: Mapping[str, str] | None = None) -> list[Path]:
+    """The entries of output ``path`` (of ``kind``) that distill does not write there."""
+    entries = sorted(p for p in path.iterdir() if not _TEMP.match(p.name))
+    if kind == "runs":
+        return [f for p in entries for f in (_foreign(p, "run") if kind_of(p) == "run" else [p])]
+    if kind == "outputs":  # only the parts are replaced: files beside them stay
+        return [f for p in entries if p.name in layout and p.is_dir() for f in _foreign(p, layout[p.name])]
+    if kind == "scores":
+        own = {"manifest.json", *map(str, (_json_object(path / "manifest.json") or {}).get("shards") or [])}
+    else:
+        own = _ENTRIES[kind]
+    return [p for p in entries if p.name not in own]
 
 
 def remove_dir(path: Path) -> None:

@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from distill.data import Dataset
 from distill.dist import shard
+from distill.errors import DistillError
 from distill.metrics import evaluate, user_ranks
 
 ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -94,6 +96,21 @@ class Scorer:
                 self._score_batch(batch)
             times.append(time.perf_counter() - started)
         return 1000 * statistics.median(times[1:]) / users
+
+    @torch.no_grad()
+    def check_finite(self, data: Dataset, where: str | Path) -> Scorer:
+        """Refuse (one line) a model whose scores are NaN or infinite: weights that are finite each but
+        overflow together. A few users' validation histories are scored; a blown-up model fails on any."""
+        self.eval()
+        users = data.eval_users()[:8]
+        if len(users):
+            batch = next(data.eval_batches("valid", len(users), self.context, users))
+            if not torch.isfinite(self._score_batch(batch)[:, 1:]).all():
+                raise DistillError(
+                    f"{where} scores NaN or infinite values (its weights overflow): it cannot rank; "
+                    "retrain it, or use an earlier checkpoint"
+                )
+        return self
 
     def _score_batch(self, batch) -> torch.Tensor:
         return self.last(batch.inputs, batch.users)

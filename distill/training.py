@@ -21,7 +21,7 @@ from distill.dist import all_sum
 from distill.errors import DistillError
 from distill.io import is_main_process, log, write_json
 from distill.metrics import MASKING_NOTE
-from distill.runs import STATE, load_checkpoint, save_checkpoint
+from distill.runs import STATE, load_checkpoint, read_run_config, save_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -114,11 +114,17 @@ def resume_run(
         ``(first epoch to run, history so far)``, as :func:`restore_loop_state`.
     """
     weights, saved, state = load_checkpoint(run_dir / "last", with_state=True)
-    if saved.get("dataset", {}).get("fingerprint") != run_config["dataset"]["fingerprint"]:
-        raise DistillError(f"cannot resume {run_dir}: it was trained on another dataset")
-    for key in matching:
-        if saved.get(key) != run_config.get(key):
-            raise DistillError(f"cannot resume {run_dir}: its {key} differs from this run's options")
+    top = read_run_config(run_dir)  # the run's own record must agree too: it is what later stages read
+    for config, where in ((saved, run_dir / "last"), (top, run_dir / "config.json")):
+        recorded = config.get("dataset")
+        if (
+            not isinstance(recorded, dict)
+            or recorded.get("fingerprint") != run_config["dataset"]["fingerprint"]
+        ):
+            raise DistillError(f"cannot resume {run_dir}: {where} records another dataset than --data")
+        for key in matching:
+            if config.get(key) != run_config.get(key):
+                raise DistillError(f"cannot resume {run_dir}: the {key} in {where} differs from this run's")
     load_weights(weights)
     first_epoch, history = restore_loop_state(state, stopper, shuffle, **stateful)
     log(f"resuming {run_dir} after epoch {first_epoch - 1}")

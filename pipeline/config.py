@@ -86,6 +86,8 @@ class PipelineConfig:
             raise ValueError(f"synthetic data needs num_items >= 10, got {self.num_items}")
         if self.teacher == "cross-fit" and self.members < 2:
             raise ValueError(f"a cross-fit teacher needs --members (folds) >= 2, got {self.members}")
+        if not self.kd or not self.alphas:
+            raise ValueError("the grid needs at least one --kd loss and one --alphas value")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):

@@ -52,7 +52,7 @@ def open_run(run_dir: str | Path, data: Dataset, device: str | torch.device = "a
     run_dir = Path(run_dir)
     kind = read_run_config(run_dir)["kind"]  # one of RUN_KINDS, each of which OPENERS holds
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    scorer = OPENERS[kind](run_dir, data, device)
+    scorer = OPENERS[kind](run_dir, data, device).check_finite(data, run_dir)
     return dataclasses.replace(scorer, source={"kind": kind, "run": run_dir})
 
 

@@ -22,7 +22,7 @@ from distill.errors import DistillError
 from distill.io import record_path
 from distill.runs import run_dataset
 from student.config import ExportModelConfig
-from student.run import load_run
+from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
 FORMAT_VERSION = 1  # of the vocabulary file
@@ -89,13 +89,14 @@ def run(cfg: ExportModelConfig) -> dict:
             raise DistillError(f"{path} is a directory; give a file name for the model (--output model.onnx)")
         if path.exists() and not cfg.overwrite:
             raise DistillError(f"{path} already exists (use --overwrite to replace it)")
-    if cfg.overwrite and output.exists() and not _ours(output, vocab):
+    if cfg.overwrite and (output.exists() or vocab.exists()) and not _ours(output, vocab):
         raise DistillError(
             f"{output} was not written by distill export-model (no {vocab.name} beside it that names it); "
             "refusing to replace it"
         )
     data = run_dataset(cfg.run, cfg.data)
     model = load_run(cfg.run, data, "cpu")
+    sasrec_scorer(model).check_finite(data, cfg.run)
     made = [p for p in reversed(output.parent.absolute().parents) if not p.exists()]
     made += [] if output.parent.exists() else [output.parent.absolute()]
     try:

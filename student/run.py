@@ -75,3 +75,8 @@ def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Te
                 f"checkpoint {where} does not fit its config: {name} has shape "
                 f"{tuple(weights[name].shape)}, its config gives {tuple(value.shape)}"
             )
+        if weights[name].is_floating_point() != value.is_floating_point():
+            raise DistillError(
+                f"checkpoint {where} does not fit its config: {name} holds {weights[name].dtype}, "
+                f"the model {value.dtype}"
+            )

@@ -143,11 +143,14 @@ def test_a_max_len_too_large_to_allocate(synthetic_dataset, tmp_path):
         "-o",
         tmp_path / "r",
         "--max-len",
-        10**13,
+        2**31 - 1,  # the largest a size may be; 550 GB of positional embeddings
         "--device",
         "cpu",
     )
     one_line_error(result, "out of memory", "--max-len")
+    assert not (tmp_path / "r").exists()
+    result = invoke("student-train", "--data", synthetic_dataset, "-o", tmp_path / "r", "--max-len", 10**13)
+    one_line_error(result, "max_len must be at most 2147483647")
     assert not (tmp_path / "r").exists()
 
 
@@ -346,3 +349,83 @@ def test_export_model_checks_the_opset_and_keeps_a_users_file(student_run, tmp_p
     result = invoke("export-model", "--run", student_run, "-o", mine, "--overwrite")
     one_line_error(result, "was not written by distill export-model")
     assert mine.read_text() == "a user's model"
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "cpu:1", "cuda:7", "bogus"])
+def test_a_device_this_machine_cannot_use_is_refused(synthetic_dataset, student_run, device):
+    for command in (
+        ["evaluate", "--run", student_run, "--data", synthetic_dataset],
+        ["recommend", "--run", student_run, "--user", "3"],
+    ):
+        one_line_error(invoke(*command, "--device", device), repr(device))
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--hidden", 2**64), ("--blocks", 2**31), ("--folds", 2**64), ("--batch-size", 2**40)]
+)
+def test_a_size_beyond_any_tensor_is_refused(synthetic_dataset, tmp_path, option, value):
+    extra = ["--fold", "0"] if option == "--folds" else []
+    result = invoke("student-train", "--data", synthetic_dataset, "-o", tmp_path / "r", option, value, *extra)
+    one_line_error(result, "must be" if option != "--folds" else "--folds K >= 2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite_weights(run, to, change):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, to)
+    weights = load_file(str(to / "best" / "model.safetensors"))
+    save_file({k: change(v) for k, v in weights.items()}, str(to / "best" / "model.safetensors"))
+    return to
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda w: w * 1e30, "scores NaN or infinite values"),  # finite weights whose scores overflow
+        (lambda w: w.long(), "holds torch.int64"),
+    ],
+)
+def test_weights_that_cannot_score_are_refused_everywhere(
+    synthetic_dataset, student_run, tmp_path, change, fragment
+):
+    run = _rewrite_weights(student_run, tmp_path / "run", change)
+    for command in (
+        ["evaluate", "--run", run, "--data", synthetic_dataset],
+        ["recommend", "--run", run, "--user", "3"],
+        ["export-model", "--run", run, "-o", tmp_path / "m.onnx"],
+        ["export-logits", "--run", run, "--data", synthetic_dataset, "-o", tmp_path / "s"],
+    ):
+        one_line_error(invoke(*command), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_never_deletes_a_users_file_inside_an_output(synthetic_dataset, student_run, tmp_path):
+    """A user's note inside an output distill wrote: --overwrite refuses, naming it, and keeps it."""
+    scores = tmp_path / "scores"
+    assert (
+        invoke("export-logits", "--run", student_run, "--data", synthetic_dataset, "-o", scores).exit_code
+        == 0
+    )
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    cases = {
+        data: ["prepare", "--synthetic", "-o", data, "--overwrite"],
+        scores: [
+            "export-logits",
+            "--run",
+            student_run,
+            "--data",
+            synthetic_dataset,
+            "-o",
+            scores,
+            "--overwrite",
+        ],
+        run: ["student-train", "--data", synthetic_dataset, "-o", run, *STUDENT, "--overwrite"],
+    }
+    for output, command in cases.items():
+        (output / "notes.txt").write_text("mine")
+        one_line_error(invoke(*command), "distill did not write (notes.txt)")
+        assert (output / "notes.txt").read_text() == "mine"

@@ -265,9 +265,13 @@ def test_overwrite_and_restart_rules(dataset, tmp_path):
     run = tmp_path / "run"
     args = ["student-train", "--data", str(dataset), "--output", str(run), *TINY, "--epochs", "1"]
     train(runner, dataset, run, "--epochs", "1")
-    (run / "notes.txt").write_text("mine")  # a run is still ours with a note in it
+    (run / "notes.txt").write_text("mine")  # --overwrite replaces what distill wrote, never a user's note
+    result = runner.invoke(main, [*args, "--overwrite"])
+    assert result.exit_code == 1 and "1 file(s) distill did not write (notes.txt)" in result.output
+    assert (run / "notes.txt").read_text() == "mine"
+    (run / "notes.txt").unlink()
     assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
-    assert not (run / "notes.txt").exists() and (run / "metrics.json").is_file()
+    assert (run / "metrics.json").is_file()
 
     # A run killed before its first checkpoint: config.json and tb/ only. A rerun starts afresh.
     for name in ("best", "last", "metrics.json"):

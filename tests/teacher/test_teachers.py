@@ -142,7 +142,7 @@ def test_save_load_round_trip_gives_identical_scores(setup, tmp_path, kind):
     cfg = config(setup, teacher=kind, train_sasrec=kind == "moe-lora")
     run_config = {
         "kind": f"teacher-{kind}",
-        "dataset": {"fingerprint": data.fingerprint},
+        "dataset": data.identity(tmp_path),
         "sasrec_run": str(setup / "sasrec"),
         "train": to_dict(cfg),
     }
