@@ -136,7 +136,9 @@ class Case:
     line: str  # the command line (`distill ...`), run from the work directory
     expect: str = "fail"  # fail: must be refused; ok: valid; any: either, cleanly
     fixture: tuple[str, str] | None = None  # (fixture, damage): the damaged copy made before the case
-    guard: bool = False  # the damaged copy is the user's: a change to it is an overwrite
+    guard: tuple[
+        str, ...
+    ] = ()  # what in the damaged copy is the user's ("." all of it): a change is an overwrite
     env: tuple[tuple[str, str], ...] = ()
     nobody: bool = False  # run as its own process, as `nobody` when root
     timeout: int = TIMEOUT
@@ -283,9 +285,14 @@ class Damage:
     group: str = "damaged file"
 
     def expected(self, reader: str) -> str:
-        if isinstance(self.expect, str):
-            return self.expect
-        return self.expect.get(reader, self.expect.get("*", "fail"))
+        expect = (
+            self.expect if isinstance(self.expect, str) else self.expect.get(reader, self.expect.get("*"))
+        )
+        # A resume checks the run against its checkpoint's own config (last/config.json) and writes
+        # config.json anew: a damaged config.json it repairs is no nonsense.
+        if reader == "resume" and self.name.startswith("config-") and expect in ("fail", None):
+            return "any"
+        return expect or "fail"
 
 
 GARBAGE = bytes(range(256)) * 4
@@ -470,6 +477,27 @@ def run_damages(kind: str) -> list[Damage]:
             only=("resume",),
         ),
         Damage("last-missing", "last/ missing", write("last", None), only=("resume",)),
+        Damage(
+            "last-config-list", "last/config.json: a list", write("last/config.json", "[1]"), only=("resume",)
+        ),
+        Damage(
+            "last-config-truncated",
+            "last/config.json truncated",
+            truncate("last/config.json"),
+            only=("resume",),
+        ),
+        Damage(
+            "last-config-other-dataset",
+            "last/config.json: another dataset's fingerprint",
+            set_json("last/config.json", "dataset.fingerprint", "0123456789abcdef"),
+            only=("resume",),
+        ),
+        Damage(
+            "last-config-kind-bogus",
+            "last/config.json: kind 'bogus'",
+            set_json("last/config.json", "kind", "bogus"),
+            only=("resume",),
+        ),
         Damage("metrics-truncated", "metrics.json truncated", truncate("metrics.json"), "any"),
         Damage("metrics-list", "metrics.json: a list", write("metrics.json", "[1]"), "any"),
         Damage(
@@ -749,6 +777,27 @@ SCORE_DAMAGES = [
     ),
 ]
 
+# The second run of a two-fold cross-fit (fold0 is the first).
+FOLD_DAMAGES = [
+    Damage("as-is", "cross-fit: both folds (valid)", lambda root: None, "ok"),
+    Damage("folds-k-3", "cross-fit: fold 1 says k 3", set_json("config.json", "folds.k", 3)),
+    Damage("folds-fold-0", "cross-fit: fold 0 twice", set_json("config.json", "folds.fold", 0)),
+    Damage("folds-fold-2", "cross-fit: fold 2 of 2", set_json("config.json", "folds.fold", 2)),
+    Damage("folds-k-string", "cross-fit: folds.k 'two'", set_json("config.json", "folds.k", "two")),
+    Damage(
+        "no-folds",
+        "cross-fit: fold 1 without folds (an ensemble member)",
+        set_json("config.json", "folds", DELETE),
+        "any",
+    ),
+    Damage(
+        "weights-nan",
+        "cross-fit: fold 1 weights all NaN",
+        edit_weights("best/model.safetensors", floats(lambda v: torch.full_like(v, NAN))),
+        group="nonsense",
+    ),
+]
+
 # Who reads each fixture kind: (reader, command template with {X} for the damaged copy).
 READERS: dict[str, list[tuple[str, str]]] = {
     "data": [
@@ -782,6 +831,15 @@ READERS: dict[str, list[tuple[str, str]]] = {
         ("export-logits", "export-logits --run {X} --data data -o out --top-k 5 --device cpu"),
         ("resume", f"teacher-train --data data --sasrec sasrec -o {{X}} --resume {TEACHER} --epochs 2"),
     ],
+    "fold1": [
+        ("evaluate", "evaluate --run fold0 --run {X} --data data --device cpu"),
+        ("compare", "compare sasrec fold0,{X} --data data --samples 100 --device cpu"),
+        ("export-logits", "export-logits --run fold0 --run {X} --data data -o out --top-k 5 --device cpu"),
+        (
+            "evaluate --weights fit",
+            "evaluate --run sasrec --run fold0 --run {X} --weights fit --data data --device cpu",
+        ),
+    ],
     "scores": [
         ("student-train kl", f"student-train --data data -o out {STUDENT} --teacher-scores {{X}}"),
         (
@@ -795,6 +853,7 @@ DAMAGES = {
     "data": DATA_DAMAGES,
     "sasrec": STUDENT_DAMAGES,
     "teacher": TEACHER_DAMAGES,
+    "fold1": FOLD_DAMAGES,
     "scores": SCORE_DAMAGES,
 }
 
@@ -1127,7 +1186,7 @@ def overwrite_cases() -> list[Case]:
                 f"a {other_kind[command]} copy where the command writes another kind",
                 line.format(O=copy_name) + " --overwrite",
                 fixture=(other_kind[command], "as-is"),
-                guard=True,
+                guard=(".",),
             )
         )
         cases.append(
@@ -1144,8 +1203,9 @@ def overwrite_cases() -> list[Case]:
                 "overwrite",
                 "its own kind, holding a file of the user's",
                 line.format(O=f"{own_kind[command]}-user-notes") + " --overwrite",
+                "any" if command == "pipeline" else "fail",  # the pipeline replaces its parts only
                 fixture=(own_kind[command], "user-notes"),
-                guard=True,
+                guard=("notes.txt",),
             )
         )
     pipe = BASE["pipeline"]
@@ -1162,7 +1222,7 @@ def overwrite_cases() -> list[Case]:
     ):
         extra = " --overwrite" if overwrite else ""
         cases.append(
-            Case("overwrite", what, pipe.format(O=target) + extra, fixture=fixture, guard=fixture is not None)
+            Case("overwrite", what, pipe.format(O=target) + extra, fixture=fixture, guard=("summary.md",))
         )
     model = "export-model --run sasrec -o {O} --overwrite"
     for target, what, expect in (
@@ -1204,6 +1264,9 @@ def nonsense_cases() -> list[Case]:
         ),
         ("compare sasrec --data data --device cpu", "one run", "fail"),
         ("compare sasrec sasrec --data data --samples 100 --device cpu", "a run against itself", "any"),
+        ("evaluate --run fold0 --data data --device cpu", "one fold of a two-fold cross-fit alone", "fail"),
+        ("recommend --run fold0 --user 3", "one fold of a cross-fit, for a user it trained on", "any"),
+        ("export-model --run fold0 -o out.onnx", "one fold of a cross-fit exported", "any"),
         ("compare sasrec nosuch --data data --device cpu", "a run that does not exist", "fail"),
         ("export-model --run teacher -o out.onnx", "a teacher run", "fail"),
         ("export-model --run sasrec -o out.txt", "not a .onnx output", "fail"),
@@ -1320,6 +1383,8 @@ def setup(work: Path) -> None:
         "export-logits --run teacher --data data -o scores --top-k 5 --device cpu",
         "export-model --run sasrec -o m.onnx",
         f"pipeline -o pipe {PIPELINE}",
+        f"student-train --data data -o fold0 {STUDENT} --folds 2 --fold 0",
+        f"student-train --data data -o fold1 {STUDENT} --folds 2 --fold 1",
     ):
         result = CliRunner().invoke(main, shlex.split(line))
         assert result.exit_code == 0, (line, result.output)
@@ -1532,8 +1597,8 @@ def run_one(case: Case, work: Path, pristine: Path, as_process: bool) -> Row:
         for name, target in LINKS.items()
         if not (work / name).is_symlink() or os.readlink(work / name) != target
     ]
-    if case.guard:
-        lost += [p for p in changed if in_fixture(p)]
+    for path in case.guard:
+        lost += [p for p in changed if in_fixture(p) and (path == "." or p == f"{mine}/{path}")]
     foreign_tops = {n.split("/")[0] for n in [*FOREIGN, *LINKS]}
     touched = [
         p
@@ -1617,7 +1682,7 @@ def frame_of(frames: list[traceback.FrameSummary]) -> str:
 
 def relative(text: str) -> str:
     """``text`` with this machine's paths made repository- or work-relative."""
-    text = text.replace(str(ROOT) + "/", "")
+    text = text.replace(str(ROOT) + "/", "").replace(str(Path.home()), "~")
     text = re.sub(r"/tmp/[^/\s'\"]+/work/", "", text)
     text = re.sub(r"/tmp/[^/\s'\"]+/work\b", ".", text)
     return re.sub(r"\S*/site-packages/", "site-packages/", text)
@@ -1640,7 +1705,7 @@ def table(rows: list[Row]) -> list[str]:
             notes.append("changed or lost " + ", ".join(r.lost[:4]))
         if r.touched:
             notes.append("changed its input " + ", ".join(r.touched[:3]) + " (put back)")
-        message = relative(r.message + (f" ({'; '.join(notes)})" if notes else "")).replace("|", "\\|")
+        message = relative(r.message[:300] + (f" ({'; '.join(notes)})" if notes else "")).replace("|", "\\|")
         code = "-" if r.code is None else r.code
         line = relative(r.case.line).replace("|", "\\|")
         out.append(
@@ -1684,13 +1749,28 @@ def summary_line(rows: list[Row]) -> str:
     )
 
 
-def write_results(rows: list[Row], how: str, seconds: float) -> None:
+def source_state() -> str:
+    """The commit the pass ran on, and how many source files differed from it (another engineer may be
+    fixing them while it runs)."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    files = [ln[3:] for ln in changed.stdout.splitlines() if not ln[3:].startswith("bench/")]
+    return f"commit {commit}" + (f" with uncommitted changes to {len(files)} source files" if files else "")
+
+
+def write_results(rows: list[Row], how: str, seconds: float, source: str) -> None:
     by_group = collections.Counter(r.case.group for r in rows)
     out = [
         "# Hostile inputs through the CLI (issues 13 and 22)",
         "",
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-        f"{torch.__version__.split('+')[0]} torch, no GPU used; cases run with {how} (the unwritable and "
+        f"{torch.__version__.split('+')[0]} torch, no GPU used, distill at {source}; cases run with {how} "
+        "(the unwritable and "
         "unreadable cases as separate processes, as `nobody` when run by root). The whole pass took "
         f"{seconds / 60:.1f} min. Rerun: `python -m bench.hostile_inputs` (writes this file); a subset: "
         "`python -m bench.hostile_inputs --only SUBSTRING` (prints its table); the cases: `--list`.",
@@ -1745,6 +1825,7 @@ def main_() -> None:
     uvicorn = __import__("uvicorn")
     uvicorn.run = _no_serve
     torch.set_num_threads(1)
+    source = source_state()
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -1774,7 +1855,7 @@ def main_() -> None:
         print("\n".join(table(rows)))
         print(f"{seconds:.0f} s", file=sys.stderr)
     else:
-        write_results(rows, how, seconds)
+        write_results(rows, how, seconds, source)
 
 
 if __name__ == "__main__":
