@@ -98,7 +98,11 @@ def _environment_error(e: Exception, output: str | None) -> str | None:
 
         return f"cannot write {output or '.'}: {write_failure(e, output or '.')}"
     if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-        where = f"{e.filename}: " if e.filename else ""
+        name = os.path.basename(str(e.filename or ""))
+        temporary = output and name.startswith(
+            f".{os.path.basename(output)}.tmp-"
+        )  # the writer's, not the user's
+        where = f"{output if temporary else e.filename}: " if e.filename else ""
         return f"cannot write or read {where}{e.strerror}"
     if (
         isinstance(e, MemoryError)
