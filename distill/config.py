@@ -317,12 +317,12 @@ class PrepareConfig:
                 "min_user_interactions must be at least 3 (leave-one-out needs a train, a validation "
                 f"and a test item), got {self.min_user_interactions}"
             )
-        check(self, at_least_one=("min_item_interactions", "num_users", "num_items"), seeds=("seed",))
         if self.synthetic and (self.num_users < 1 or self.num_items < 10):
             raise ValueError(
                 "synthetic data needs num_users >= 1 and num_items >= 10, "
                 f"got {self.num_users}, {self.num_items}"
             )
+        check(self, at_least_one=("min_item_interactions", "num_users", "num_items"), seeds=("seed",))
 
 
 def parse_metric(metric: str) -> tuple[str, int | None]:
