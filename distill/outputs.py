@@ -219,8 +219,11 @@ def _foreign(path: Path, kind: str, layout: Mapping[str, str] | None = None) -> 
         return [f for p in entries for f in (_foreign(p, "run") if kind_of(p) == "run" else [p])]
     if kind == "outputs":  # only the parts are replaced: files beside them stay
         return [f for p in entries if p.name in layout and p.is_dir() for f in _foreign(p, layout[p.name])]
-    if kind == "scores":
-        own = {"manifest.json", *map(str, (_json_object(path / "manifest.json") or {}).get("shards") or [])}
+    if kind == "scores":  # format 1 names its shard files; format 2 its shards, each a file per column
+        manifest = _json_object(path / "manifest.json") or {}
+        shards = [str(s) for s in manifest.get("shards") or []]
+        columns = manifest.get("columns") if isinstance(manifest.get("columns"), dict) else {}
+        own = {"manifest.json", *shards, *(f"{s}.{c}.npy" for s in shards for c in columns)}
     else:
         own = _ENTRIES[kind]
     return [p for p in entries if p.name not in own]

@@ -2,8 +2,9 @@
 
 Any scorer is a teacher: either LLM teacher, or a ``student-train`` run (SASRec: self-distillation, or a
 wide SASRec into a narrow one). A row is the scorer's prediction for one training target given the
-items before it: the ``top_k`` highest-scoring items (padding excluded) and their raw scores,
-descending.
+items before it: the ``top_k`` highest-scoring items (padding excluded) and their scores,
+descending, with the log of the probability the full row leaves outside them (the tail; see
+:mod:`distill.scores`).
 
 Dense by default: every scorer scores all positions of a window in one pass (SASRec at every column
 of its input, a teacher at every history slot), and windows tile each training sequence from its end,
@@ -70,6 +71,7 @@ def run(cfg: ExportConfig) -> dict:
                     windows.position[batch][mask],
                     (items + 1).cpu().numpy(),
                     logits.cpu().numpy(),
+                    rows.float().logsumexp(dim=-1).cpu().numpy(),  # the full rows' normalisers: the tails
                 )
                 bar.update(batch.stop - batch.start)
     return {**manifest, "rows": writer.rows}

@@ -61,7 +61,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 from torch.utils.checkpoint import checkpoint
 
-from distill.losses import KD, SoftTarget, kd_by_name
+from distill.losses import KD, LOG_TINY, TINY, SoftTarget, kd_by_name
 from student.sasrec import SASRec
 
 
@@ -74,9 +74,11 @@ class BatchScores:
         fetch: teacher rows ``(m,)`` -> their items ``(m, k)`` long (ids ``1..num_items``) and raw
             logits ``(m, k)`` float32, on any device; called once per chunk, so a full-catalogue
             teacher never has more than a chunk of rows in memory.
-        kd: a key of :data:`distill.losses.KD`, the loss as a soft target ``(p, scale, offset)``.
+        kd: a key of :data:`distill.losses.KD`, the loss as a soft target ``(p, scale, offset, rest)``.
         alpha: weight of KD at a scored position: ``(1 - alpha) * CE + alpha * KD`` there.
         temperature: KD temperature T.
+        tail: teacher rows ``(m,)`` -> their tails ``(m,)`` float32 (log of the teacher's probability
+            outside its k items at T = 1), for a score directory that has them; None otherwise.
     """
 
     rows: Tensor
@@ -84,6 +86,7 @@ class BatchScores:
     kd: str
     alpha: float
     temperature: float
+    tail: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         kd_by_name(self.kd)  # a clear ValueError now rather than deep inside the pass
@@ -101,9 +104,12 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     wanted.
 
     Distillation reuses the chunk's logits, softmax and both matmuls: at a scored row the gradient
-    w.r.t. the logits is ``(1 - α)(softmax(z) - onehot) + α (scale / T)(softmax(z / T) - p)``
-    (:class:`distill.losses.SoftTarget`); at T = 1 the two softmaxes are one. Rows the teacher did
-    not score, and every row when α = 0, take exactly the plain CE path.
+    w.r.t. the logits is ``(1 - α)(softmax(z) - onehot) + α (scale / T)(softmax(z / T) - p̃)``
+    (:class:`distill.losses.SoftTarget`; ``p̃`` is ``p`` on the teacher's items and, with a bucket,
+    ``rest · q_i / q_rest`` elsewhere); at T = 1 the two softmaxes are one. The student's bucket,
+    ``q_rest``, is summed from the chunk's softmax outside the teacher's items (which are zeroed in
+    place, then overwritten by their gradient), never taken as ``1 - Σ_j q_j``, which cancels. Rows
+    the teacher did not score, and every row when α = 0, take exactly the plain CE path.
 
     Returns the summed loss and, not differentiable, the summed KD over scored rows (for logging).
     """
@@ -180,14 +186,18 @@ def _fused_chunk(
     alpha, temperature = soft.alpha, soft.temperature
     items, t_logits = soft.fetch(teacher_rows)
     items = items.to(logits.device).long() - 1  # (m, k): column of each teacher item in E
-    target = KD[soft.kd](t_logits.to(logits.device, torch.float32), temperature)
-    p, scale = target.p, target.scale  # (m, k), float
+    tail = None if soft.tail is None else soft.tail(teacher_rows).to(logits.device, torch.float32)
+    target = KD[soft.kd](t_logits.to(logits.device, torch.float32), temperature, tail)
+    p, scale, rest = target.p, target.scale, target.rest  # (m, k), float, (m,) or None
     whole = scored.numel() == logits.shape[0]  # a dense teacher scores every row: no row copies
     # At T = 1 with scale 1 (kl and rank at T = 1), softmax(z / T) is the CE's own softmax(z) and the
     # gradient's softmax terms merge into one.
     shared = temperature == 1.0 and scale == 1.0
     if shared:
         log_q_items = logp.gather(1, items) if whole else logp[scored[:, None], items]  # (m, k)
+        probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
+        if rest is not None:  # the teacher's items zeroed in probs, their values kept aside
+            q_items, outside = _take_items(probs, items, None if whole else scored)
     else:
         # softmax(z / T) with a single exp over the rows; log q only where the teacher has mass.
         z = logits.div_(temperature) if whole else logits[scored].div_(temperature)  # (m, V)
@@ -197,7 +207,13 @@ def _fused_chunk(
         norm = q.sum(dim=-1, keepdim=True)
         q.div_(norm)  # (m, V) softmax(z / T)
         log_q_items = picked - top - norm.log()
-    kd_rows = target.rows(log_q_items)  # (m,)
+        if rest is not None:
+            q_items, outside = _take_items(q, items, None)
+        probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
+    # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
+    bucket = None if rest is None else rest / (outside + TINY)  # (m,)
+    log_q_rest = None if rest is None else (outside + TINY).log()
+    kd_rows = target.rows(log_q_items, log_q_rest)  # (m,)
     ce_weights = torch.ones_like(ce_rows)
     ce_weights[scored] = 1.0 - alpha
     total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
@@ -205,21 +221,50 @@ def _fused_chunk(
 
     step = alpha * scale / temperature
     arange = torch.arange(targets.shape[0], device=targets.device)
-    probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
     if shared:
-        # (1 - α)(P - onehot) + α(P - p) = P - (1 - α)·onehot - α·p
-        probs[arange, targets] -= ce_weights
+        # (1 - α)(P - onehot) + α(P - p̃) = P - (1 - α)·onehot - α·p̃
+        if bucket is None:
+            probs[arange, targets] -= ce_weights
+            if whole:
+                probs.scatter_add_(1, items, p * -step)
+            else:
+                probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
+            return probs
+        # off the teacher's items P·(1 - α·rest/q_rest); on them (zeroed above) P - α·p
+        shrink = torch.ones_like(ce_rows)
+        shrink[scored] = 1.0 - step * bucket
+        probs.mul_(shrink[:, None])
+        on_items = q_items - step * p  # (m, k)
         if whole:
-            probs.scatter_add_(1, items, p * -step)
+            probs.scatter_(1, items, on_items)
         else:
-            probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
+            probs.index_put_((scored[:, None], items), on_items)
+        probs[arange, targets] -= ce_weights
         return probs
     probs[arange, targets] -= 1.0
     sub = probs if whole else probs[scored]
-    sub.mul_(1.0 - alpha).add_(q, alpha=step).scatter_add_(1, items, p * -step)
+    if bucket is None:
+        sub.mul_(1.0 - alpha).add_(q, alpha=step).scatter_add_(1, items, p * -step)
+    else:  # q is zero on the teacher's items here: q·(1 - rest/q_rest) off them, q - p on them
+        q.mul_((1.0 - bucket)[:, None])
+        sub.mul_(1.0 - alpha).add_(q, alpha=step).scatter_add_(1, items, (q_items - p) * step)
     if not whole:
         probs[scored] = sub
     return probs
+
+
+def _take_items(probs: Tensor, items: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero the teacher's ``items`` ``(m, k)`` in ``rows`` ``(m,)`` of ``probs`` ``(C, V)`` (every row
+    when None) in place; returns their values there ``(m, k)`` and the rows' mass left outside them
+    ``(m,)``."""
+    if rows is None:
+        at = probs.gather(1, items)
+        probs.scatter_(1, items, 0.0)
+        return at, probs.sum(dim=-1)
+    index = (rows[:, None], items)
+    at = probs[index]
+    probs.index_put_(index, torch.zeros_like(at))
+    return at, probs.sum(dim=-1)[rows]
 
 
 def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
@@ -441,6 +486,8 @@ class _SampledKD:
         hidden: ``(m, M)`` True at shared columns that are draws of one of the row's teacher items.
         target: the KD loss on these rows as a soft target.
         alpha, temperature: as in :class:`BatchScores`.
+        inside: ``(m, M)`` True at shared columns holding one of the row's teacher items (in ``U`` or
+            drawn), which the student's bucket leaves out; None when the target has no bucket.
     """
 
     rows: Tensor
@@ -450,6 +497,7 @@ class _SampledKD:
     target: SoftTarget
     alpha: float
     temperature: float
+    inside: Tensor | None = None
 
 
 def sampled_loss(
@@ -481,6 +529,15 @@ def sampled_loss(
     which is small where ``U ∪ K`` holds most of the student's mass, and zero when the draws are the
     whole catalogue once under uniform ``Q``. As in :func:`ce_kd_loss`, the position's loss is
     ``(1 - alpha)·CE + alpha·KD`` there and CE elsewhere; ``alpha = 0`` is the plain sampled softmax.
+
+    With a tail (``kl`` at T = 1), the student's bucket is the same estimate less the teacher's items:
+    ``q̂_rest = R̂_T / Ẑ_T``, ``R̂_T = Ẑ_T - Σ_{j∈K} exp(s_j / T)``, i.e. ``U``'s other items exactly and
+    the draws outside ``U ∪ K`` as in ``Ẑ_T``, so the student's coarsened distribution sums to one as
+    the teacher's does. ``R̂_T`` is unbiased for the true bucket ``R_T``, and the KD's error becomes
+    ``scale·((log Ẑ_T - log Z_T) - rest·(log R̂_T - log R_T))``: the bucket's own Jensen gap,
+    ``Var(R̂_T) / (2 R_T²)`` (the same variance as ``Ẑ_T``'s over a smaller mass), now pushes the
+    other way, so the bias is about ``scale·Var(Ẑ_T)·(rest / R_T² - 1 / Z_T²) / 2`` — of either sign,
+    and still zero with the whole catalogue drawn once.
 
     Memory is ``O(N·(|U| + n + k))``, never the catalogue: rows are taken ``chunk_size`` at a time,
     each chunk recomputed in backward (activation checkpointing) rather than kept. The teacher's rows
@@ -568,6 +625,8 @@ class _TeacherRows:
         counted: ``(S, k)`` True where an item is in ``U``, so already among the shared columns.
         hidden: ``(S, |U| + n)`` True at shared columns that draw one of the row's teacher items.
         target: the KD loss on these rows as a soft target.
+        inside: ``(S, |U| + n)`` True at shared columns holding one of the row's teacher items; None
+            when the target has no bucket.
     """
 
     scored: Tensor
@@ -575,6 +634,7 @@ class _TeacherRows:
     counted: Tensor
     hidden: Tensor
     target: SoftTarget
+    inside: Tensor | None = None
 
     @classmethod
     def of(cls, soft: BatchScores, negatives: Tensor, in_batch: Tensor) -> _TeacherRows | None:
@@ -585,30 +645,35 @@ class _TeacherRows:
             return None
         items, t_logits = soft.fetch(soft.rows[scored])
         items = items.to(in_batch.device).long()  # (S, k)
+        tail = None if soft.tail is None else soft.tail(soft.rows[scored]).float()  # (S,)
         ordered = items.sort(dim=1).values  # (S, k)
         draws = negatives.expand(len(items), -1).contiguous()  # (S, n)
         found = ordered.gather(1, torch.searchsorted(ordered, draws).clamp_(max=items.shape[1] - 1)) == draws
-        return cls(
-            scored=scored,
-            items=items,
-            counted=torch.isin(items, in_batch),
-            hidden=torch.cat([found.new_zeros(len(items), len(in_batch)), found], dim=1),
-            target=KD[soft.kd](t_logits.float(), soft.temperature),
-        )
+        counted = torch.isin(items, in_batch)  # (S, k)
+        hidden = torch.cat([found.new_zeros(len(items), len(in_batch)), found], dim=1)  # (S, |U| + n)
+        target = KD[soft.kd](t_logits.float(), soft.temperature, tail)
+        inside = None
+        if target.rest is not None:  # U's columns that hold a teacher item, and the draws of them
+            column = torch.where(counted, torch.searchsorted(in_batch, items), len(in_batch))  # (S, k)
+            in_u = found.new_zeros(len(items), len(in_batch) + 1).scatter_(1, column, True)[:, :-1]
+            inside = hidden | torch.cat([in_u, found.new_zeros(found.shape)], dim=1)
+        return cls(scored=scored, items=items, counted=counted, hidden=hidden, target=target, inside=inside)
 
     def chunk(
         self, part: slice, start: int, vocab: Tensor, soft: BatchScores, device: torch.device
     ) -> _SampledKD:
         """The rows ``part`` for the chunk whose first row is ``start``, columns into ``vocab``."""
         target = self.target
+        rest = None if target.rest is None else target.rest[part].to(device)
         return _SampledKD(
             rows=(self.scored[part] - start).to(device),
             columns=torch.searchsorted(vocab, self.items[part]).to(device),
             counted=self.counted[part].to(device),
             hidden=self.hidden[part].to(device),
-            target=SoftTarget(target.p[part].to(device), target.scale, target.offset[part].to(device)),
+            target=SoftTarget(target.p[part].to(device), target.scale, target.offset[part].to(device), rest),
             alpha=soft.alpha,
             temperature=soft.temperature,
+            inside=None if self.inside is None else self.inside[part].to(device),
         )
 
 
@@ -623,8 +688,13 @@ def _sampled_chunk(
     temperature = kd.temperature
     own = torch.einsum("md,mkd->mk", h[kd.rows], table[kd.columns]) / temperature  # (m, k) s_j / T on K
     # Ẑ_T's terms: U and the draws outside U ∪ K from the shared columns, K \ U from the row's own.
-    rest = (logits[kd.rows] / temperature + offset).masked_fill(kd.hidden, float("-inf"))  # (m, M)
-    log_z = torch.logsumexp(torch.cat([rest, own.masked_fill(kd.counted, float("-inf"))], dim=1), dim=1)
-    kd_rows = kd.target.rows(own - log_z[:, None])  # (m,)
+    terms = (logits[kd.rows] / temperature + offset).masked_fill(kd.hidden, float("-inf"))  # (m, M)
+    log_z = torch.logsumexp(torch.cat([terms, own.masked_fill(kd.counted, float("-inf"))], dim=1), dim=1)
+    log_q_rest = None
+    if kd.inside is not None:  # R̂_T: the shared terms less K's, floored as log_mass_outside floors it
+        floor = (log_z.detach() + LOG_TINY)[:, None]  # (m, 1)
+        outside = torch.cat([terms.masked_fill(kd.inside, float("-inf")), floor], dim=1)
+        log_q_rest = torch.logsumexp(outside, dim=1) - log_z
+    kd_rows = kd.target.rows(own - log_z[:, None], log_q_rest)  # (m,)
     weights = torch.ones_like(ce).index_fill(0, kd.rows, 1.0 - kd.alpha)
     return (weights * ce).sum() + kd.alpha * kd_rows.sum(), kd_rows.sum().detach()

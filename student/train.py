@@ -57,6 +57,11 @@ def run(cfg: StudentTrainConfig) -> dict:
     data = Dataset(cfg.data)
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
+    if teacher is not None and teacher.has_tail and cfg.kd == "kl" and cfg.temperature != 1.0:
+        log(
+            f"note: {cfg.teacher_scores} keeps each row's tail at T = 1 only; at --temperature "
+            f"{cfg.temperature} KD is the KL on the teacher's top {teacher.k} renormalised"
+        )
     hinter = load_hint_run(cfg, data) if cfg.hint_run else None  # likewise
     if cfg.loss != "ce" and cfg.negatives >= data.num_items:  # likewise
         raise DistillError(
@@ -94,7 +99,9 @@ def run(cfg: StudentTrainConfig) -> dict:
             "path": record_path(run_dir, cfg.teacher_scores),
             "teacher": teacher.manifest.get("teacher"),
             "k": teacher.k,
-            "rows": len(teacher.items),
+            "rows": teacher.rows,
+            "format_version": teacher.manifest["format_version"],
+            "tail": teacher.has_tail and cfg.kd == "kl" and cfg.temperature == 1.0,  # used by KD
             "kd": cfg.kd,
             "alpha": cfg.alpha,
             "temperature": cfg.temperature,
@@ -305,4 +312,5 @@ def batch_scores(
         targets: next-item ids ``(B, L)`` (0 at padding).
     """
     rows = teacher.lookup(index)[targets != 0]  # (N,), -1 where the teacher has no score
-    return BatchScores(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature)
+    tail = teacher.fetch_tail if teacher.has_tail else None
+    return BatchScores(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature, tail)

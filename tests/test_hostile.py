@@ -276,14 +276,11 @@ def test_a_full_disk_during_a_run_leaves_nothing(synthetic_dataset, tmp_path, mo
 
 
 def test_a_full_disk_during_an_export_leaves_nothing(synthetic_dataset, student_run, tmp_path, monkeypatch):
-    import polars as pl
+    def no_space(path, parts):  # a score shard's .npy file, written as the disk fills
+        path.write_bytes(b"\x93NUMPY")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    def no_space(*args, **kwargs):  # what polars raises around ENOSPC
-        raise pl.exceptions.ComputeError(
-            "parquet: underlying IO error: No space left on device (os error 28)"
-        )
-
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", no_space)
+    monkeypatch.setattr("distill.scores._save", no_space)
     result = invoke("export-logits", "--run", student_run, "--data", synthetic_dataset, "-o", tmp_path / "s")
     one_line_error(result, "cannot write", "No space left on device")
     _nothing_left(tmp_path, [])

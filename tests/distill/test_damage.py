@@ -1,7 +1,9 @@
 """Property-based damage (hypothesis) of every kind of file distill reads back: a dataset's ``meta.json``
-and parquet files, a run's ``config.json`` and checkpoint, a score directory's manifest and shards. A
-valid file is damaged at random (a key dropped, a value of another type, the text cut short, the whole
-file replaced, columns dropped or retyped, rows cut) and read by the reader every command uses.
+and parquet files, a run's ``config.json`` and checkpoint, a score directory's manifest and shards (the
+compact ``.npy`` columns of format 2, and format 1's parquet). A valid file is damaged at random (a key
+dropped, a value of another type, the text cut short, the whole file replaced, columns dropped or
+retyped, rows cut, an array of another dtype or shape or with values it cannot hold) and read by the
+reader every command uses.
 
 Whatever comes in: the reader works (the damage was harmless) or says why not in one ``DistillError``
 line; never another exception.
@@ -16,19 +18,22 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distill.data import Dataset
 from distill.errors import DistillError
-from distill.scores import read_scores
+from distill.scores import COLUMNS, read_scores
 from pipeline.config import ExportConfig
 from pipeline.export import run as export_logits
 from pipeline.runs import open_run
 from student.config import StudentTrainConfig
 from student.train import run as train_student
+from tests.distill.test_scores import write_v1
 
 DAMAGE = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 30)),
@@ -111,6 +116,36 @@ def damaged_frame(draw, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.drop(column)
 
 
+@st.composite
+def damaged_array(draw, array: np.ndarray) -> np.ndarray:
+    """``array`` of another dtype, with rows or columns cut or added, another rank, or one value that
+    no column may hold (NaN, infinite, negative, huge)."""
+    how = draw(st.sampled_from(["dtype", "rows", "columns", "rank", "value"]))
+    if how == "dtype":
+        return array.astype(
+            draw(st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.int16, np.uint8]))
+        )
+    if how == "rows":
+        return (
+            array[: draw(st.integers(0, max(len(array) - 1, 0)))]
+            if draw(st.booleans())
+            else np.concatenate([array, array[:1]])
+        )
+    if how == "columns" and array.ndim == 2:
+        return array[:, : draw(st.integers(0, array.shape[1] - 1))]
+    if how == "rank":
+        return array.reshape(-1) if array.ndim == 2 else array[:, None]
+    changed = array.copy()
+    value = draw(st.sampled_from([np.nan, np.inf, -np.inf, -1, 0, 2**31 - 1, 65504]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        changed.reshape(-1)[draw(st.integers(0, changed.size - 1))] = (
+            value
+            if changed.dtype.kind == "f"
+            else int(np.nan_to_num(value, nan=-1, posinf=2**31 - 1, neginf=-1))
+        )
+    return changed
+
+
 def survives(read: Callable[[], object]) -> None:
     """``read()`` works or raises one line of DistillError."""
     try:
@@ -133,7 +168,14 @@ def made(synthetic_dataset, tmp_path_factory) -> dict[str, Path]:
     export_logits(
         ExportConfig(runs=(str(run),), data=str(synthetic_dataset), output=str(scores), top_k=5, device="cpu")
     )
-    return {"data": synthetic_dataset, "run": run, "scores": scores}
+    # the same rows as a format-1 directory, which distill still reads
+    data = Dataset(synthetic_dataset)
+    loaded = read_scores(scores, data)
+    flat = torch.nonzero(loaded.row_of >= 0).squeeze(1).numpy()
+    user_of = np.searchsorted(data.offsets, flat, side="right") - 1
+    items, logits = loaded.fetch(loaded.row_of[flat])
+    write_v1(root / "scores-v1", data, user_of, flat - data.offsets[user_of], items.numpy(), logits.numpy())
+    return {"data": synthetic_dataset, "run": run, "scores": scores, "scores-v1": root / "scores-v1"}
 
 
 def copy(source: Path, to: Path) -> Path:
@@ -187,22 +229,39 @@ def test_a_damaged_checkpoint(made, data):
 
 
 @DAMAGE
-@given(data=st.data())
-def test_a_damaged_manifest(made, data):
+@given(data=st.data(), kind=st.sampled_from(["scores", "scores-v1"]))
+def test_a_damaged_manifest(made, data, kind):
     dataset = Dataset(made["data"])
     with tempfile.TemporaryDirectory() as tmp:
-        scores = copy(made["scores"], Path(tmp) / "scores")
+        scores = copy(made[kind], Path(tmp) / "scores")
         manifest = json.loads((scores / "manifest.json").read_text())
         (scores / "manifest.json").write_text(data.draw(damaged_json(manifest)))
         survives(lambda: read_scores(scores, dataset))
 
 
 @DAMAGE
-@given(data=st.data())
-def test_a_damaged_score_shard(made, data):
+@given(data=st.data(), column=st.sampled_from(sorted(COLUMNS)))
+def test_a_damaged_compact_score_shard(made, data, column):
     dataset = Dataset(made["data"])
     with tempfile.TemporaryDirectory() as tmp:
         scores = copy(made["scores"], Path(tmp) / "scores")
+        shard = scores / f"{json.loads((scores / 'manifest.json').read_text())['shards'][0]}.{column}.npy"
+        how = data.draw(st.sampled_from(["bytes", "array", "missing"]))
+        if how == "bytes":
+            shard.write_bytes(data.draw(damaged_bytes(shard.read_bytes())))
+        elif how == "array":
+            np.save(shard, data.draw(damaged_array(np.load(shard))))
+        else:
+            shard.unlink()
+        survives(lambda: read_scores(scores, dataset))
+
+
+@DAMAGE
+@given(data=st.data())
+def test_a_damaged_format_1_score_shard(made, data):
+    dataset = Dataset(made["data"])
+    with tempfile.TemporaryDirectory() as tmp:
+        scores = copy(made["scores-v1"], Path(tmp) / "scores")
         shard = scores / json.loads((scores / "manifest.json").read_text())["shards"][0]
         if data.draw(st.booleans()):
             data.draw(damaged_frame(pl.read_parquet(shard))).write_parquet(shard)

@@ -1,5 +1,6 @@
 """Distillation losses: each registered soft target against its formula written out here, and invariants."""
 
+import math
 import re
 
 import pytest
@@ -155,3 +156,95 @@ def test_every_registered_loss_is_a_choice_of_the_commands():
     student = typing.get_args(typing.get_type_hints(StudentTrainConfig)["kd"])
     (pipeline,) = typing.get_args(typing.get_type_hints(PipelineConfig)["kd"])[:1]
     assert set(student) == set(KD) == set(typing.get_args(pipeline))
+
+
+# ------------------------------------------------------------------------------ kl with the teacher's tail
+def tail_of_full(logits, items):
+    """The log of the mass a full teacher row ``(M, N + 1)`` puts outside ``items`` ``(M, k)`` at T = 1."""
+    log_p = F.log_softmax(logits[:, 1:], dim=-1)
+    return log_p.scatter(1, items - 1, float("-inf")).logsumexp(-1)
+
+
+def test_kl_with_a_tail_is_the_kl_of_the_coarsened_distributions_by_hand():
+    # Four items; the teacher keeps items 1 and 2 and the tail holds items 3 and 4.
+    t = [2.0, 1.0, 0.0, -1.0]
+    s = [0.5, 0.0, 1.0, -0.5]
+    p = [math.exp(x) / sum(map(math.exp, t)) for x in t]
+    q = [math.exp(x) / sum(map(math.exp, s)) for x in s]
+    coarse_p, coarse_q = [p[0], p[1], p[2] + p[3]], [q[0], q[1], q[2] + q[3]]
+    by_hand = sum(a * math.log(a / b) for a, b in zip(coarse_p, coarse_q, strict=True))
+    student = torch.tensor([[-100.0, *s]])  # column 0 is padding
+    items = torch.tensor([[1, 2]])
+    teacher = torch.tensor([[0.0, -1.0]])  # the stored form: relative to the row's largest
+    tail = torch.tensor([math.log(p[2] + p[3])])
+    assert kd_loss("kl", student, items, teacher, 1.0, tail).item() == pytest.approx(by_hand, rel=1e-5)
+    # without the tail: the top 2 renormalised, another number
+    assert kd_loss("kl", student, items, teacher, 1.0).item() != pytest.approx(by_hand, rel=1e-2)
+
+
+def test_kl_with_a_zero_tail_over_the_whole_catalogue_is_the_full_kl():
+    torch.manual_seed(4)
+    student, teacher = torch.randn(5, N + 1), torch.randn(5, N + 1)
+    items, values = full_teacher(teacher)
+    none = torch.full((5,), float("-inf"))  # k = N: nothing outside
+    reference = F.kl_div(student_log_q(student, 1.0), F.softmax(teacher[:, 1:], -1), reduction="batchmean")
+    assert torch.equal(
+        kd_loss("kl", student, items, values, 1.0, none), kd_loss("kl", student, items, values)
+    )
+    torch.testing.assert_close(kd_loss("kl", student, items, values, 1.0, none), reference)
+    grad = torch.zeros(5, N + 1, requires_grad=True)
+    kd_loss("kl", student + grad, items, values, 1.0, none).backward()
+    assert torch.isfinite(grad.grad).all()  # the empty bucket's log is floored, not log(0)
+
+
+@pytest.mark.parametrize("k", [1, 4, N - 1])
+def test_kl_with_a_tail_lies_between_zero_and_the_full_kl(k):
+    torch.manual_seed(5)
+    student, teacher = torch.randn(50, N + 1), 2 * torch.randn(50, N + 1)
+    items, values = full_teacher(teacher)
+    items, values = items[:, :k], values[:, :k]
+    tail = tail_of_full(teacher, items)
+    full_kl = F.kl_div(student_log_q(student, 1.0), F.softmax(teacher[:, 1:], -1), reduction="none").sum(-1)
+    for row in range(50):
+        coarse = kd_loss(
+            "kl",
+            student[row : row + 1],
+            items[row : row + 1],
+            values[row : row + 1],
+            1.0,
+            tail[row : row + 1],
+        )
+        assert -1e-6 <= coarse.item() <= full_kl[row].item() + 1e-6
+    # zero where the student is the teacher
+    assert kd_loss("kl", teacher, items, values, 1.0, tail).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_ignores_the_tail_away_from_t_1():
+    torch.manual_seed(6)
+    student = torch.randn(6, N + 1)
+    items, values = top_k_teacher(6, 4)
+    tail = torch.log(torch.rand(6))
+    for t in (0.5, 2.0):
+        assert torch.equal(
+            kd_loss("kl", student, items, values, t, tail), kd_loss("kl", student, items, values, t)
+        )
+    assert KD["kl"](values, 2.0, tail).rest is None and KD["kl"](values, 1.0, tail).rest is not None
+    assert KD["rank"](values, 1.0, tail).rest is None  # an order of the top k has no bucket
+
+
+def test_kl_with_a_tail_has_gradient_softmax_minus_the_completed_target():
+    # d KD / d s = softmax(s) - p̃: p on the teacher's items, rest · q_i / q_rest elsewhere.
+    torch.manual_seed(7)
+    student = torch.randn(5, N + 1, requires_grad=True)
+    items, values = top_k_teacher(5, 4)
+    tail = torch.log(0.1 + 0.8 * torch.rand(5))
+    kd_loss("kl", student, items, values, 1.0, tail).backward()
+    target = KD["kl"](values, 1.0, tail)
+    torch.testing.assert_close(target.p.sum(-1) + target.rest, torch.ones(5))
+    q = student_log_q(student.detach(), 1.0).exp()  # (5, N)
+    outside = torch.ones_like(q).scatter(1, items - 1, 0.0)
+    completed = (q * outside) * (target.rest / (q * outside).sum(-1))[:, None]
+    completed.scatter_(1, items - 1, target.p)
+    expected = torch.zeros(5, N + 1)
+    expected[:, 1:] = q - completed
+    torch.testing.assert_close(student.grad, expected / 5)

@@ -30,6 +30,20 @@ def export(setup, teacher_run, out, *extra):
     return CliRunner().invoke(main, args)
 
 
+def assert_rows_are_the_top_k(scores, rows, full, k):
+    """Rows ``rows`` of a format-2 directory hold the top ``k`` of the teacher's full rows ``full``
+    ``(m, N)``: ids exact, scores relative to the row's largest within float16's precision, and the
+    tail the log of the full softmax's mass outside them, as exact as a float32 normaliser."""
+    items, logits = scores.fetch(rows)
+    top = full.topk(k)
+    assert torch.equal(items, top.indices + 1)
+    relative = top.values - top.values[:, :1]
+    assert ((logits - relative).abs() <= 2.0**-11 * relative.abs() + 1e-5).all()
+    assert scores.has_tail and scores.manifest["format_version"] == 2
+    outside = full.log_softmax(-1).scatter(1, top.indices, float("-inf")).logsumexp(-1)  # (m,)
+    torch.testing.assert_close(scores.fetch_tail(rows).exp(), outside.exp(), rtol=0, atol=1e-5)
+
+
 def test_per_prefix_export_writes_the_teachers_top_k(setup, teacher_run, tmp_path):
     args = ("--top-k", "7", "--positions", "2", "--per-prefix")
     result = export(setup, teacher_run, tmp_path / "scores", *args)
@@ -40,15 +54,14 @@ def test_per_prefix_export_writes_the_teachers_top_k(setup, teacher_run, tmp_pat
     assert scores.manifest["rows"] == len(samples.targets) and scores.k == 7
     assert scores.manifest["teacher"]["kind"] == "teacher-moe-lora"
     assert scores.manifest["scoring"] == "per-prefix"
-    assert (scores.logits[:, :-1] >= scores.logits[:, 1:]).all()  # descending
+    _, logits, _ = scores.table()
+    assert (logits[:, :-1] >= logits[:, 1:]).all()  # descending
     # row i is the teacher's own top-7 for sample i
     teacher = load_teacher(teacher_run, data)
     with torch.no_grad():
-        direct = teacher(torch.from_numpy(samples.histories[:5]))[:, 1:].topk(7)
+        direct = teacher(torch.from_numpy(samples.histories[:5]))[:, 1:]  # (5, N)
     index = torch.from_numpy(data.offsets[samples.users[:5]] + samples.position[:5])
-    rows = scores.lookup(index)
-    assert torch.equal(scores.items[rows], direct.indices + 1)
-    torch.testing.assert_close(scores.logits[rows], direct.values)
+    assert_rows_are_the_top_k(scores, scores.lookup(index), direct, 7)
 
 
 def test_dense_export_scores_every_position_of_each_window(setup, teacher_run, tmp_path):
@@ -71,9 +84,7 @@ def test_dense_export_scores_every_position_of_each_window(setup, teacher_run, t
             if position < 0:
                 continue
             row = scores.lookup(torch.tensor([data.offsets[windows.users[b]] + position]))
-            top = direct[b, j].topk(7)
-            assert torch.equal(scores.items[row][0], top.indices + 1)
-            torch.testing.assert_close(scores.logits[row][0], top.values)
+            assert_rows_are_the_top_k(scores, row, direct[b, j][None], 7)
 
 
 def test_a_student_run_exports_its_own_scores(setup, tmp_path):
@@ -88,9 +99,7 @@ def test_a_student_run_exports_its_own_scores(setup, tmp_path):
         own = sasrec.score(sasrec(batch.inputs))[..., 1:]  # (B, L, N)
     rows = scores.lookup(batch.index)  # (B, L)
     assert ((rows >= 0) == (batch.index >= 0)).all()  # every training position has a row
-    top = own[rows >= 0].topk(5)
-    assert torch.equal(scores.items[rows[rows >= 0]], top.indices + 1)
-    torch.testing.assert_close(scores.logits[rows[rows >= 0]], top.values)
+    assert_rows_are_the_top_k(scores, rows[rows >= 0], own[rows >= 0], 5)
 
 
 def test_full_distributions_and_all_positions(setup, teacher_run, tmp_path):
@@ -98,9 +107,9 @@ def test_full_distributions_and_all_positions(setup, teacher_run, tmp_path):
     assert result.exit_code == 0, result.output
     data = Dataset(setup / "data")
     scores = read_scores(tmp_path / "scores", data)
-    assert scores.k == data.num_items
+    assert scores.k == data.num_items and not scores.has_tail  # nothing dropped: no tail
     assert scores.manifest["rows"] == len(data.prefix_samples(None, 10).targets)
-    assert sorted(scores.items[0].tolist()) == list(range(1, data.num_items + 1))
+    assert sorted(scores.fetch(torch.tensor([0]))[0][0].tolist()) == list(range(1, data.num_items + 1))
 
 
 def test_existing_score_directory_is_refused(setup, teacher_run, tmp_path):
@@ -131,9 +140,17 @@ def test_overwrite_never_replaces_a_file_or_a_foreign_directory(setup, teacher_r
 
 
 def test_student_distills_the_exported_scores(setup, teacher_run, tmp_path):
+    """export-logits (format 2, with tails) into student-train: kl uses the tail at T = 1 (with the full
+    CE and with the sampled softmax), and is the top k renormalised at T = 2; rank reads the order."""
     assert export(setup, teacher_run, tmp_path / "scores", "--top-k", "10").exit_code == 0
-    for kd in ("kl", "rank"):
-        run = tmp_path / f"student-{kd}"
+    cases = [
+        ("kl", "1", "ce", True),
+        ("kl", "1", "sampled", True),
+        ("kl", "2", "ce", False),
+        ("rank", "2", "ce", False),
+    ]
+    for kd, temperature, loss, tail in cases:
+        run = tmp_path / f"student-{kd}-{temperature}-{loss}"
         args = [
             "student-train",
             "--data",
@@ -147,7 +164,10 @@ def test_student_distills_the_exported_scores(setup, teacher_run, tmp_path):
             "--alpha",
             "0.7",
             "--temperature",
-            "2",
+            temperature,
+            "--loss",
+            loss,
+            *(["--negatives", "8"] if loss == "sampled" else []),
             "--epochs",
             "2",
             "--max-len",
@@ -159,8 +179,10 @@ def test_student_distills_the_exported_scores(setup, teacher_run, tmp_path):
         ]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
+        assert ("tail at T = 1 only" in result.output) == (kd == "kl" and not tail)
         config = json.loads((run / "config.json").read_text())
         assert config["teacher_scores"]["k"] == 10 and config["train"]["kd"] == kd
+        assert config["teacher_scores"]["format_version"] == 2 and config["teacher_scores"]["tail"] is tail
         metrics = json.loads((run / "metrics.json").read_text())
         assert all(h["kd_loss"] > 0 for h in metrics["history"])
 

@@ -181,13 +181,21 @@ def teacher_table(k: int, rows: int = 30, seed: int = 1) -> tuple[torch.Tensor, 
     return items, logits
 
 
-def batch_scores(targets, k, kd, alpha, temperature, every=True):
+def batch_scores(targets, k, kd, alpha, temperature, every=True, tail=False):
+    """A batch's teacher rows; with ``tail``, each row's mass outside its k items (0 where k = N)."""
     items, logits = teacher_table(k)
     count = int((targets != 0).sum())
     rows = torch.arange(count) % len(items)
     if not every:
         rows[::3] = -1  # the teacher did not score every third position
-    return BatchScores(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature)
+    tails = None
+    if tail:
+        gen = torch.Generator().manual_seed(2)
+        tails = torch.log(0.05 + 0.9 * torch.rand(len(items), generator=gen))  # (rows,) 5% to 95% outside
+        if k == NUM_ITEMS:
+            tails = torch.full((len(items),), float("-inf"))
+    fetch_tail = None if tails is None else (lambda r: tails[r])
+    return BatchScores(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature, fetch_tail)
 
 
 def unfused(model, h, targets, soft):
@@ -200,7 +208,8 @@ def unfused(model, h, targets, soft):
     ce = F.cross_entropy(masked, labels, reduction="none")  # (N,)
     scored = soft.rows >= 0
     items, t_logits = soft.fetch(soft.rows[scored])
-    kd = kd_loss(soft.kd, logits[scored], items, t_logits, soft.temperature) * int(scored.sum())
+    tail = None if soft.tail is None else soft.tail(soft.rows[scored])
+    kd = kd_loss(soft.kd, logits[scored], items, t_logits, soft.temperature, tail) * int(scored.sum())
     weights = torch.where(scored, 1 - soft.alpha, 1.0)
     return ((weights * ce).sum() + soft.alpha * kd) / len(labels)
 
@@ -220,9 +229,10 @@ def assert_fused_matches_unfused(soft: BatchScores, chunk_size: int) -> torch.Te
     torch.testing.assert_close(loss, expected)
     scored = soft.rows >= 0
     items, t_logits = soft.fetch(soft.rows[scored])
+    tail = None if soft.tail is None else soft.tail(soft.rows[scored])
     with torch.no_grad():
         logits = model.score(h)[targets != 0][scored]  # (m, V + 1)
-        torch.testing.assert_close(kd_mean, kd_loss(soft.kd, logits, items, t_logits, soft.temperature))
+        torch.testing.assert_close(kd_mean, kd_loss(soft.kd, logits, items, t_logits, soft.temperature, tail))
     assert not kd_mean.requires_grad
     actual_h, actual_E = torch.autograd.grad(loss, (h, model.item_emb.weight))
     torch.testing.assert_close(actual_h, expected_h)
@@ -239,10 +249,26 @@ def assert_fused_matches_unfused(soft: BatchScores, chunk_size: int) -> torch.Te
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("k,every", [(4, True), (4, False), (NUM_ITEMS, True)])
 @pytest.mark.parametrize("chunk_size", [1, 5, 4096])
-def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, chunk_size) -> None:
+@pytest.mark.parametrize("tail", [False, True])
+def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, chunk_size, tail) -> None:
     _, targets = make_batch()
-    soft = batch_scores(targets, k, kd, 0.7, temperature, every)
+    soft = batch_scores(targets, k, kd, 0.7, temperature, every, tail)
     assert assert_fused_matches_unfused(soft, chunk_size) > 0
+
+
+def test_fused_kl_with_a_zero_tail_is_exactly_the_full_kl() -> None:
+    """k = N with every tail -inf (nothing outside): the bucket's path gives the no-tail pass's numbers."""
+    model = make_model()
+    seq, targets = make_batch()
+    plain = batch_scores(targets, NUM_ITEMS, "kl", 0.7, 1.0)
+    zero = batch_scores(targets, NUM_ITEMS, "kl", 0.7, 1.0, tail=True)
+    expected, expected_kd = ce_kd_loss(model, model(seq), targets, plain, chunk_size=5)
+    expected_grads = grads(expected, model)
+    loss, kd_mean = ce_kd_loss(model, model(seq), targets, zero, chunk_size=5)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(kd_mean, expected_kd, rtol=1e-6, atol=1e-7)
+    for name, grad in grads(loss, model).items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])  # 1: at T = 1 the pass shares the CE's softmax
@@ -251,7 +277,7 @@ def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, ch
 def test_a_newly_registered_loss_is_fused_with_no_other_change(
     monkeypatch, scale, temperature, every
 ) -> None:
-    def toy(teacher_logits: torch.Tensor, temperature: float) -> SoftTarget:
+    def toy(teacher_logits: torch.Tensor, temperature: float, tail: torch.Tensor | None) -> SoftTarget:
         """Cross-entropy against the teacher's reversed preferences, plus its mean logit."""
         return SoftTarget(torch.softmax(-teacher_logits, dim=-1), scale, teacher_logits.mean(-1))
 
@@ -299,3 +325,20 @@ def test_fused_kd_is_zero_when_the_teacher_is_the_student_at_t_1() -> None:
     assert abs(kd_mean.item()) < 1e-5 and abs(loss.item()) < 1e-5
     for name, grad in grads(loss, model).items():
         torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("every", [True, False])
+def test_a_registered_loss_with_a_bucket_is_fused_at_any_temperature(monkeypatch, temperature, every) -> None:
+    """kl puts mass on the bucket at T = 1 only; a loss may at any T, with any scale: the fused pass's
+    general path (its own softmax at T) against the reference."""
+
+    def halves(teacher_logits: torch.Tensor, temperature: float, tail: torch.Tensor | None) -> SoftTarget:
+        """Half the mass on the teacher's softmax, half on every other item."""
+        p = 0.5 * torch.softmax(teacher_logits, dim=-1)
+        rest = torch.full_like(teacher_logits[:, 0], 0.5)
+        return SoftTarget(p, 0.5, teacher_logits.new_zeros(len(p)), rest)
+
+    monkeypatch.setitem(KD, "halves", halves)
+    _, targets = make_batch()
+    assert assert_fused_matches_unfused(batch_scores(targets, 4, "halves", 0.7, temperature, every), 5) > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import polars as pl
+import numpy as np
 import torch
 from click.testing import CliRunner
 
@@ -24,24 +24,26 @@ def test_two_ranks_export_the_same_scores_into_one_directory(setup, teacher_run,
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert {name.split("-")[1] for name in manifest["shards"]} == {"000", "001"}  # one set per rank
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        ["manifest.json", *manifest["shards"]]
+        ["manifest.json", *(f"{s}.{c}.npy" for s in manifest["shards"] for c in manifest["columns"])]
     )
     assert not list(tmp_path.glob(".two*"))  # no temporary directory left behind
     data = Dataset(setup / "data")
     one, two = read_scores(tmp_path / "one", data), read_scores(tmp_path / "two", data)
     assert two.manifest["rows"] == one.manifest["rows"] == len(data.prefix_samples(None, 5).targets)
-    frames = [
-        pl.concat(
+    users = [
+        np.concatenate(
             [
-                pl.read_parquet(tmp_path / run / name)
+                np.load(tmp_path / run / f"{name}.user.npy")
                 for name in json.loads((tmp_path / run / "manifest.json").read_text())["shards"]
             ]
         )
         for run in ("one", "two")
     ]
-    assert frames[0]["user"].to_list() == frames[1]["user"].to_list()  # rank order keeps user order
-    assert torch.equal(one.items, two.items)
-    torch.testing.assert_close(one.logits, two.logits, rtol=1e-5, atol=1e-5)
+    assert users[0].tolist() == users[1].tolist()  # rank order keeps user order
+    (items_one, logits_one, tail_one), (items_two, logits_two, tail_two) = one.table(), two.table()
+    assert torch.equal(items_one, items_two)
+    torch.testing.assert_close(logits_one, logits_two, rtol=1e-3, atol=1e-3)  # float16, relative to the top
+    torch.testing.assert_close(tail_one, tail_two, rtol=1e-5, atol=1e-5)
 
 
 def test_two_ranks_train_the_same_teacher_as_one_process(setup, tmp_path):
