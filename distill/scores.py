@@ -7,18 +7,20 @@ SCORES/manifest.json              format version, teacher kind and run, dataset 
                                   positions, tail, columns, rows, shards
 SCORES/part-NNNNN.user.npy        (R,) int32
 SCORES/part-NNNNN.position.npy    (R,) int32
-SCORES/part-NNNNN.items.npy       (R, k) int32: the teacher's k best items, descending
+SCORES/part-NNNNN.items.npy       (R, k) uint16 (up to 65,535 items) or int32: the teacher's k best
+                                  items, descending
 SCORES/part-NNNNN.logits.npy      (R, k) float16: their scores minus the row's largest (<= 0)
 SCORES/part-NNNNN.tail.npy        (R,) float32: log of the teacher's probability (T = 1) outside the k
                                   items; only when the manifest says ``"tail": true``
 ```
 
 A row is the teacher's prediction for training item ``position`` of ``user`` (0-based within the
-user's sequence) given the items before it. **Bytes per row: 6k + 12** (6k + 8 without a tail), plus
-a 128-byte header per file and shard: 612 at k = 100. ``k`` may equal the catalogue (``--full``:
-6N + 8 bytes a row; nothing is dropped, so there is no tail). The directory is written under a
-temporary name and renamed when whole; the reader refuses one whose fingerprint or catalogue size do
-not match the dataset, or whose rows point outside the training sequences.
+user's sequence) given the items before it. **Bytes per row: 4k + 12 with uint16 ids, 6k + 12 with
+int32 ids** (4 less without a tail), plus a 128-byte header per file and shard: 412 or 612 at
+k = 100. ``k`` may equal the catalogue (``--full``: 4N + 8 or 6N + 8 bytes a row; nothing is
+dropped, so there is no tail). The directory is written under a temporary name and renamed when
+whole; the reader refuses one whose fingerprint or catalogue size do not match the dataset, or whose
+rows point outside the training sequences.
 
 Choices, and why:
 
@@ -42,8 +44,10 @@ Choices, and why:
   and a dropped mass below that is stored as rounding noise of that size (or -inf), which KD cannot
   tell from the truth (its terms in the tail are of the order of the mass). It holds at T = 1 only:
   see :func:`distill.losses.kl` for what KD does at other temperatures.
-- **int32 ids** whatever the catalogue (uint16 would save 2 bytes a value below 65,536 items, but the
-  catalogues this format is for, 10^5 to 10^7 items, need 4).
+- **uint16 ids while the catalogue fits**, int32 beyond (the reader expects the one ``num_items``
+  implies): format 1's parquet compresses its int32 ids and float32 scores to about 4.7 bytes a value
+  (synthetic data, 500 items; 5.4 for ML-1M's full catalogue), so int32 ids and float16 scores, 6
+  bytes, would be bigger on disk than what they replace; 4 bytes are smaller.
 
 Format 1 (parquet shards ``part-NNNNN.parquet`` with columns ``user``, ``position``, ``items``
 ``list[int32]`` and ``logits`` ``list[float32]``, raw scores, no tail) is still read, with its meaning
@@ -91,11 +95,11 @@ MANIFEST_FIELDS = {
     ),
 }
 V2_FIELDS = {"tail": Field("true or false", lambda v: isinstance(v, bool))}
-# Format 2: each shard's files, ``{shard}.{column}.npy``: dtype and the shape after the row count.
+# Format 2: each shard's files, ``{shard}.{column}.npy``: dtype (items: see item_dtype) and what it holds.
 COLUMNS = {
     "user": (np.dtype("<i4"), "int32 (rows)"),
     "position": (np.dtype("<i4"), "int32 (rows)"),
-    "items": (np.dtype("<i4"), "int32 (rows, k): the teacher's k best items, descending"),
+    "items": (None, "{dtype} (rows, k): the teacher's k best items, descending"),
     "logits": (np.dtype("<f2"), "float16 (rows, k): their scores minus the row's largest"),
     "tail": (np.dtype("<f4"), "float32 (rows): log of the teacher's probability (T = 1) outside the k items"),
 }
@@ -103,6 +107,15 @@ WIDE = ("items", "logits")  # the (rows, k) columns
 SHARD_SCHEMA = pl.Schema(  # format 1
     {"user": pl.Int32, "position": pl.Int32, "items": pl.List(pl.Int32), "logits": pl.List(pl.Float32)}
 )
+
+
+def item_dtype(num_items: int) -> np.dtype:
+    """Format 2's item ids: uint16 while the catalogue fits (up to 65,535 items), else int32."""
+    return np.dtype("<u2") if num_items <= np.iinfo(np.uint16).max else np.dtype("<i4")
+
+
+def column_dtype(column: str, num_items: int) -> np.dtype:
+    return item_dtype(num_items) if column == "items" else COLUMNS[column][0]
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:
@@ -212,7 +225,7 @@ class ScoreWriter:
         rows = {
             "user": np.asarray(users).astype(np.int32),
             "position": np.asarray(positions).astype(np.int32),
-            "items": np.asarray(items).astype(np.int32),
+            "items": np.asarray(items).astype(item_dtype(self.num_items)),
             "logits": np.maximum(logits - logits.max(axis=1, keepdims=True), FLOAT16_MIN).astype(np.float16),
         }
         if self.tail:
@@ -252,7 +265,10 @@ class ScoreWriter:
                     raise ValueError("some ranks wrote a tail and others did not")
                 tail = bool(tails and tails.pop())
                 shards = [name for _, names, _ in parts for name in names]
-                columns = {c: what for c, (_, what) in COLUMNS.items() if c != "tail" or tail}
+                ids = item_dtype(self.num_items).name
+                columns = {
+                    c: what.format(dtype=ids) for c, (_, what) in COLUMNS.items() if c != "tail" or tail
+                }
                 manifest = {
                     **self.manifest,
                     "tail": tail,
@@ -287,8 +303,8 @@ class ScoreShard:
     """One shard's rows, memory-mapped.
 
     Attributes:
-        items: ``(R, k)`` teacher item ids, descending by score: int32 (format 1: int16 where the
-            catalogue allows).
+        items: ``(R, k)`` teacher item ids, descending by score: uint16 or int32 (format 1: int16
+            where the catalogue allows, else int32).
         logits: ``(R, k)`` teacher scores: float16 minus the row's largest (format 1: raw float32).
         tail: ``(R,)`` float32 log of the teacher's probability outside the row's items, or None.
     """
@@ -345,7 +361,7 @@ class Scores:
         Logits are the teacher's scores up to a constant per row (format 2 stores them relative to the
         row's largest): what every KD loss reads, a softmax or an order, does not see the constant.
         """
-        return self._gather(rows, "items").long(), self._gather(rows, "logits").float()
+        return self._gather(rows, "items", torch.int64), self._gather(rows, "logits", torch.float32)
 
     def fetch_tail(self, rows: torch.Tensor) -> torch.Tensor:
         """The tails ``(m,)`` float32 of teacher rows ``(m,)``: log of the teacher's probability (T = 1)
@@ -354,7 +370,7 @@ class Scores:
             raise ValueError(
                 f"the score directory has no tail (format {self.manifest.get('format_version')})"
             )
-        return self._gather(rows, "tail")
+        return self._gather(rows, "tail", torch.float32)
 
     def table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every row's items, logits (as :meth:`fetch`) and tail (or None), read into memory: for tests
@@ -363,16 +379,17 @@ class Scores:
         items, logits = self.fetch(every)
         return items, logits, self.fetch_tail(every) if self.has_tail else None
 
-    def _gather(self, rows: torch.Tensor, column: str) -> torch.Tensor:
+    def _gather(self, rows: torch.Tensor, column: str, dtype: torch.dtype) -> torch.Tensor:
+        """``column`` at ``rows``, as ``dtype``: each shard's rows taken from its mapping."""
         rows = rows.cpu().long()
         tables = [getattr(shard, column) for shard in self.shards]
         if len(tables) == 1:
-            return tables[0][rows]
+            return tables[0][rows].to(dtype)
         which = torch.searchsorted(self.starts, rows, right=True) - 1  # (m,) each row's shard
-        out = tables[0].new_empty((len(rows), *tables[0].shape[1:]))
-        for s in which.unique().tolist():
+        out = torch.empty((len(rows), *tables[0].shape[1:]), dtype=dtype)
+        for s in which.unique().tolist():  # a chunk's rows are a few users': a few shards
             at = (which == s).nonzero().squeeze(1)
-            out[at] = tables[s][rows[at] - self.starts[s]]
+            out[at] = tables[s][rows[at] - self.starts[s]].to(dtype)
         return out
 
 
@@ -443,7 +460,7 @@ def _read_v2(path: Path, manifest: dict, data: Dataset) -> tuple[list[ScoreShard
     row_of = np.full(len(data.items), -1, dtype=np.int64)
     shards, sizes, done = [], [], 0
     for shard in manifest["shards"]:
-        arrays = {c: _load(path / f"{shard}.{c}.npy", COLUMNS[c][0]) for c in columns}
+        arrays = {c: _load(path / f"{shard}.{c}.npy", column_dtype(c, data.num_items)) for c in columns}
         rows = len(arrays["user"])
         for column, array in arrays.items():
             want = (rows, k) if column in WIDE else (rows,)
@@ -512,8 +529,8 @@ def _load(file: Path, dtype: np.dtype) -> np.ndarray:
 def _read_v1(path: Path, manifest: dict, data: Dataset) -> tuple[list[ScoreShard], list[int], np.ndarray]:
     """Convert format 1's parquet shards, one at a time, into one mapped shard."""
     k, total = manifest["k"], manifest["rows"]
-    item_dtype = np.int16 if data.num_items <= np.iinfo(np.int16).max else np.int32
-    items = _mapped((total, k), item_dtype)
+    ids = np.int16 if data.num_items <= np.iinfo(np.int16).max else np.int32
+    items = _mapped((total, k), ids)
     logits = _mapped((total, k), np.float32)
     row_of = np.full(len(data.items), -1, dtype=np.int64)
     done = 0

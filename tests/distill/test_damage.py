@@ -136,13 +136,14 @@ def damaged_array(draw, array: np.ndarray) -> np.ndarray:
     if how == "rank":
         return array.reshape(-1) if array.ndim == 2 else array[:, None]
     changed = array.copy()
-    value = draw(st.sampled_from([np.nan, np.inf, -np.inf, -1, 0, 2**31 - 1, 65504]))
-    with np.errstate(invalid="ignore", over="ignore"):
-        changed.reshape(-1)[draw(st.integers(0, changed.size - 1))] = (
-            value
-            if changed.dtype.kind == "f"
-            else int(np.nan_to_num(value, nan=-1, posinf=2**31 - 1, neginf=-1))
+    if changed.dtype.kind == "f":
+        value = draw(st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 0.0, 65504.0]))
+    else:
+        bounds = np.iinfo(changed.dtype)
+        value = draw(
+            st.sampled_from(sorted({0, -1 if bounds.min < 0 else 0, int(bounds.min), int(bounds.max)}))
         )
+    changed.reshape(-1)[draw(st.integers(0, changed.size - 1))] = value
     return changed
 
 

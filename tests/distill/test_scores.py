@@ -79,8 +79,10 @@ def write_v1(path, data, users, positions, items, logits, rows_per_shard=None):
 
 
 @pytest.mark.parametrize("values_per_shard", [1 << 24, 37])
-def test_compact_files_round_trip(synthetic_dataset, tmp_path, monkeypatch, values_per_shard):
+@pytest.mark.parametrize("ids", ["<u2", "<i4"])  # int32: as for a catalogue of more than 65,535 items
+def test_compact_files_round_trip(synthetic_dataset, tmp_path, monkeypatch, values_per_shard, ids):
     monkeypatch.setattr(scores_module, "VALUES_PER_SHARD", values_per_shard)
+    monkeypatch.setattr(scores_module, "item_dtype", lambda num_items: np.dtype(ids))
     data = Dataset(synthetic_dataset)
     samples, items, logits, full = write(tmp_path / "scores", data)
     loaded = read_scores(tmp_path / "scores", data)
@@ -105,14 +107,19 @@ def test_compact_files_round_trip(synthetic_dataset, tmp_path, monkeypatch, valu
     exact = outside.logsumexp(-1) - torch.from_numpy(full).double().logsumexp(-1)
     # as exact as the float32 normaliser it came from: its mass to a few 1e-7 (|logsumexp| is about 8)
     torch.testing.assert_close(tail.double().exp(), exact.exp(), rtol=0, atol=2e-6)
-    # every file as the docstring says, and 6k + 12 bytes a row besides the headers
+    # every file as the docstring says, and 4k + 12 (uint16 ids) or 6k + 12 (int32) bytes a row
     files = [f"{shard}.{c}.npy" for shard in saved["shards"] for c in COLUMNS]
     assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == sorted(["manifest.json", *files])
     for shard in saved["shards"]:
         for column, (dtype, _) in COLUMNS.items():
-            assert np.load(tmp_path / "scores" / f"{shard}.{column}.npy", mmap_mode="r").dtype == dtype
-    headers = 128 * len(files)
-    assert sum((tmp_path / "scores" / f).stat().st_size for f in files) == headers + len(items) * (6 * 5 + 12)
+            stored = np.load(tmp_path / "scores" / f"{shard}.{column}.npy", mmap_mode="r").dtype
+            assert stored == (np.dtype(ids) if column == "items" else dtype)
+    assert saved["columns"]["items"].startswith({"<u2": "uint16", "<i4": "int32"}[ids])
+    per_row = (2 if ids == "<u2" else 4) * 5 + 2 * 5 + 12
+    assert (
+        sum((tmp_path / "scores" / f).stat().st_size for f in files)
+        == 128 * len(files) + len(items) * per_row
+    )
     # positions without a teacher row, and padding, map to -1
     others = torch.tensor([[-1, int(data.offsets[0])]])
     assert loaded.lookup(others).tolist() == [[-1, -1]]
@@ -305,7 +312,7 @@ def test_a_damaged_compact_shard_is_one_line(synthetic_dataset, tmp_path, damage
     "column, value, message",
     [
         ("items", 0, "item ids outside"),
-        ("items", 10**6, "item ids outside"),
+        ("items", 65535, "item ids outside"),
         ("tail", np.nan, "not the log of a probability below 1"),
         ("tail", 0.0, "not the log of a probability below 1"),
         ("user", 10**6, "outside the training sequences"),
