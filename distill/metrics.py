@@ -5,6 +5,10 @@ The rank of the target counts every item scoring strictly higher plus every item
 target too). Items already in the user's history are masked out (the target itself is never
 masked, even when it was seen before), as is the padding id 0. With a 0-based rank r:
 HR@K = [r < K], NDCG@K = [r < K] / log2(r + 2), MRR = 1 / (r + 1) (untruncated).
+
+Two ways to the same ranks: :func:`full_ranks` reads a ``(B, N + 1)`` score matrix; :func:`block_ranks`
+walks the catalogue a block of items at a time (memory ``B x block``: large catalogues) and counts the
+same items by the same rule.
 """
 
 from __future__ import annotations
@@ -48,6 +52,78 @@ def full_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor |
     return (ahead & competes).sum(1)
 
 
+def block_ranks(
+    score: Callable[[int, int], torch.Tensor],
+    num_items: int,
+    targets: torch.Tensor,
+    seen: torch.Tensor | None = None,
+    *,
+    size: int,
+) -> torch.Tensor:
+    """:func:`full_ranks` without the ``(B, N + 1)`` matrix: items ``1..num_items`` in blocks of ``size``.
+
+    Two passes over the blocks: the first reads each target's score out of the block that holds it (only
+    blocks holding a target are scored), the second counts, block by block, the competing items that
+    score at least as high (or NaN), by exactly :func:`full_ranks`' rule and masks. The target's score
+    comes out of the same block product as its competitors', so a tie is a tie whatever kernel a block's
+    shape selects (reading it from a separate product could break the ties of a constant scorer).
+
+    Args:
+        score: ``(start, stop) -> (B, stop - start)``: the scores of item ids ``start..stop-1``.
+        num_items: the catalogue, N.
+        targets: ``(B,)`` item ids in ``1..num_items``.
+        seen: ``(B, H)`` item ids to mask (0 entries are padding), or None.
+        size: items per block.
+
+    Returns:
+        ``(B,)`` int64 ranks, equal to ``full_ranks`` of the concatenated blocks.
+    """
+    t = scores_at(score, num_items, targets, size)[:, None]  # (B, 1)
+    targets, rows = targets.to(t.device), torch.arange(len(targets), device=t.device)
+    seen = None if seen is None else seen.to(t.device)
+    ranks = torch.zeros(len(targets), dtype=torch.int64, device=t.device)
+    for start in range(1, num_items + 1, size):
+        stop = min(start + size, num_items + 1)
+        scores = score(start, stop).detach()  # (B, n)
+        n = stop - start
+        competes = torch.ones((len(targets), n + 1), dtype=torch.bool, device=t.device)  # column n: a sink
+        if seen is not None:
+            local = seen - start
+            competes.scatter_(1, local.masked_fill((local < 0) | (local >= n), n), False)
+        inside = (targets >= start) & (targets < stop)
+        competes[rows[inside], targets[inside] - start] = False  # the target does not compete with itself
+        ahead = (scores >= t) | scores.isnan() | t.isnan()
+        ranks += (ahead & competes[:, :n]).sum(1)
+    return ranks
+
+
+def scores_at(
+    score: Callable[[int, int], torch.Tensor], num_items: int, items: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Each row's score of one item, read out of the block that holds it: ``(B,)``.
+
+    Args:
+        score: ``(start, stop) -> (B, stop - start)``, as for :func:`block_ranks`.
+        num_items: the catalogue, N.
+        items: ``(B,)`` item ids in ``1..num_items``, one per row.
+        size: items per block; only blocks that hold one of ``items`` are scored.
+    """
+    if len(items) and not bool(((items >= 1) & (items <= num_items)).all()):
+        raise ValueError(f"item ids must be in 1..{num_items}")
+    out = None
+    for start in range(1, num_items + 1, size):
+        stop = min(start + size, num_items + 1)
+        inside = ((items >= start) & (items < stop)).nonzero().squeeze(1)
+        if inside.numel() == 0:
+            continue
+        scores = score(start, stop).detach()  # (B, n)
+        if out is None:
+            out = scores.new_empty(len(items))
+        inside = inside.to(scores.device)
+        out[inside] = scores[inside, items.to(scores.device)[inside] - start]
+    return torch.empty(0) if out is None else out
+
+
 class RankingMetrics:
     """Accumulates HR@K, NDCG@K and MRR over batches of ranks."""
 
@@ -88,9 +164,18 @@ def evaluate(
     ``batches`` yield :class:`distill.data.EvalBatch`-like objects with ``targets`` and ``seen``. In a
     multi-process job each rank passes its own users' batches and every rank gets the metrics of all.
     """
+    return evaluate_ranks(lambda batch: full_ranks(score(batch), batch.targets, batch.seen), batches, ks)
+
+
+@torch.no_grad()
+def evaluate_ranks(
+    rank: Callable[[object], torch.Tensor], batches: Iterable, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """:func:`evaluate` with the ranks given: ``rank(batch) -> (B,)`` (:func:`full_ranks` of a score
+    matrix, or :func:`block_ranks`)."""
     metrics = RankingMetrics(ks)
     for batch in batches:
-        metrics.update(full_ranks(score(batch), batch.targets, batch.seen))
+        metrics.update(rank(batch))
     return metrics.compute()
 
 
@@ -107,10 +192,16 @@ def user_ranks(
     Returns:
         ``users`` ``(U,)`` int64 and their 0-based pessimistic ``ranks`` ``(U,)`` int64, in batch order.
     """
+    return ranks_of(lambda batch: full_ranks(score(batch), batch.targets, batch.seen), batches)
+
+
+@torch.no_grad()
+def ranks_of(rank: Callable[[object], torch.Tensor], batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`user_ranks` with the ranks given: ``rank(batch) -> (B,)``, as for :func:`evaluate_ranks`."""
     users, ranks = [], []
     for batch in batches:
         users.append(batch.users.cpu())
-        ranks.append(full_ranks(score(batch), batch.targets, batch.seen).cpu())
+        ranks.append(rank(batch).cpu())
     if not users:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(users), torch.cat(ranks)

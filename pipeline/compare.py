@@ -26,7 +26,7 @@ def run(cfg: CompareConfig) -> dict:
     metrics, values, users = {}, {}, None
     for run_dir in cfg.runs:
         scorer = open_runs(run_dir.split(","), data, cfg.device, cfg.weights, cfg.batch_size)
-        who, ranks = scorer.ranks(data, cfg.split, cfg.batch_size)
+        who, ranks = scorer.ranks(data, cfg.split, cfg.batch_size, cfg.item_block)
         summary = RankingMetrics()
         summary.update(ranks)  # the metrics from the same ranks: each run scores once
         metrics[run_dir] = summary.compute()

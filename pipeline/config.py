@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import check, option, parse_metric
+from distill.config import MAX_COUNT, check, option, parse_metric
 
 RUNS_HELP = (
     "A run (student or teacher); repeat it for several runs that score as one: the K runs of a "
@@ -14,6 +14,11 @@ RUNS_HELP = (
     "mix is an ensemble (the mean of the members' probabilities)."
 )
 WEIGHTS_HELP = "Ensemble weights: equal, or fit (EM on the likelihood of the validation targets)."
+ITEM_BLOCK_HELP = (
+    "Score the catalogue N items at a time: memory grows with N, not with the catalogue, for the same "
+    "results. 0: the whole catalogue at once. Default: blocks only when a batch's scores would pass "
+    "2**26 values (256 MiB)."
+)
 
 
 @dataclass(frozen=True)
@@ -104,10 +109,12 @@ class EvaluateConfig:
     split: Literal["valid", "test", "both"] = option("both", "Which held-out target to rank.")
     weights: Literal["equal", "fit"] = option("equal", WEIGHTS_HELP)
     batch_size: int = option(256, "Users per scoring batch.")
+    item_block: int | None = option(None, ITEM_BLOCK_HELP)
     device: str = option("auto")
 
     def __post_init__(self) -> None:
         check(self, required={"runs": "--run RUN", "data": "--data DIR"}, at_least_one=("batch_size",))
+        check_item_block(self)
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,12 @@ class CompareConfig:
     samples: int = option(10000, "Bootstrap resamples of the users.")
     seed: int = option(0, "Seed of the bootstrap.")
     batch_size: int = option(256, "Users per scoring batch.")
+    item_block: int | None = option(None, ITEM_BLOCK_HELP)
     device: str = option("auto")
 
     def __post_init__(self) -> None:
         check(self, required={"data": "--data DIR"}, at_least_one=("samples", "batch_size"), seeds=("seed",))
+        check_item_block(self)
         if len(self.runs) < 2:
             raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
         parse_metric(self.metric)
@@ -158,6 +167,7 @@ class ExportConfig:
         False, "One forward per scored position instead of one per window (the anchors' way; for comparison)."
     )
     batch_size: int = option(16, "Windows per scoring batch.")
+    item_block: int | None = option(None, ITEM_BLOCK_HELP + " With --top-k only: --full keeps every score.")
     device: str = option("auto")
     overwrite: bool = option(False)
 
@@ -170,6 +180,7 @@ class ExportConfig:
             required={"runs": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
             at_least_one=("top_k", "positions", "batch_size"),
         )
+        check_item_block(self)
 
 
 @dataclass(frozen=True)
@@ -213,3 +224,11 @@ class ServeConfig:
         )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+
+
+def check_item_block(cfg) -> None:
+    """``--item-block``: unset, 0 (the whole catalogue at once) or a block of up to MAX_COUNT items."""
+    if cfg.item_block is not None and not 0 <= cfg.item_block <= MAX_COUNT:
+        raise ValueError(
+            f"item_block must be in 0..{MAX_COUNT} (0: the whole catalogue at once), got {cfg.item_block}"
+        )

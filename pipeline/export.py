@@ -11,6 +11,11 @@ of its input, a teacher at every history slot), and windows tile each training s
 so a user's rows cost one forward per window. ``per_prefix`` instead runs one forward per row (the
 history up to the target, scored at its end): the anchors' way, kept to measure against.
 
+With ``top_k`` on a large catalogue a batch's scores are never held whole: each batch is scored a block
+of items at a time, only at the positions that get a row, and a running top-k is kept
+(:func:`distill.scoring.top_k_in_blocks`): memory ``positions x (k + block)`` instead of
+``windows x width x items`` (:func:`export_block` says when). The rows are the same either way.
+
 Rows are written in user order through :class:`distill.scores.ScoreWriter`, so the score directory
 appears only when complete. Under ``torchrun`` each rank scores a contiguous block of the windows and
 writes its own shards into the same directory.
@@ -27,6 +32,7 @@ from distill.data import Dataset
 from distill.dist import block, setup_device
 from distill.io import log, progress, record_path
 from distill.scores import ScoreWriter, refuse_existing
+from distill.scoring import SCORE_BUDGET, Scorer, top_k_in_blocks
 from pipeline.config import ExportConfig
 from pipeline.runs import describe, open_runs
 
@@ -51,9 +57,11 @@ def run(cfg: ExportConfig) -> dict:
         "width": scorer.width,
     }
     rows = int((windows.position >= 0).sum())
+    size = export_block(cfg, scorer, data.num_items)
     log(
         f"scoring {rows:,} training positions in {len(windows.users):,} windows with {', '.join(cfg.runs)}, "
         f"keeping the top {k:,} items"
+        + ("" if size is None else f" (the catalogue in blocks of {size:,} items)")
     )
     mine = block(len(windows.users))  # this rank's windows (all of them in a single process)
     with ScoreWriter(cfg.output, manifest, overwrite=cfg.overwrite) as writer:
@@ -62,16 +70,42 @@ def run(cfg: ExportConfig) -> dict:
                 batch = slice(i, min(i + cfg.batch_size, mine.stop))
                 scored = torch.from_numpy(windows.position[batch] >= 0)  # (B, w)
                 users = torch.from_numpy(windows.users[batch])
-                scores = scorer.dense(torch.from_numpy(windows.histories[batch]), users)  # (B, w, N + 1)
-                rows = scores[scored.to(scores.device)][:, 1:]  # (M, N): column 0 is padding
-                logits, items = rows.topk(k, dim=-1)  # (M, k) descending
+                history = torch.from_numpy(windows.histories[batch])
+                if size is None:
+                    scores = scorer.dense(history, users)  # (B, w, N + 1)
+                    rows = scores[scored.to(scores.device)][:, 1:]  # (M, N): column 0 is padding
+                    logits, items = rows.topk(k, dim=-1)  # (M, k) descending
+                    items = items + 1
+                    normalisers = rows.float().logsumexp(dim=-1)  # (M,): the tails (distill.scores)
+                else:
+                    opened = scorer.blocks.dense(history, users, scored, size)  # the M scored positions
+                    # (M, k) descending and the (M,) normalisers, in one walk over the catalogue
+                    logits, items, normalisers = top_k_in_blocks(opened, data.num_items, k, size)
                 mask = scored.numpy()
                 writer.write(
                     np.broadcast_to(windows.users[batch][:, None], mask.shape)[mask],
                     windows.position[batch][mask],
-                    (items + 1).cpu().numpy(),
+                    items.cpu().numpy(),
                     logits.cpu().numpy(),
-                    rows.float().logsumexp(dim=-1).cpu().numpy(),  # the full rows' normalisers: the tails
+                    normalisers.cpu().numpy(),
                 )
                 bar.update(batch.stop - batch.start)
     return {**manifest, "rows": writer.rows}
+
+
+def export_block(cfg: ExportConfig, scorer: Scorer, num_items: int) -> int | None:
+    """Items per block for this export, or None for the whole catalogue at once (the full path).
+
+    ``--full`` is the full path by definition (it keeps every score). Otherwise ``--item-block`` decides
+    when given (0: the full path), else :meth:`~distill.scoring.Scorer.item_block` on what the full path
+    would hold, ``batch_size x width x (N + 1)`` scores; the blocks are then sized for what the block
+    path holds, the scored positions only (at most ``min(width, positions)`` per window, one per
+    prefix), to :data:`~distill.scoring.SCORE_BUDGET` scores at a time.
+    """
+    full_rows = cfg.batch_size * scorer.width
+    if cfg.top_k is None or scorer.item_block(full_rows, num_items, cfg.item_block) is None:
+        return None
+    if cfg.item_block is not None:
+        return cfg.item_block
+    per_window = 1 if cfg.per_prefix else min(scorer.width, cfg.positions or scorer.width)
+    return min(num_items, max(1, SCORE_BUDGET // (cfg.batch_size * per_window)))

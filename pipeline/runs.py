@@ -13,6 +13,12 @@ the runs hold. Several runs open as one teacher that knows more than any of them
 
 Members score one batch at a time, one after the other, and only a running mixture is kept: memory
 is one member's scores, however many members there are.
+
+Both also score a block of items at a time (:class:`~distill.scoring.Blocks`) when every member can: a
+cross-fit routes each user's rows to its member's block; an ensemble first walks the whole catalogue
+once per member for the normaliser of its softmax (``logsumexp`` over blocks), then mixes each block
+from its members' blocks less their normalisers. An ensemble's block path thus scores every member's
+item side twice (the history side, SASRec or the backbone, once).
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from distill.data import Dataset
 from distill.dist import resolve_device
 from distill.errors import DistillError
 from distill.io import log
+from distill.metrics import scores_at
 from distill.outputs import STUDENT, TEACHER_KINDS
 from distill.runs import read_run_config
-from distill.scoring import Scorer
+from distill.scoring import BlockFn, Blocks, Scorer, logsumexp_in_blocks
 from student.run import open_student
 from teacher.model import open_teacher
 
@@ -125,6 +132,47 @@ def cross_fit(k: int, runs: list[tuple[int, Path]], data: Dataset, device: torch
 
         return score
 
+    def routed_blocks(
+        history: torch.Tensor, users: torch.Tensor | None, keep: torch.Tensor | None, size: int
+    ) -> BlockFn:
+        if users is None:
+            raise DistillError("a cross-fit scores the dataset's users only (it needs their folds)")
+        fold = fold_of[users.cpu().long()]  # (B,)
+        if keep is not None:  # output row of each kept position, row-major
+            keep = keep.cpu()
+            order = torch.full(keep.shape, -1, dtype=torch.long)
+            order[keep] = torch.arange(int(keep.sum()))
+        parts = []  # (output rows, the member's opened block)
+        for f, member in enumerate(members):
+            rows = (fold == f).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            mine = history[rows.to(history.device)][:, -member.context :]
+            if keep is None:
+                parts.append((rows, member.blocks.last(mine, users[rows.to(users.device)], size)))
+            else:
+                kept = F.pad(keep[rows], (member.width - width, 0), value=False)  # (b, member.width)
+                opened = member.blocks.dense(mine, users[rows.to(users.device)], kept, size)
+                parts.append((order[rows][keep[rows]], opened))
+        total = len(history) if keep is None else int(keep.sum())
+
+        def score(start: int, stop: int) -> torch.Tensor:
+            out = None
+            for rows, opened in parts:
+                scores = opened(start, stop)
+                if out is None:
+                    out = scores.new_zeros((total, stop - start))
+                out[rows.to(out.device)] = scores
+            return out
+
+        return score
+
+    blocks = None
+    if all(m.blocks is not None for m in members):
+        blocks = Blocks(
+            last=lambda history, users, size: routed_blocks(history, users, None, size),
+            dense=routed_blocks,
+        )
     return Scorer(
         CROSS_FIT,
         context=context,
@@ -133,6 +181,7 @@ def cross_fit(k: int, runs: list[tuple[int, Path]], data: Dataset, device: torch
         last=routed(False),
         modules=tuple(module for m in members for module in m.modules),
         source={"kind": CROSS_FIT, "k": k, "members": [m.source for m in members]},
+        blocks=blocks,
     )
 
 
@@ -157,6 +206,34 @@ def ensemble(members: list[Scorer], data: Dataset, weights: Weights, batch_size:
 
         return score
 
+    def mixed_blocks(opened: list[BlockFn], size: int) -> BlockFn:
+        norms = [logsumexp_in_blocks(score, data.num_items, size) for score in opened]  # (rows,) each
+
+        def score(start: int, stop: int) -> torch.Tensor:
+            total = None  # log Σ w_m p_m over the block
+            for lw, member_block, norm in zip(log_w, opened, norms, strict=True):
+                term = lw + (member_block(start, stop).float() - norm[:, None])
+                total = term if total is None else torch.logaddexp(total, term)
+            return total
+
+        return score
+
+    def last_blocks(history: torch.Tensor, users: torch.Tensor | None, size: int) -> BlockFn:
+        opened = [m.blocks.last(history[:, -m.context :], users, size) for m in members]
+        return mixed_blocks(opened, size)
+
+    def dense_blocks(
+        history: torch.Tensor, users: torch.Tensor | None, keep: torch.Tensor, size: int
+    ) -> BlockFn:
+        opened = []
+        for m in members:  # each member's own width: the ensemble's last `width` columns kept
+            kept = F.pad(keep, (m.width - width, 0), value=False)  # (B, m.width)
+            opened.append(m.blocks.dense(history[:, -m.context :], users, kept, size))
+        return mixed_blocks(opened, size)
+
+    blocks = None
+    if all(m.blocks is not None for m in members):
+        blocks = Blocks(last=last_blocks, dense=dense_blocks)
     return Scorer(
         ENSEMBLE,
         context=context,
@@ -169,6 +246,7 @@ def ensemble(members: list[Scorer], data: Dataset, weights: Weights, batch_size:
             "weights": how,
             "members": [{**m.source, "weight": float(v)} for m, v in zip(members, w, strict=True)],
         },
+        blocks=blocks,
     )
 
 
@@ -185,10 +263,16 @@ def fit_weights(members: list[Scorer], data: Dataset, batch_size: int, iteration
     columns = []
     for member in members:
         member.eval()
+        size = member.item_block(batch_size, data.num_items)
         rows = []
         for batch in data.eval_batches("valid", batch_size, member.context):
-            log_p = _log_probs(member.last(batch.inputs, batch.users))  # (B, N)
-            rows.append(log_p.gather(1, (batch.targets - 1)[:, None].to(log_p.device)).squeeze(1).cpu())
+            if size is None:
+                log_p = _log_probs(member.last(batch.inputs, batch.users))  # (B, N)
+                rows.append(log_p.gather(1, (batch.targets - 1)[:, None].to(log_p.device)).squeeze(1).cpu())
+                continue
+            score = member.blocks.last(batch.inputs, batch.users, size)  # a large catalogue: in blocks
+            target = scores_at(score, data.num_items, batch.targets, size).float()
+            rows.append((target - logsumexp_in_blocks(score, data.num_items, size)).cpu())
         columns.append(torch.cat(rows))
     log_p = torch.stack(columns, dim=1).double()  # (U, M)
     w = torch.full((len(members),), 1 / len(members), dtype=torch.float64)

@@ -15,7 +15,7 @@ from distill.data import Dataset
 from distill.errors import DistillError
 from distill.outputs import STUDENT
 from distill.runs import check_dataset, load_checkpoint, read_run_config, warn_if_unfinished
-from distill.scoring import Scorer
+from distill.scoring import Scorer, dot_blocks
 from student.config import SASRecConfig
 from student.sasrec import SASRec
 
@@ -48,6 +48,7 @@ def sasrec_scorer(model: SASRec) -> Scorer:
     """Score with ``model`` as it is (also a model still training: its validation goes through this).
 
     SASRec reads any history of at most ``max_len`` items and scores every column of it in one pass.
+    Its scores are dot products with the item table, so a block of items is a slice of that table.
     """
     device = model.item_emb.weight.device
 
@@ -57,8 +58,13 @@ def sasrec_scorer(model: SASRec) -> Scorer:
     def last(history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         return model.score(model.user_embedding(history.to(device)))  # (B, N + 1)
 
+    blocks = dot_blocks(
+        last_query=lambda history, users=None: model.user_embedding(history.to(device)),  # (B, d)
+        dense_query=lambda history, users=None: model(history.to(device)),  # (B, L, d)
+        items=lambda start, stop: model.item_embeddings()[start:stop],  # (n, d)
+    )
     n = model.config.max_len
-    return Scorer(STUDENT, context=n, width=n, dense=dense, last=last, modules=(model,))
+    return Scorer(STUDENT, context=n, width=n, dense=dense, last=last, modules=(model,), blocks=blocks)
 
 
 def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], where: Path) -> None:

@@ -103,6 +103,11 @@ class E4SRecTeacher(nn.Module):
             ``(B, width, D)`` float32 queries (zero at padding) and ``(num_items + 1, D)`` float32 item
             vectors: scores are ``queries @ items.T``.
         """
+        return self.queries(prompts, history, width), self.item_vectors()
+
+    def queries(self, prompts: Prompts, history: Tensor, width: int) -> Tensor:
+        """The queries of :meth:`forward` alone, ``(B, width, D)`` float32 (no item vectors: a large
+        catalogue is scored against :meth:`item_vectors` a block at a time)."""
         window = history[:, -width:]
         real = window != 0  # (B, w)
         slots = prompts.input_ids == self.placeholder_id  # (B, T)
@@ -120,12 +125,19 @@ class E4SRecTeacher(nn.Module):
         hidden = out.last_hidden_state.float()  # (B, T, H)
         queries = hidden.new_zeros(*real.shape, hidden.shape[-1] + 1)  # (B, w, H + 1): [h ; 1]
         queries[real] = torch.cat([hidden[slots], hidden.new_ones(len(hidden[slots]), 1)], dim=-1)
-        head = self.head.weight  # (N + 1, H)
-        if self.text_head is not None:
-            head = head + self.text_head(self.item_text)
-        items = torch.cat([head, self.head.bias[:, None]], dim=-1)  # (N + 1, H + 1)
         if self.fuse_sasrec:
             states = self.sasrec(history)[:, -width:].float()  # (B, w, d)
             queries = torch.cat([queries, states], dim=-1)
-            items = torch.cat([items, self.sasrec.item_embeddings().float()], dim=-1)
-        return queries, items
+        return queries
+
+    def item_vectors(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """The item vectors of :meth:`forward` for item ids ``start..stop-1`` (default all),
+        ``(stop - start, D)`` float32: rows of the head (and of the SASRec table when fused), so a
+        block of the catalogue is a slice of them."""
+        head = self.head.weight[start:stop]  # (n, H)
+        if self.text_head is not None:
+            head = head + self.text_head(self.item_text[start:stop])
+        items = torch.cat([head, self.head.bias[start:stop, None]], dim=-1)  # (n, H + 1)
+        if self.fuse_sasrec:
+            items = torch.cat([items, self.sasrec.item_embeddings()[start:stop].float()], dim=-1)
+        return items

@@ -20,14 +20,14 @@ from distill.errors import DistillError
 from distill.io import record_path, recorded_path
 from distill.outputs import TEACHER_KINDS
 from distill.runs import check_dataset, load_checkpoint, read_run_config, warn_if_unfinished
-from distill.scoring import Scorer
+from distill.scoring import Scorer, dot_blocks
 from student.run import check_weights, load_run
 from student.sasrec import SASRec
 from teacher.backbone import add_special_tokens, load_backbone
 from teacher.config import TeacherTrainConfig
 from teacher.e4srec import E4SRecTeacher
 from teacher.moe_lora import MoELoRATeacher
-from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, PromptBuilder
+from teacher.prompts import E4SREC_PROMPT, HISTORY_TOKEN, MOE_LORA_PROMPT, PromptBuilder, Prompts
 from teacher.text import item_text_vectors
 
 # Where a teacher run keeps its copy of the SASRec run it was trained on (its ID encoder).
@@ -56,11 +56,27 @@ class Teacher:
 
         ``module`` runs instead of ``self.model`` when given (its ``DistributedDataParallel`` wrapper).
         """
+        prompts, history = self._inputs(history)
+        return (module or self.model)(prompts, history, self.width)
+
+    def query_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """The queries of :meth:`queries` alone, ``(B, width, D)``: what a block of items is scored
+        against (:meth:`item_vectors`) when the catalogue is too large for one product."""
+        prompts, history = self._inputs(history)
+        return self.model.queries(prompts, history, self.width)
+
+    def item_vectors(self, start: int, stop: int) -> torch.Tensor:
+        """The item vectors of item ids ``start..stop-1``, ``(stop - start, D)``: rows of :meth:`queries`'
+        item table, computed for that block only."""
+        return self.model.item_vectors(start, stop)
+
+    def _inputs(self, history: torch.Tensor) -> tuple[Prompts, torch.Tensor]:
+        """The prompts and the window (the last ``context`` items, left-padded) on the device."""
         history = history[:, -self.context :]
         if history.shape[1] < self.context:  # a shorter history: the window is left-padded
             history = F.pad(history, (self.context - history.shape[1], 0))
         prompts = self.prompts(history[:, -self.width :]).to(self.device)
-        return (module or self.model)(prompts, history.to(self.device), self.width)
+        return prompts, history.to(self.device)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """Scores at every one of the last ``width`` columns, ``(B, width, num_items + 1)``: column j
@@ -189,7 +205,11 @@ def open_teacher(run_dir: str | Path, data: Dataset, device: torch.device | str 
 
 
 def teacher_scorer(teacher: Teacher, kind: str) -> Scorer:
-    """Score with ``teacher`` as it is (also one still training: its validation goes through this)."""
+    """Score with ``teacher`` as it is (also one still training: its validation goes through this).
+
+    Both teachers score by a dot product of a query and an item vector, so a block of the catalogue
+    is the backbone's queries (once per batch) against that block's item vectors.
+    """
     return Scorer(
         kind,
         context=teacher.context,
@@ -197,6 +217,11 @@ def teacher_scorer(teacher: Teacher, kind: str) -> Scorer:
         dense=lambda history, users=None: teacher.scores(history),
         last=lambda history, users=None: teacher(history),
         modules=(teacher.model,),
+        blocks=dot_blocks(
+            last_query=lambda history, users=None: teacher.query_vectors(history)[:, -1],
+            dense_query=lambda history, users=None: teacher.query_vectors(history),
+            items=teacher.item_vectors,
+        ),
     )
 
 

@@ -139,6 +139,11 @@ class MoELoRATeacher(nn.Module):
             ``(B, width, D)`` float32 queries (zero at padding) and ``(num_items + 1, D)`` float32 item
             vectors: scores are ``queries @ items.T``; row 0 of ``items`` is padding.
         """
+        return self.queries(prompts, history, width), self.item_vectors()
+
+    def queries(self, prompts: Prompts, history: Tensor, width: int) -> Tensor:
+        """The queries of :meth:`forward` alone, ``(B, width, D)`` float32 (no item vectors: a large
+        catalogue is scored against :meth:`item_vectors` a block at a time)."""
         states = self.sasrec(history)[:, -width:]  # (B, w, d)
         real = history[:, -width:] != 0  # (B, w)
         slots = prompts.input_ids == self.placeholder_id  # (B, T)
@@ -154,11 +159,18 @@ class MoELoRATeacher(nn.Module):
         hidden = out.last_hidden_state.float()  # (B, T, H)
         queries = hidden.new_zeros(*real.shape, hidden.shape[-1])  # (B, w, H)
         queries[real] = hidden[slots]
-        table = self.sasrec.item_embeddings()  # (N + 1, d)
-        items = self.item_projector(table).float()  # (N + 1, H)
-        if self.text_projector is not None:
-            items = items + self.text_projector(self.item_text).float()
         if self.fuse_sasrec:
             queries = torch.cat([queries, states.float()], dim=-1)  # (B, w, H + d)
-            items = torch.cat([items, table.float()], dim=-1)  # (N + 1, H + d)
-        return queries, items
+        return queries
+
+    def item_vectors(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """The item vectors of :meth:`forward` for item ids ``start..stop-1`` (default all),
+        ``(stop - start, D)`` float32: the item side depends on the item alone, so a block of the
+        catalogue is the same projectors on a slice of its tables."""
+        table = self.sasrec.item_embeddings()[start:stop]  # (n, d)
+        items = self.item_projector(table).float()  # (n, H)
+        if self.text_projector is not None:
+            items = items + self.text_projector(self.item_text[start:stop]).float()
+        if self.fuse_sasrec:
+            items = torch.cat([items, table.float()], dim=-1)  # (n, H + d)
+        return items

@@ -8,7 +8,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distill.metrics import RankingMetrics, evaluate, full_ranks, per_user, user_ranks
+from distill.metrics import (
+    RankingMetrics,
+    block_ranks,
+    evaluate,
+    evaluate_ranks,
+    full_ranks,
+    per_user,
+    ranks_of,
+    scores_at,
+    user_ranks,
+)
 
 
 def metrics_of(ranks: list[int], ks=(1, 5, 10)) -> dict[str, float]:
@@ -162,3 +172,80 @@ def test_per_user_metrics_average_to_the_reported_ones():
         assert per_user(ranks, metric).mean().item() == pytest.approx(expected[metric])
     with pytest.raises(ValueError, match="unknown metric"):
         per_user(ranks, "auc")
+
+
+# ------------------------------------------------------------------------ the catalogue in blocks of items
+
+
+def blocks_of(scores: torch.Tensor, calls: list | None = None):
+    """An opened batch over a score matrix: item ids start..stop-1 are its columns."""
+
+    def score(start: int, stop: int) -> torch.Tensor:
+        assert 1 <= start < stop <= scores.shape[1]  # padding is never asked for
+        if calls is not None:
+            calls.append((start, stop))
+        return scores[:, start:stop].clone()
+
+    return score
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 25, 26, 1000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_ranks_equal_full_ranks_with_ties_nans_and_seen_items(size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    batch, num_items = 40, 25
+    scores = torch.randint(0, 6, (batch, num_items + 1), generator=gen).float()  # ties everywhere
+    scores[torch.rand(scores.shape, generator=gen) < 0.05] = float("nan")
+    targets = torch.randint(1, num_items + 1, (batch,), generator=gen)
+    seen = torch.randint(0, num_items + 1, (batch, 9), generator=gen)  # 0 is padding; repeats happen
+    seen[:5, 0] = targets[:5]  # a seen target is never masked
+    got = block_ranks(blocks_of(scores), num_items, targets, seen, size=size)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, full_ranks(scores, targets, seen))
+    assert torch.equal(
+        block_ranks(blocks_of(scores), num_items, targets, size=size), full_ranks(scores, targets)
+    )
+
+
+def test_block_ranks_keep_the_pessimistic_rule_for_a_constant_scorer():
+    num_items = 30
+    scores = torch.zeros(4, num_items + 1)
+    ranks = block_ranks(blocks_of(scores), num_items, torch.tensor([1, 7, 15, 30]), size=4)
+    assert ranks.tolist() == [num_items - 1] * 4
+
+
+def test_block_ranks_read_targets_only_from_blocks_that_hold_one():
+    scores = torch.randn(3, 21)
+    calls = []
+    block_ranks(blocks_of(scores, calls), 20, torch.tensor([2, 3, 19]), size=5)
+    first_pass = calls[: len(calls) - 4]  # the counting pass scores all 4 blocks
+    assert first_pass == [(1, 6), (16, 21)] and calls[-4:] == [(1, 6), (6, 11), (11, 16), (16, 21)]
+    assert scores_at(blocks_of(scores), 20, torch.tensor([2, 3, 19]), 5).tolist() == [
+        scores[0, 2].item(),
+        scores[1, 3].item(),
+        scores[2, 19].item(),
+    ]
+    with pytest.raises(ValueError, match=r"1\.\.20"):
+        scores_at(blocks_of(scores), 20, torch.tensor([0, 3, 19]), 5)
+
+
+def test_evaluate_ranks_equals_evaluate_in_blocks():
+    torch.manual_seed(3)
+    scores = torch.randint(0, 4, (30, 21)).float()
+    targets = torch.randint(1, 21, (30,))
+    seen = torch.randint(0, 21, (30, 4))
+    batches = [
+        SimpleNamespace(users=torch.arange(i, i + 10), targets=targets[i : i + 10], seen=seen[i : i + 10])
+        for i in range(0, 30, 10)
+    ]
+    matrix = {id(b): scores[i * 10 : i * 10 + 10] for i, b in enumerate(batches)}
+    full = evaluate(lambda b: matrix[id(b)], batches)
+    blocked = evaluate_ranks(
+        lambda b: block_ranks(blocks_of(matrix[id(b)]), 20, b.targets, b.seen, size=3), batches
+    )
+    assert blocked == full
+    users, ranks = ranks_of(
+        lambda b: block_ranks(blocks_of(matrix[id(b)]), 20, b.targets, b.seen, size=6), batches
+    )
+    assert torch.equal(ranks, user_ranks(lambda b: matrix[id(b)], batches)[1])
+    assert users.tolist() == list(range(30))

@@ -173,3 +173,43 @@ def test_fold_options_are_checked_before_anything_is_written(tmp_path, command, 
     result = CliRunner().invoke(main, [command, "--data", str(tmp_path / "d"), *extra, "-o", str(out), *args])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_ensembles_and_cross_fits_score_a_block_of_items_as_the_whole_catalogue(runs, synthetic_dataset):
+    """A cross-fit routes each user's rows to its member's block; an ensemble normalises each member
+    over the whole catalogue first (logsumexp over blocks), then mixes a block: the same scores, ranks
+    and top-k as the whole catalogue at once."""
+    from distill.scoring import top_k_in_blocks
+
+    data = Dataset(synthetic_dataset)
+    crossfit = open_runs([runs / f"fold{f}" for f in range(3)], data, "cpu")
+    mix = open_runs([runs / "seed0", runs / "seed1", *(runs / f"fold{f}" for f in range(3))], data, "cpu")
+    windows = data.train_windows(10, 10, last=3)
+    history, users = torch.from_numpy(windows.histories[:12]), torch.from_numpy(windows.users[:12])
+    keep = torch.from_numpy(windows.position[:12] >= 0)  # (12, 10)
+    n = data.num_items
+    for scorer in (crossfit, mix):
+        assert scorer.blocks is not None
+        with torch.no_grad():
+            last, dense = scorer.last(history, users), scorer.dense(history, users)[keep]
+            opened_last = scorer.blocks.last(history, users, 7)
+            opened_dense = scorer.blocks.dense(history, users, keep, 7)
+            for start, stop in [(1, 8), (8, 15), (n - 3, n + 1), (1, n + 1)]:
+                torch.testing.assert_close(opened_last(start, stop), last[:, start:stop])
+                torch.testing.assert_close(opened_dense(start, stop), dense[:, start:stop])
+            values, items, _ = top_k_in_blocks(opened_dense, n, 5, 7)
+        top = dense[:, 1:].topk(5)
+        assert torch.equal(items, top.indices + 1)
+        torch.testing.assert_close(values, top.values)
+        for split in ("valid", "test"):
+            assert scorer.evaluate(data, split, 16, block=6) == scorer.evaluate(data, split, 16, block=0)
+
+
+def test_fitted_weights_are_the_same_in_blocks(runs, synthetic_dataset, monkeypatch):
+    import distill.scoring
+
+    data = Dataset(synthetic_dataset)
+    members = [open_run(runs / "seed0", data, "cpu"), open_run(runs / "seed1", data, "cpu")]
+    full = fit_weights(members, data, 64)
+    monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 64 * 6)  # 6 items at a time
+    torch.testing.assert_close(fit_weights(members, data, 64), full)

@@ -428,3 +428,39 @@ def test_iloras_per_expert_scaling_is_an_option(setup):
     assert layers and all(layer.scaling == 32.0 / 4 for layer in layers)
     default, _ = make(setup, teacher="moe-lora", experts=4, r=16, lora_alpha=32.0)
     assert all(m.scaling == 32.0 / 16 for n, m in default.model.named_modules() if n.endswith("q_proj"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes"),
+    [
+        ("moe-lora", {}),
+        ("moe-lora", {"item_text": False, "fuse_sasrec": False}),
+        ("e4srec", {}),
+        ("e4srec", {"item_text": False}),
+    ],
+)
+def test_a_block_of_items_scores_as_the_whole_catalogue(setup, kind, changes):
+    """Both teachers score a block of items (the backbone once, the item side of the block only) as the
+    whole catalogue's columns: the path of evaluation and top-k export on large catalogues."""
+    from distill.scoring import top_k_in_blocks
+    from teacher.model import teacher_scorer
+
+    teacher, data = make(setup, teacher=kind, **changes)
+    assert (getattr(teacher.model, "item_text", None) is not None) == changes.get("item_text", True)
+    randomize(teacher.model)
+    teacher.model.eval()
+    scorer = teacher_scorer(teacher, kind)
+    history = histories(data)
+    keep = torch.from_numpy(data.train_windows(5, 10).position[:6] >= 0)  # (6, 5) the scored positions
+    n = data.num_items
+    with torch.no_grad():
+        last, dense = scorer.last(history, None), scorer.dense(history, None)[keep]  # (6, N + 1), (M, N + 1)
+        opened_last = scorer.blocks.last(history, None, 4)
+        opened_dense = scorer.blocks.dense(history, None, keep, 4)
+        for start, stop in [(1, 5), (5, 9), (n - 2, n + 1), (1, n + 1)]:
+            torch.testing.assert_close(opened_last(start, stop), last[:, start:stop])
+            torch.testing.assert_close(opened_dense(start, stop), dense[:, start:stop])
+        values, items, _ = top_k_in_blocks(opened_dense, n, 7, 4)
+    top = dense[:, 1:].topk(7)
+    assert torch.equal(items, top.indices + 1)
+    torch.testing.assert_close(values, top.values)
