@@ -220,7 +220,7 @@ def main() -> None:
     \b
     Using a student:
       distill recommend      top-k items for a user or a history of raw item ids
-      distill export-model   the student as ONNX, with its item vocabulary
+      distill export-model   the student as ONNX, with its item vocabulary and vectors
       distill serve          the student over HTTP
     """
 
@@ -327,11 +327,13 @@ def recommend(cfg: RecommendConfig) -> None:
 @main.command("export-model")
 @_command(ExportModelConfig, single_process=True)
 def export_model(cfg: ExportModelConfig) -> None:
-    """Write a student's scoring path (history -> scores of every item) as ONNX, vocabulary beside it."""
+    """Write a student's scoring path (history -> scores of every item, and its query vector) as ONNX,
+    its vocabulary and item vectors beside it."""
     from student.export import run
 
     written = run(cfg)
-    click.echo(f"wrote {cfg.output} and {written['vocabulary']} ({written['num_items']:,} items)")
+    files = f"{cfg.output}, {written['vocabulary']} and {written['vectors']}"
+    click.echo(f"wrote {files} ({written['num_items']:,} items)")
 
 
 @main.command()

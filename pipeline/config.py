@@ -183,6 +183,12 @@ class ExportConfig:
         check_item_block(self)
 
 
+INDEX_HELP = (
+    "none: score every item; exact or hnsw: a student's top-k from a faiss inner-product index of its "
+    "item vectors (hnsw: approximate, for large catalogues; needs the index extra)."
+)
+
+
 @dataclass(frozen=True)
 class RecommendConfig:
     """``distill recommend``: top-k items for one user of the dataset or for a history of raw item ids."""
@@ -194,6 +200,7 @@ class RecommendConfig:
     k: int = option(10, "Number of items to recommend.")
     include_seen: bool = option(False, "Also recommend items the history already holds.")
     json: bool = option(False, "Print JSON instead of a table.")
+    index: Literal["none", "exact", "hnsw"] = option("none", INDEX_HELP)
     device: str = option("cpu")
 
     def __post_init__(self) -> None:
@@ -214,6 +221,7 @@ class ServeConfig:
     max_history: int = option(2000, "Longest history a request may send (raw item ids).")
     max_batch: int = option(1, "Score up to N requests that arrive together in one call (1: no batching).")
     threads: int = option(1, "Torch threads for scoring (one request is small: more threads mostly wait).")
+    index: Literal["none", "exact", "hnsw"] = option("none", INDEX_HELP)
     device: str = option("cpu")
 
     def __post_init__(self) -> None:

@@ -24,9 +24,11 @@ import torch
 
 from distill.data import Dataset
 from distill.errors import DistillError
+from distill.outputs import STUDENT
 from distill.runs import run_dataset
 from distill.scoring import Scorer
 from pipeline.config import RecommendConfig
+from pipeline.index import ItemIndex
 from pipeline.runs import open_run
 
 
@@ -73,9 +75,17 @@ class Recommender:
         data: the dataset it was trained on (vocabulary, titles, users, popularity).
     """
 
-    def __init__(self, scorer: Scorer, data: Dataset) -> None:
+    def __init__(self, scorer: Scorer, data: Dataset, index: str = "none") -> None:
         self.scorer = scorer.eval()
         self.data = data
+        self.index = None
+        if index != "none":  # a student's item table in a vector index: see pipeline.index
+            if scorer.kind != STUDENT:
+                raise DistillError(
+                    f"--index {index} retrieves a student's items; this run is a {scorer.kind}"
+                )
+            (model,) = scorer.modules  # a student scorer's one module is its SASRec
+            self.index = ItemIndex(model.item_embeddings()[1:].detach().float().cpu().numpy(), index)
         counts = np.bincount(data.items, minlength=data.num_items + 1)[1:]  # (N,) interactions per item
         order = np.argsort(-counts, kind="stable")  # fixed order among ties, whatever the batch
         self.popular_items = (order + 1).tolist()  # item ids, most popular first
@@ -83,7 +93,11 @@ class Recommender:
 
     @classmethod
     def load(
-        cls, run: str | Path, data: str | Path | Dataset | None = None, device: str | torch.device = "cpu"
+        cls,
+        run: str | Path,
+        data: str | Path | Dataset | None = None,
+        device: str | torch.device = "cpu",
+        index: str = "none",
     ) -> Recommender:
         """The model of a run (a student, a teacher: any kind :func:`pipeline.runs.open_run` opens),
         checked against its dataset.
@@ -92,9 +106,11 @@ class Recommender:
             run: the run directory.
             data: a dataset directory or :class:`Dataset`; default: the directory the run records.
             device: where to score.
+            index: ``none`` (score every item), or ``exact`` / ``hnsw``: a student's top-k from a
+                vector index (:class:`pipeline.index.ItemIndex`).
         """
         dataset = data if isinstance(data, Dataset) else run_dataset(run, data)
-        return cls(open_run(run, dataset, device), dataset)
+        return cls(open_run(run, dataset, device), dataset, index)
 
     @property
     def num_items(self) -> int:
@@ -153,15 +169,26 @@ class Recommender:
             tail = history[-width:]
             if tail:
                 inputs[row, width - len(tail) :] = tail
-        scores = self.scorer.last(torch.from_numpy(inputs), None).float()  # (B, N + 1)
-        scores[:, 0] = float("-inf")  # padding
-        if exclude_seen:
-            seen = np.zeros((B, max(1, max(len(h) for h in ids))), dtype=np.int64)  # 0 = pad, masked anyway
-            for row, history in enumerate(ids):
-                seen[row, : len(history)] = history
-            scores.scatter_(1, torch.from_numpy(seen).to(scores.device), float("-inf"))
-        top_scores, top_items = scores.topk(min(k, self.num_items), dim=1)  # (B, k)
-        top_scores, top_items = top_scores.cpu().tolist(), top_items.cpu().tolist()
+        if self.index is not None:
+            (model,) = self.scorer.modules
+            queries = model.user_embedding(
+                torch.from_numpy(inputs).to(model.item_emb.weight.device)
+            )  # (B, d)
+            top_items, top_scores = self.index.search(
+                queries.float().cpu().numpy(), k, ids if exclude_seen else ()
+            )
+        else:
+            scores = self.scorer.last(torch.from_numpy(inputs), None).float()  # (B, N + 1)
+            scores[:, 0] = float("-inf")  # padding
+            if exclude_seen:
+                seen = np.zeros(
+                    (B, max(1, max(len(h) for h in ids))), dtype=np.int64
+                )  # 0 = pad, masked anyway
+                for row, history in enumerate(ids):
+                    seen[row, : len(history)] = history
+                scores.scatter_(1, torch.from_numpy(seen).to(scores.device), float("-inf"))
+            top_scores, top_items = scores.topk(min(k, self.num_items), dim=1)  # (B, k)
+            top_scores, top_items = top_scores.cpu().tolist(), top_items.cpu().tolist()
 
         items, values, titles = [], [], []
         for row_scores, row_items, fallback in zip(top_scores, top_items, popular, strict=True):
@@ -181,7 +208,7 @@ def split_history(text: str) -> list[str]:
 
 def run(cfg: RecommendConfig) -> tuple[Recommendations, list[str]]:
     """``distill recommend``: the recommendations for ``cfg``'s user or history, and that history."""
-    recommender = Recommender.load(cfg.run, cfg.data, cfg.device)
+    recommender = Recommender.load(cfg.run, cfg.data, cfg.device, cfg.index)
     history = recommender.user_history(cfg.user) if cfg.user is not None else split_history(cfg.history)
     return recommender.recommend([history], cfg.k, exclude_seen=not cfg.include_seen), history
 

@@ -172,7 +172,7 @@ def run(cfg: ServeConfig) -> None:
 
     torch.set_num_threads(cfg.threads)
     check_address(cfg.host, cfg.port)  # before the model loads, in distill's one line
-    recommender = Recommender.load(cfg.run, cfg.data, cfg.device)
+    recommender = Recommender.load(cfg.run, cfg.data, cfg.device, cfg.index)
     app = create_app(recommender, cfg.max_k, cfg.max_history, cfg.max_batch)
     # uvicorn says where it listens; one log line per request would cost more than scoring one.
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False)

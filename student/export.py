@@ -15,6 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,16 +39,25 @@ class Scorer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, history: Tensor) -> Tensor:
-        """``(B, L)`` item ids, left-padded with 0 → ``(B, num_items)`` scores of item ids 1..num_items."""
+    def forward(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, L)`` item ids, left-padded with 0 → ``(B, num_items)`` scores of item ids 1..num_items,
+        and the ``(B, d)`` query whose dot products with the item vectors are those scores."""
         history = history[:, -self.model.config.max_len :]  # right-aligned positions: the tail is enough
-        return self.model.score(self.model.user_embedding(history))[:, 1:]
+        query = self.model.user_embedding(history)
+        return self.model.score(query)[:, 1:], query
 
 
 def vocabulary_path(onnx_path: str | Path) -> Path:
     """Where the vocabulary of ``model.onnx`` lies: ``model.items.json``."""
     path = Path(onnx_path)
     return path.with_name(path.stem + ".items.json")
+
+
+def vectors_path(onnx_path: str | Path) -> Path:
+    """Where the item vectors of ``model.onnx`` lie: ``model.vectors.npy``, ``(num_items, d)`` float32,
+    row ``j`` item id ``j + 1`` (what a vector index over the catalogue is built from)."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".vectors.npy")
 
 
 def export_onnx(model: SASRec, path: str | Path, opset: int = 18) -> None:
@@ -71,8 +81,12 @@ def export_onnx(model: SASRec, path: str | Path, opset: int = 18) -> None:
             (example,),
             str(path),
             input_names=["history"],
-            output_names=["scores"],
-            dynamic_axes={"history": {0: "batch", 1: "length"}, "scores": {0: "batch"}},
+            output_names=["scores", "query"],
+            dynamic_axes={
+                "history": {0: "batch", 1: "length"},
+                "scores": {0: "batch"},
+                "query": {0: "batch"},
+            },
             opset_version=opset,
             dynamo=False,
         )
@@ -81,15 +95,15 @@ def export_onnx(model: SASRec, path: str | Path, opset: int = 18) -> None:
 
 def run(cfg: ExportModelConfig) -> dict:
     """Export ``cfg.run`` to ``cfg.output`` and its vocabulary beside it; returns the vocabulary header."""
-    output, vocab = Path(cfg.output), vocabulary_path(cfg.output)
+    output, vocab, vectors = Path(cfg.output), vocabulary_path(cfg.output), vectors_path(cfg.output)
     if cfg.opset not in OPSETS:
         raise DistillError(f"--opset {cfg.opset}: the student exports to opsets {OPSETS[0]} to {OPSETS[-1]}")
-    for path in (output, vocab):
+    for path in (output, vocab, vectors):
         if path.is_dir():
             raise DistillError(f"{path} is a directory; give a file name for the model (--output model.onnx)")
         if path.exists() and not cfg.overwrite:
             raise DistillError(f"{path} already exists (use --overwrite to replace it)")
-    if cfg.overwrite and (output.exists() or vocab.exists()) and not _ours(output, vocab):
+    if cfg.overwrite and any(p.exists() for p in (output, vocab, vectors)) and not _ours(output, vocab):
         raise DistillError(
             f"{output} was not written by distill export-model (no {vocab.name} beside it that names it); "
             "refusing to replace it"
@@ -109,31 +123,37 @@ def run(cfg: ExportModelConfig) -> dict:
         "run": record_path(output.parent, cfg.run),
         "dataset": data.identity(output.parent),
         "input": "history: (batch, length) int64 item ids, oldest first, left-padded with 0",
-        "output": "scores: (batch, num_items) float32; column j scores item id j + 1",
+        "output": "scores: (batch, num_items) float32; column j scores item id j + 1; query: (batch, d) "
+        "float32, whose dot product with row j of the vectors is that score",
+        "vectors": vectors.name,
         "max_len": model.config.max_len,
         "num_items": data.num_items,
     }
     items = [
         {"id": i, "raw_id": data.raw_item(i), "title": data.title(i)} for i in range(1, data.num_items + 1)
     ]
-    # Both files go to temporary names first: a failed export leaves nothing behind.
-    tmp_model = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp_vocab = vocab.with_name(f".{vocab.name}.tmp-{os.getpid()}")
+    # Every file goes to a temporary name first: a failed export leaves nothing behind.
+    tmp_model, tmp_vocab, tmp_vectors = (
+        p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (output, vocab, vectors)
+    )
     try:
         export_onnx(model, tmp_model, cfg.opset)
+        with open(tmp_vectors, "wb") as f:
+            np.save(f, model.item_embeddings()[1:].detach().float().numpy())
         tmp_vocab.write_text(json.dumps({**header, "items": items}, ensure_ascii=False, indent=1) + "\n")
         tmp_model.replace(output)
+        tmp_vectors.replace(vectors)
         tmp_vocab.replace(vocab)
     except OSError as e:
         raise DistillError(f"cannot write {output}: {e.strerror or e}") from None
     finally:
-        tmp_model.unlink(missing_ok=True)
-        tmp_vocab.unlink(missing_ok=True)
+        for tmp in (tmp_model, tmp_vocab, tmp_vectors):
+            tmp.unlink(missing_ok=True)
         if not output.exists():  # failed: the directories this export created go too
             for directory in reversed(made):
                 with contextlib.suppress(OSError):
                     directory.rmdir()
-    return {**header, "vocabulary": str(vocab)}
+    return {**header, "vocabulary": str(vocab), "vectors": str(vectors)}
 
 
 def _ours(output: Path, vocab: Path) -> bool:

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from student.export import Scorer, vocabulary_path
+from student.export import Scorer, vectors_path, vocabulary_path
 from student.run import load_run
 from tests.conftest import RING
 
@@ -32,7 +32,7 @@ def test_onnx_scores_equal_pytorch(ring_run, tmp_path):
     for shape in [(1, 1), (3, 5), (2, model.config.max_len), (4, 3 * model.config.max_len)]:
         history = torch.randint(1, RING + 1, shape, generator=generator)
         history[0, : shape[1] // 2] = 0
-        expected = Scorer(model)(history).detach().numpy()
+        expected = Scorer(model)(history)[0].detach().numpy()
         (scores,) = session.run(["scores"], {"history": history.numpy()})
         assert scores.shape == (shape[0], RING)
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
@@ -42,8 +42,12 @@ def test_onnx_scores_equal_pytorch(ring_run, tmp_path):
     assert [row["id"] for row in vocab["items"]] == list(range(1, RING + 1))
     # The file alone recommends: m4 -> column of m5 is the best.
     ids = {row["raw_id"]: row["id"] for row in vocab["items"]}
-    (scores,) = session.run(None, {"history": np.array([[ids["m3"], ids["m4"]]], dtype=np.int64)})
+    scores, query = session.run(None, {"history": np.array([[ids["m3"], ids["m4"]]], dtype=np.int64)})
     assert vocab["items"][int(scores[0].argmax())]["raw_id"] == "m5"
+    # The item vectors beside it: the query's dot products with them are the scores (an index's input).
+    vectors = np.load(vectors_path(out))
+    assert vocab["vectors"] == vectors_path(out).name and vectors.shape == (RING, model.config.hidden)
+    np.testing.assert_allclose(query @ vectors.T, scores, rtol=1e-4, atol=1e-5)
 
 
 def test_export_refuses_to_overwrite(ring_run, tmp_path):
