@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import polars as pl
 import torch
 from click.testing import CliRunner
@@ -219,6 +220,26 @@ def set_list(column: str, row: int, value: Any, dtype: Any) -> Callable[[pl.Data
         else:
             rows[row][0] = value
         return frame.with_columns(pl.Series(column, rows, dtype=dtype))
+
+    return edit
+
+
+def edit_npy(rel: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    """Rewrite the numpy array in ``rel`` as ``edit`` returns it (a score shard's column)."""
+
+    def apply(root: Path) -> None:
+        np.save(root / rel, edit(np.load(root / rel)))
+
+    return apply
+
+
+def first(value: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """Set the first element of an array (its first row's first value)."""
+
+    def edit(array: np.ndarray) -> np.ndarray:
+        array = array.copy()
+        array.flat[0] = value
+        return array
 
     return edit
 
@@ -695,7 +716,7 @@ TEACHER_DAMAGES = [
     ),
 ]
 
-SHARD = "part-00000.parquet"
+SHARD = "part-00000"  # format 2: one .npy file per column (user, position, items, logits, tail)
 SCORE_DAMAGES = [
     Damage("manifest-list", "manifest.json: a list", write("manifest.json", "[1, 2]")),
     Damage("manifest-truncated", "manifest.json truncated", truncate("manifest.json")),
@@ -713,7 +734,7 @@ SCORE_DAMAGES = [
     Damage(
         "manifest-shards-nosuch",
         "manifest.json: shards names a missing file",
-        set_json("manifest.json", "shards", ["part-00009.parquet"]),
+        set_json("manifest.json", "shards", ["part-00009"]),
     ),
     Damage(
         "manifest-shards-string", "manifest.json: shards a string", set_json("manifest.json", "shards", SHARD)
@@ -741,38 +762,46 @@ SCORE_DAMAGES = [
         "manifest.json: dataset.num_items 41",
         set_json("manifest.json", "dataset.num_items", 41),
     ),
-    Damage("shard-truncated", "shard truncated", truncate(SHARD)),
-    Damage("shard-empty", "shard empty", write(SHARD, b"")),
-    Damage("shard-text", "shard: text", write(SHARD, "user,position\n")),
-    Damage("shard-no-items", "shard: no items column", edit_parquet(SHARD, lambda f: f.drop("items"))),
-    Damage("shard-no-logits", "shard: no logits column", edit_parquet(SHARD, lambda f: f.drop("logits"))),
+    Damage("shard-truncated", "shard: items.npy truncated", truncate(f"{SHARD}.items.npy")),
+    Damage("shard-empty", "shard: logits.npy empty", write(f"{SHARD}.logits.npy", b"")),
+    Damage("shard-text", "shard: user.npy is text", write(f"{SHARD}.user.npy", "user,position\n")),
+    Damage("shard-no-items", "shard: items.npy missing", write(f"{SHARD}.items.npy", None)),
+    Damage("shard-no-tail", "shard: tail.npy missing", write(f"{SHARD}.tail.npy", None)),
     Damage(
         "shard-short-logits",
-        "shard: logits one shorter than items",
-        edit_parquet(SHARD, lambda f: f.with_columns(pl.col("logits").list.head(4))),
+        "shard: logits one column shorter than items",
+        edit_npy(f"{SHARD}.logits.npy", lambda a: a[:, :-1]),
     ),
     Damage(
-        "shard-logits-str",
-        "shard: logits are strings",
-        edit_parquet(SHARD, lambda f: f.with_columns(pl.col("logits").cast(LIST_STR))),
+        "shard-logits-float64",
+        "shard: logits float64",
+        edit_npy(f"{SHARD}.logits.npy", lambda a: a.astype(np.float64)),
     ),
     Damage(
-        "shard-item-999",
-        "shard: item id 999 (of 40)",
-        edit_parquet(SHARD, set_list("items", 0, 999, LIST_I32)),
+        "shard-rows-short",
+        "shard: position.npy one row short",
+        edit_npy(f"{SHARD}.position.npy", lambda a: a[:-1]),
     ),
-    Damage("shard-user-999", "shard: user 999 (of 60)", edit_parquet(SHARD, set_cell("user", 999))),
-    Damage("shard-position-0", "shard: position 0", edit_parquet(SHARD, set_cell("position", 0))),
+    Damage("shard-item-999", "shard: item id 999 (of 40)", edit_npy(f"{SHARD}.items.npy", first(999))),
+    Damage("shard-item-0", "shard: item id 0 (padding)", edit_npy(f"{SHARD}.items.npy", first(0))),
+    Damage("shard-user-999", "shard: user 999 (of 60)", edit_npy(f"{SHARD}.user.npy", first(999))),
+    Damage("shard-position-0", "shard: position 0", edit_npy(f"{SHARD}.position.npy", first(0))),
     Damage(
         "shard-logits-nan",
         "shard: one NaN logit",
-        edit_parquet(SHARD, set_list("logits", 0, NAN, pl.List(pl.Float32))),
+        edit_npy(f"{SHARD}.logits.npy", first(NAN)),
         group="nonsense",
     ),
     Damage(
         "shard-logits-inf",
         "shard: one -inf logit",
-        edit_parquet(SHARD, set_list("logits", 0, -INF, pl.List(pl.Float32))),
+        edit_npy(f"{SHARD}.logits.npy", first(-INF)),
+        group="nonsense",
+    ),
+    Damage(
+        "shard-tail-positive",
+        "shard: a tail above 0 (more than all the mass)",
+        edit_npy(f"{SHARD}.tail.npy", first(1.0)),
         group="nonsense",
     ),
 ]

@@ -51,7 +51,7 @@ def test_pipeline_refuses_to_clobber_unless_told(tmp_path):
     result = CliRunner().invoke(main, ["pipeline", "--output", str(out), *SMALL])
     assert result.exit_code != 0 and "already exists" in result.output
     result = CliRunner().invoke(
-        main, ["pipeline", "--output", str(out), *SMALL, "--overwrite", "--teacher", "sasrec", "--alphas", ""]
+        main, ["pipeline", "--output", str(out), *SMALL, "--overwrite", "--teacher", "sasrec", "--kd", "rank"]
     )
     assert result.exit_code == 0, result.output
     assert (out / "notes.txt").read_text() == "mine"  # only the pipeline's own runs are replaced
