@@ -4,7 +4,8 @@ and 10^6 items: the catalogue a block of items at a time against the whole catal
 For each catalogue size N a dataset of ``--users`` users is written (a ``user item`` file, then
 ``distill prepare``), a small SASRec is trained on it (d = 32, one epoch, ``--loss sampled --negatives
 256``), and every measured command is a fresh ``distill`` process, timed from spawn to exit, its peak
-RSS the process's ``ru_maxrss`` from ``os.wait4`` (the whole process: interpreter, torch, model, data).
+RSS GNU time's maximum resident set size of that process (the whole process: interpreter, torch, model,
+data).
 Each command runs with ``--item-block 0`` (the whole catalogue at once, the full path), with no option
 (the automatic choice: :func:`distill.scoring.item_block`) and with ``--item-block 8192`` (small blocks:
 memory should not grow with N). The block runs are checked against the full run: the same metric table,
@@ -32,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,16 +59,23 @@ def distill_command() -> list[str]:
 
 
 def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd`` to completion: ``(wall s, peak RSS MiB, output)``. Fails loudly on a non-zero exit."""
+    """Run ``cmd`` to completion: ``(wall s, peak RSS MiB, output)``. Fails loudly on a non-zero exit.
+
+    The peak is GNU time's ``%M`` of the command, not ``ru_maxrss`` of a child of this process: Linux
+    carries the parent's high-water RSS into a child across ``fork`` and ``exec``, and this process
+    grows (it reads the score directories, ranks in process).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": THREADS}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    output = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{shlex.join(cmd)} failed:\n{output}")
-    return wall, usage.ru_maxrss / 1024, output  # Linux reports KiB
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], capture_output=True, text=True, env=env
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+        peak = int(rss.read().split()[-1]) / 1024  # KiB
+    return wall, peak, proc.stdout + proc.stderr
 
 
 def write_ring(path: Path, num_items: int, users: int, seed: int = 0) -> int:

@@ -42,8 +42,13 @@ BlockFn = Callable[[int, int], torch.Tensor]
 
 # Score values one batch may hold at once before the catalogue is walked in blocks: 2**26 float32 is
 # 256 MiB (a batch of 256 users up to 262,143 items; the full path holds a few bytes more per value for
-# its masks). Below it the exact full-matrix path is kept: it is one matrix product, the fastest way.
+# its masks). Below it the full-matrix path is kept, as it always was: blocks are chosen for memory.
 SCORE_BUDGET = 2**26
+# Score values of one block, once in blocks: 2**21 float32 is 8 MiB, a block that stays in cache while
+# it is compared, masked and summed. Ranking 2,000 users at 10^6 items (2 CPU cores,
+# bench/results/catalogue_scale.md) took 10-11 s in blocks of 2**19-2**21 values and 21-22 s in blocks
+# of 2**25-2**26.
+BLOCK_VALUES = 2**21
 
 
 def item_block(rows: int, num_items: int, option: int | None = None) -> int | None:
@@ -54,7 +59,7 @@ def item_block(rows: int, num_items: int, option: int | None = None) -> int | No
         num_items: the catalogue, N.
         option: the user's ``--item-block``: 0 forces the whole catalogue, a positive count that block
             size; None chooses: the whole catalogue while ``rows x (N + 1)`` is within
-            :data:`SCORE_BUDGET`, else blocks of ``SCORE_BUDGET // rows`` items.
+            :data:`SCORE_BUDGET`, else blocks of ``BLOCK_VALUES // rows`` items.
     """
     if option == 0:
         return None
@@ -62,7 +67,7 @@ def item_block(rows: int, num_items: int, option: int | None = None) -> int | No
         return option
     if rows * (num_items + 1) <= SCORE_BUDGET:
         return None
-    return max(1, SCORE_BUDGET // max(rows, 1))
+    return max(1, BLOCK_VALUES // max(rows, 1))
 
 
 @dataclass(frozen=True)

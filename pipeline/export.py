@@ -32,7 +32,7 @@ from distill.data import Dataset
 from distill.dist import block, setup_device
 from distill.io import log, progress, record_path
 from distill.scores import ScoreWriter, refuse_existing
-from distill.scoring import SCORE_BUDGET, Scorer, top_k_in_blocks
+from distill.scoring import BLOCK_VALUES, Scorer, top_k_in_blocks
 from pipeline.config import ExportConfig
 from pipeline.runs import describe, open_runs
 
@@ -100,7 +100,7 @@ def export_block(cfg: ExportConfig, scorer: Scorer, num_items: int) -> int | Non
     when given (0: the full path), else :meth:`~distill.scoring.Scorer.item_block` on what the full path
     would hold, ``batch_size x width x (N + 1)`` scores; the blocks are then sized for what the block
     path holds, the scored positions only (at most ``min(width, positions)`` per window, one per
-    prefix), to :data:`~distill.scoring.SCORE_BUDGET` scores at a time.
+    prefix), to :data:`~distill.scoring.BLOCK_VALUES` scores at a time.
     """
     full_rows = cfg.batch_size * scorer.width
     if cfg.top_k is None or scorer.item_block(full_rows, num_items, cfg.item_block) is None:
@@ -108,4 +108,4 @@ def export_block(cfg: ExportConfig, scorer: Scorer, num_items: int) -> int | Non
     if cfg.item_block is not None:
         return cfg.item_block
     per_window = 1 if cfg.per_prefix else min(scorer.width, cfg.positions or scorer.width)
-    return min(num_items, max(1, SCORE_BUDGET // (cfg.batch_size * per_window)))
+    return min(num_items, max(1, BLOCK_VALUES // (cfg.batch_size * per_window)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.scoring import SCORE_BUDGET, item_block, logsumexp_in_blocks, top_k_in_blocks
+from distill.scoring import BLOCK_VALUES, SCORE_BUDGET, item_block, logsumexp_in_blocks, top_k_in_blocks
 
 
 def blocks_of(scores: torch.Tensor):
@@ -18,10 +18,10 @@ def blocks_of(scores: torch.Tensor):
 
 
 def test_the_whole_catalogue_while_a_batch_fits_the_budget():
-    assert item_block(256, 3706) is None  # ML-1M: the exact full path, as always
+    assert item_block(256, 3706) is None  # ML-1M: the full path, as always
     assert item_block(256, SCORE_BUDGET // 256 - 1) is None
-    assert item_block(256, SCORE_BUDGET // 256) == SCORE_BUDGET // 256  # one value over: blocks
-    assert item_block(256, 10**6) == SCORE_BUDGET // 256  # 256 x 262,144 scores at a time
+    assert item_block(256, SCORE_BUDGET // 256) == BLOCK_VALUES // 256  # one value over: blocks
+    assert item_block(256, 10**6) == BLOCK_VALUES // 256  # 256 x 8,192 scores at a time
     assert item_block(SCORE_BUDGET * 2, 10) == 1
     assert item_block(256, 10**6, option=0) is None  # the option forces either way
     assert item_block(256, 10, option=3) == 3

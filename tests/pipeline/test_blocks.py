@@ -53,6 +53,7 @@ def test_evaluate_takes_the_block_path_above_the_budget_by_itself(setup, monkeyp
     monkeypatch.setattr(distill.scoring, "block_ranks", spy)
     assert scorer.evaluate(data, "test", 16) == full and not called  # 16 x 31 scores: within the budget
     monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 16 * 8)  # a budget of 8 items per user
+    monkeypatch.setattr(distill.scoring, "BLOCK_VALUES", 16 * 8)  # in blocks of 8 items
     assert scorer.evaluate(data, "test", 16) == full
     assert called and set(called) == {8}
 
@@ -94,8 +95,8 @@ def test_the_export_block_follows_the_full_paths_size_and_the_options(setup, mon
     assert export_block(cfg(), scorer, n) is None  # 4 x 10 x 31 scores: the full path
     assert export_block(cfg(item_block=5), scorer, n) == 5
     assert export_block(cfg(item_block=5, full=True), scorer, n) is None  # --full is the full table
-    for module in (distill.scoring, pipeline.export):
-        monkeypatch.setattr(module, "SCORE_BUDGET", 320)  # below the full path's 4 x 10 x 31 scores
+    monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 320)  # below the full path's 4 x 10 x 31 scores
+    monkeypatch.setattr(pipeline.export, "BLOCK_VALUES", 320)
     # blocks sized for the positions the block path holds: 4 windows x 4 positions by default
     assert export_block(cfg(), scorer, n) == 320 // 16
     assert export_block(cfg(all_positions=True), scorer, n) == 320 // 40

@@ -211,5 +211,6 @@ def test_fitted_weights_are_the_same_in_blocks(runs, synthetic_dataset, monkeypa
     data = Dataset(synthetic_dataset)
     members = [open_run(runs / "seed0", data, "cpu"), open_run(runs / "seed1", data, "cpu")]
     full = fit_weights(members, data, 64)
-    monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 64 * 6)  # 6 items at a time
+    monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 64 * 6)  # past the budget: blocks
+    monkeypatch.setattr(distill.scoring, "BLOCK_VALUES", 64 * 6)  # of 6 items
     torch.testing.assert_close(fit_weights(members, data, 64), full)
