@@ -99,9 +99,8 @@ def _environment_error(e: Exception, output: str | None) -> str | None:
         return f"cannot write {output or '.'}: {write_failure(e, output or '.')}"
     if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
         name = os.path.basename(str(e.filename or ""))
-        temporary = output and name.startswith(
-            f".{os.path.basename(output)}.tmp-"
-        )  # the writer's, not the user's
+        # A writer's temporary beside the output (.NAME.tmp-PID): the user knows the output's name.
+        temporary = output and name.startswith(f".{os.path.basename(output)}.tmp-")
         where = f"{output if temporary else e.filename}: " if e.filename else ""
         return f"cannot write or read {where}{e.strerror}"
     if (

@@ -329,20 +329,31 @@ def ce_kd_loss(
     return _chunked_loss(model, h, targets, chunk_size, soft)
 
 
-def _chunked_loss(
-    model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None, soft: BatchScores | None
-) -> tuple[Tensor, Tensor]:
+def _positions(
+    h: Tensor, targets: Tensor, chunk_size: int | None, soft: BatchScores | None
+) -> tuple[int, Tensor, Tensor]:
+    """What both chunked passes start from: the chunk size (the device's default when None), the states
+    ``(N, d)`` float32 and target ids ``(N,)`` of the non-pad positions, checked against ``soft``'s rows."""
     if chunk_size is None:
         chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     mask = targets != 0  # (B, L)
-    h_sel = h[mask].float()  # (N, d)
-    labels = targets[mask] - 1  # (N,) shifted: row 0 of the table (padding) is dropped below
+    h_sel, labels = h[mask].float(), targets[mask]  # (N, d), (N,)
+    if soft is not None and soft.rows.shape != (len(labels),):
+        raise ValueError(
+            f"soft labels for {tuple(soft.rows.shape)} rows, the batch has {len(labels)} positions"
+        )
+    return chunk_size, h_sel, labels
+
+
+def _chunked_loss(
+    model: SASRec, h: Tensor, targets: Tensor, chunk_size: int | None, soft: BatchScores | None
+) -> tuple[Tensor, Tensor]:
+    chunk_size, h_sel, labels = _positions(h, targets, chunk_size, soft)
+    labels = labels - 1  # (N,) shifted: row 0 of the table (padding) is dropped below
     items = model.item_embeddings()[1:].float()  # (num_items, d)
     count = h_sel.shape[0]
-    if soft is not None and soft.rows.shape != (count,):
-        raise ValueError(f"soft labels for {tuple(soft.rows.shape)} rows, the batch has {count} positions")
     kd_mean = h.new_zeros((), dtype=torch.float32)
     if count == 0:
         # Keep the graph connected so backward() still works on an all-padding batch.
@@ -557,18 +568,10 @@ def sampled_loss(
         The scalar mean loss over non-pad positions (0 if none) and, detached, the mean estimated KD
         over scored positions (0 if none).
     """
-    if chunk_size is None:
-        chunk_size = CPU_CHUNK_SIZE if h.device.type == "cpu" else ACCELERATOR_CHUNK_SIZE
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if negatives.shape != log_counts.shape or negatives.dim() != 1:
         raise ValueError(f"negatives {tuple(negatives.shape)} and log_counts {tuple(log_counts.shape)}")
-    mask = targets != 0  # (B, L)
-    h_sel = h[mask].float()  # (N, d)
-    labels = targets[mask]  # (N,)
+    chunk_size, h_sel, labels = _positions(h, targets, chunk_size, soft)
     count = h_sel.shape[0]
-    if soft is not None and soft.rows.shape != (count,):
-        raise ValueError(f"soft labels for {tuple(soft.rows.shape)} rows, the batch has {count} positions")
     kd_mean = h.new_zeros((), dtype=torch.float32)
     if count == 0:
         return h.sum().float() * 0.0, kd_mean
