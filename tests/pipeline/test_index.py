@@ -3,6 +3,8 @@ top-k as scoring every item, seen items excluded; HNSW finds nearly all of it.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,21 @@ def test_an_index_is_for_a_student(ring_run):
 def test_unknown_index_kind():
     with pytest.raises(DistillError, match="unknown index 'ivf'"):
         ItemIndex(np.zeros((10, 4)), "ivf")
+
+
+def test_cli_recommend_with_an_index_prints_what_scoring_prints(ring_run):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    run, _ = ring_run
+    args = ["recommend", "--run", str(run), "--history", "m3 m4", "--k", "3", "--json"]
+    plain = CliRunner().invoke(main, args)
+    for kind in ("exact", "hnsw"):
+        indexed = CliRunner().invoke(main, [*args, "--index", kind])
+        assert indexed.exit_code == 0, indexed.output
+        assert (
+            json.loads(indexed.output)["items"][0]["item"]
+            == json.loads(plain.output)["items"][0]["item"]
+            == "m5"
+        )
