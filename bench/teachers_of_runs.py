@@ -294,20 +294,25 @@ def main() -> None:
 
 
 def pooled_difference(out: Path, arm: str, seeds: list[int]) -> dict:
-    """Per-user test NDCG@10 of an arm's student minus the plain student of its seed, averaged over the
-    paired seeds (the same users in each), with ``distill compare``'s bootstrap over users (2,000
-    resamples, seed 0)."""
+    """Per-user test NDCG@10 of an arm's student minus the plain student of its seed, pooled over the
+    paired seeds: :func:`paired_runs`."""
+    return paired_runs(out / "data", [(out / f"plain-s{s}", out / f"kd-{arm}-s{s}") for s in seeds])
+
+
+def paired_runs(data_dir: Path, pairs: list[tuple[Path, Path]]) -> dict:
+    """Per-user test NDCG@10 of each pair's second run minus its first, averaged over the pairs (the same
+    users in each), with ``distill compare``'s bootstrap over users (2,000 resamples, seed 0)."""
     from distill.data import Dataset
     from distill.metrics import per_user
     from pipeline.compare import paired_difference
     from pipeline.runs import open_run
 
-    data = Dataset(out / "data")
+    data = Dataset(data_dir)
 
     def values(run: Path):
         return per_user(open_run(run, data, "cpu").ranks(data, "test", 256)[1], "ndcg@10").numpy()
 
-    diffs = [values(out / f"kd-{arm}-s{s}") - values(out / f"plain-s{s}") for s in seeds]
+    diffs = [values(b) - values(a) for a, b in pairs]
     return paired_difference(sum(diffs) / len(diffs), 2000, 0)
 
 

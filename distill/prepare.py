@@ -79,6 +79,14 @@ def run(cfg: PrepareConfig) -> dict:
             f"min_item_interactions={cfg.min_item_interactions})"
         )
     sequences, items = number_and_group(frame, titles)
+    return write(out, cfg, sequences, items, sources)
+
+
+def write(
+    out: Path, cfg: PrepareConfig, sequences: pl.DataFrame, items: pl.DataFrame, sources: list[dict]
+) -> dict:
+    """Write the dataset directory of numbered ``sequences`` and ``items`` (as :func:`number_and_group`
+    returns them) atomically, with its ``meta.json``; returns the meta."""
     meta = _meta(cfg, sequences, items, sources)
     _write_atomically(out, sequences, items, meta, cfg.overwrite)
     return meta

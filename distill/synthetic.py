@@ -73,7 +73,6 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     lengths = np.clip(MIN_LENGTH + extra, MIN_LENGTH, MAX_LENGTH)
 
     seqs = np.zeros((num_users, lengths.max()), dtype=np.int64)
-    seen = np.zeros((num_users, num_items), dtype=bool)
     rows = np.arange(num_users)
 
     def from_interest() -> np.ndarray:
@@ -92,10 +91,10 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
             otherwise = np.where(r < P_SUCCESSOR + P_TRANSITION, by_transition, from_interest())
             current = np.where(r < P_SUCCESSOR, by_successor, otherwise)
             # Real logs rarely repeat an item: one redraw from the user's interests on a repeat.
-            repeat = seen[rows, current]
+            # (Compared with the user's items so far, not a users x items table: 10^6 items fit.)
+            repeat = (seqs[:, :t] == current[:, None]).any(axis=1)
             current = np.where(repeat, from_interest(), current)
         seqs[:, t] = current
-        seen[rows, current] = True
 
     keep = np.arange(lengths.max())[None, :] < lengths[:, None]
     users = np.broadcast_to(rows[:, None] + 1, seqs.shape)[keep]
