@@ -1,5 +1,6 @@
-"""Cost of a student epoch as the catalogue grows: the sampled softmax against the full-catalogue CE at
-10^4, 10^5 and 10^6 items, the same users and the same interactions at every size.
+"""Cost of a student epoch as the catalogue grows: the sampled softmax (its item table updated by rows or
+densely) against the full-catalogue CE at 10^4, 10^5 and 10^6 items, the same users and the same
+interactions at every size.
 
 The interactions are ``prepare --synthetic``'s for ``--users`` users over 10^4 items (planted
 clusters and successors, about 20 items a user); at a catalogue of N items every item id is mapped to
@@ -98,11 +99,15 @@ def main() -> None:
         data = args.work / f"data-{n}"
         shutil.rmtree(data, ignore_errors=True)
         meta = write_dataset(data, n, args.users)
-        arms = [("sampled", ["--loss", "sampled", "--negatives", str(args.negatives)], args.epochs)]
+        sampled = ["--loss", "sampled", "--negatives", str(args.negatives)]
+        arms = [
+            ("sampled, rows", [*sampled, "--item-updates", "rows"], args.epochs),
+            ("sampled, dense", [*sampled, "--item-updates", "dense"], args.epochs),
+        ]
         if n <= args.full_up_to:
             arms.append(("full CE", ["--loss", "ce"], 1))
         for label, loss, epochs in arms:
-            run = args.work / f"run-{n}-{label.split()[0]}"
+            run = args.work / f"run-{n}-{label.replace(', ', '-').replace(' ', '-')}"
             shutil.rmtree(run, ignore_errors=True)
             cmd = [*distill, "student-train", "--data", str(data), "-o", str(run), "--max-len", "50",
                    "--epochs", str(epochs), "--eval-every", str(epochs), "--device", "cpu",
@@ -134,7 +139,9 @@ def main() -> None:
         f"{(time.perf_counter() - started) / 60:.1f} min in all",
         f"- data: {args.users:,} users of `prepare --synthetic` over {BASE_ITEMS:,} items, their ids spread "
         "over the catalogue (cold items stay in it); SASRec defaults (d = 64, 2 blocks, batch 128), "
-        f"--max-len 50; sampled: `--loss sampled --negatives {args.negatives}` (uniform draws)",
+        f"--max-len 50; sampled: `--loss sampled --negatives {args.negatives}` (uniform draws), its item "
+        "table updated by rows (`--item-updates rows`, the default: lazy Adam on the rows a batch reads) "
+        "or densely (`--item-updates dense`: Adam on every row, as before)",
         "- epoch s: the trainer's own time for each pass over the batches (no evaluation, no start-up); "
         "steady: the fastest after the first; peak MiB: GNU time's maximum RSS of the whole process",
         "",

@@ -55,6 +55,8 @@ class StudentTrainConfig:
     catalogue size, checked by ``student-train`` once the data is read. ``hint_run`` (a wider SASRec
     run) adds ``hint_weight`` times the representation loss of :mod:`student.hint` at every position,
     with or without soft labels.
+    ``item_updates`` says how the item table learns: by rows (lazy Adam on the rows a batch reads, the
+    default of ``loss = "sampled"`` in one process; :mod:`student.optim`) or densely (Adam on every row).
     ``length_group`` > 1 batches users of similar length together (see
     :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on ML-1M slower progress
     per epoch too, so the default is the plain shuffle (1).
@@ -89,6 +91,14 @@ class StudentTrainConfig:
         None,
         "--loss sampled: draw the extra negatives uniformly (the default) or by popularity (the "
         "training split's item counts, plus one).",
+    )
+    item_updates: Literal["rows", "dense"] | None = option(
+        None,
+        "How the item table learns. rows: only the rows a batch reads (its inputs, targets, negatives, "
+        "teacher items), by lazy Adam on a sparse gradient, so a step costs the same at any catalogue "
+        "size; the default of --loss sampled in one process. dense: Adam over the whole table every "
+        "step; the default otherwise, and the only choice for --loss ce and bce (their gradients reach "
+        "every row).",
     )
     length_group: int = option(
         1, "Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches."
@@ -145,6 +155,10 @@ class StudentTrainConfig:
         check_folds(self)
         if self.sampler is not None and self.loss != "sampled":
             raise ValueError(f"--sampler draws the negatives of --loss sampled; --loss {self.loss} has none")
+        if self.item_updates == "rows" and self.loss != "sampled":
+            raise ValueError(
+                f"--item-updates rows is for --loss sampled; --loss {self.loss} reaches every item's row"
+            )
         if self.teacher_scores and self.loss == "bce":
             raise ValueError(
                 "distillation (--teacher-scores) needs --loss ce or sampled (a softmax); --loss bce has none"

@@ -592,7 +592,7 @@ def sampled_loss(
     shared = torch.searchsorted(vocab, torch.cat([in_batch, negatives]))  # (M,)
     total, kd_total = h_sel.new_zeros(()), h_sel.new_zeros(())
     with torch.autocast(h.device.type, enabled=False):
-        table = model.item_embeddings()[vocab.to(h.device)].float()  # (|W|, d)
+        table = model.item_rows(vocab.to(h.device)).float()  # (|W|, d)
         shared_emb = table[shared.to(h.device)]  # (M, d)
         wants_grad = torch.is_grad_enabled() and (h_sel.requires_grad or table.requires_grad)
         positive = positive.to(h.device)

@@ -262,3 +262,8 @@ class SASRec(nn.Module):
     def item_embeddings(self) -> Tensor:
         """The tied item table, ``(num_items + 1, d)``; row 0 is padding."""
         return self.item_emb.weight
+
+    def item_rows(self, items: Tensor) -> Tensor:
+        """Rows ``items`` of the item table, looked up as the input is: with a sparse gradient when the
+        table learns by rows (:func:`student.optim.student_optimizer`)."""
+        return F.embedding(items, self.item_emb.weight, sparse=self.item_emb.sparse)

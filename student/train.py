@@ -46,6 +46,7 @@ from student.losses import (
     sample_negatives,
     sampled_loss,
 )
+from student.optim import Optimizers, student_optimizer
 from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
@@ -84,7 +85,12 @@ def run(cfg: StudentTrainConfig) -> dict:
         net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights
         torch.manual_seed(cfg.seed + rank)  # but each rank draws its own dropout masks and negatives
     trained = [*model.parameters(), *(experts.parameters() if experts is not None else ())]
-    optimizer = torch.optim.Adam(trained, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    item_updates = cfg.item_updates or ("rows" if cfg.loss == "sampled" and ranks == 1 else "dense")
+    if item_updates == "rows" and ranks > 1:
+        raise DistillError("--item-updates rows runs in one process; use dense with several")
+    optimizer = student_optimizer(
+        trained, model.item_emb, item_updates == "rows", lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     stateful = {"optimizer": optimizer, **({"hint_experts": experts} if experts is not None else {})}
     stopper = EarlyStopping(cfg.patience)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -93,6 +99,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         "dataset": data.identity(run_dir),
         "model": to_dict(model_cfg),
         "train": to_dict(cfg),
+        "item_updates": item_updates,  # what the optimizer's checkpointed state is
     }
     if teacher is not None:
         run_config["teacher_scores"] = {
@@ -123,7 +130,7 @@ def run(cfg: StudentTrainConfig) -> dict:
             model.load_state_dict,
             stopper,
             shuffle,
-            matching=("kind", "model", "hint_run", "folds"),
+            matching=("kind", "model", "hint_run", "folds", "item_updates"),
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)
@@ -221,7 +228,7 @@ def train_epoch(
     data: Dataset,
     net: torch.nn.Module,
     losses: Losses,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     shuffle: torch.Generator,
     epoch: int,
     run_dir: Path,

@@ -15,9 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--max-len", "20", "--hidden", "16", "--batch-size", "32", "--epochs", "4", "--device", "cpu"]
@@ -29,14 +26,16 @@ def command(data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_at_a_random_moment_then_resumed_equals_uninterrupted(synthetic_dataset, tmp_path):
-    result = CliRunner().invoke(
-        main, ["student-train", "--data", str(synthetic_dataset), "-o", str(tmp_path / "full"), *ARGS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The uninterrupted run is a process like the others: in this one (pytest's), another thread count
+    # can round a batch's summed loss differently in its last bit (the gradients agree).
+    result = subprocess.run(
+        command(synthetic_dataset, tmp_path / "full"), cwd=ROOT, env=env, capture_output=True, text=True
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr[-2000:]
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
 
     run = tmp_path / "cut"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A moment within the training (epochs and validations, after the imports); drawn again, sooner, if
     # the run was already done by then (a loaded machine makes the two processes' speeds differ).
     span = 1.5 * sum(h["seconds"] for h in full["history"])

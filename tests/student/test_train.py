@@ -74,10 +74,12 @@ def test_bce_loss_trains(dataset, tmp_path):
 SAMPLED = ["--loss", "sampled", "--negatives", "8"]
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
-def test_sampled_loss_trains_and_resumes_like_an_uninterrupted_run(dataset, tmp_path, sampler):
+@pytest.mark.parametrize(
+    ("sampler", "updates"), [("uniform", None), ("popularity", None), ("uniform", "dense")]
+)
+def test_sampled_loss_trains_and_resumes_like_an_uninterrupted_run(dataset, tmp_path, sampler, updates):
     runner = CliRunner()
-    args = [*SAMPLED, "--sampler", sampler]
+    args = [*SAMPLED, "--sampler", sampler, *(["--item-updates", updates] if updates else [])]
     full = train(runner, dataset, tmp_path / "full", "--epochs", "4", *args)
     train(runner, dataset, tmp_path / "cut", "--epochs", "2", *args)
     resumed = train(runner, dataset, tmp_path / "cut", "--epochs", "4", "--resume", *args)
@@ -85,8 +87,25 @@ def test_sampled_loss_trains_and_resumes_like_an_uninterrupted_run(dataset, tmp_
         assert resumed[key] == full[key]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert full["valid"]["hr@10"] > 0.3  # 60 items, ~10 masked: chance is about 0.2
-    saved = json.loads((tmp_path / "full" / "config.json").read_text())["train"]
-    assert (saved["loss"], saved["negatives"], saved["sampler"]) == ("sampled", 8, sampler)
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert (saved["train"]["loss"], saved["train"]["negatives"], saved["train"]["sampler"]) == (
+        "sampled",
+        8,
+        sampler,
+    )
+    assert saved["item_updates"] == (updates or "rows")  # rows: the sampled softmax's default
+
+
+def test_a_resume_with_other_item_updates_is_refused(dataset, tmp_path):
+    runner = CliRunner()
+    train(runner, dataset, tmp_path / "run", "--epochs", "1", *SAMPLED)
+    result = runner.invoke(
+        main,
+        ["student-train", "--data", str(dataset), "-o", str(tmp_path / "run"), *TINY, "--epochs", "2",
+         *SAMPLED, "--item-updates", "dense", "--resume"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot resume" in result.output and "item_updates" in result.output
 
 
 def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
@@ -115,6 +134,8 @@ def test_evaluate_prints_the_saved_metrics(dataset, tmp_path):
         (["--loss", "sampled", "--negatives", "60"], "--negatives 60 must be below the number of items (60)"),
         (["--loss", "bce", "--negatives", "100"], "--negatives 100 must be below the number of items (60)"),
         (["--sampler", "popularity"], "--sampler draws the negatives of --loss sampled; --loss ce has none"),
+        (["--item-updates", "rows"], "--item-updates rows is for --loss sampled; --loss ce reaches every"),
+        (["--item-updates", "sparse"], "Invalid value for '--item-updates'"),
         (["--loss", "bce", "--teacher-scores", "s"], "needs --loss ce or sampled (a softmax); --loss bce"),
     ],
 )
