@@ -8,11 +8,15 @@ validation epoch; the sampled student of each seed is set against the full one b
 (per-user paired differences, bootstrap over users), and pooled over the seeds. Each arm's cost is its
 training seconds (the epochs' own time, validation excluded) and the time to its best epoch, so "at
 equal wall time" is read off the table: where the sampled arm reaches its best in less training time
-than the full arm, it had no more time than full CE. Real commands as subprocesses, two at a time with
-``--jobs 2``. Writes ``bench/results/sampled_vs_full_<dataset>.md``.
+than the full arm, it had no more time than full CE. With ``--kd`` two more arms distil a d=128 SASRec
+(the same recipe, seed 0) from its top 100 at every training position (``--kd kl --alpha 0.5
+--temperature 1``, fixed beforehand): into the full-CE student (the exact normaliser) and into the
+sampled one (the normaliser estimated from the same draws), so the estimator is set against the exact
+KD on real data. Real commands as subprocesses, two at a time with ``--jobs 2``; the first seed's arms
+first. Writes ``bench/results/sampled_vs_full_<dataset>.md``.
 
     python -m bench.sampled_vs_full --data ../shared/data/beauty/Beauty.txt [--seeds 0,1,2]
-        [--negatives 256] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
+        [--negatives 256] [--epochs 200] [--patience 10] [--kd] [--jobs 2] [--report-only]
 
 Runs carry over invocations: a finished run is reused, an unfinished one resumed (``--resume``).
 """
@@ -42,6 +46,9 @@ from bench.teachers_of_runs import (
     times,
 )
 
+# (first, second): second minus first, where both ran
+PAIRS = [("full", "sampled"), ("full+kd", "sampled+kd"), ("full", "full+kd"), ("sampled", "sampled+kd")]
+KD = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
 SIZE = ["--hidden", "64", "--max-len", "50", "--lr", "0.001", "--length-group", "8"]
 
 
@@ -57,6 +64,9 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=256, help="uniform draws a batch")
     parser.add_argument("--epochs", type=int, default=200, help="epoch cap of every run")
     parser.add_argument("--patience", type=int, default=10, help="on validation NDCG@10")
+    parser.add_argument(
+        "--kd", action="store_true", help="also KD from a d=128 SASRec's top 100, with either loss"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     args = parser.parse_args()
@@ -74,21 +84,46 @@ def main() -> None:
             parser.error(f"--report-only: {rel(data)} has not been prepared")
         subprocess.run([sys.executable, "-m", "cli", *prepare], cwd=ROOT, check=True)
 
+    sampled = ["--loss", "sampled", "--negatives", str(args.negatives)]
     arms = {
         "full": ("full-catalogue CE (`--loss ce`)", ["--loss", "ce"]),
-        "sampled": (
-            f"sampled softmax (`--loss sampled --negatives {args.negatives}`, uniform)",
-            ["--loss", "sampled", "--negatives", str(args.negatives)],
-        ),
+        "sampled": (f"sampled softmax (`{' '.join(sampled)}`, uniform draws, item rows)", sampled),
     }
-    jobs = []
-    for seed in seeds:
-        for arm, (_, loss) in arms.items():
-            run = out / f"{arm}-s{seed}"
-            command = ["student-train", "--data", str(data), "--output", str(run), *SIZE,
-                       "--epochs", str(args.epochs), "--patience", str(args.patience), "--seed", str(seed),
-                       "--device", "cpu", *loss]  # fmt: skip
-            jobs.append(Job(f"{arm}-s{seed}", command, run / "metrics.json", resume=run))
+    teacher_jobs, needs = [], ()
+    if args.kd:
+        teacher, scores = out / "teacher", out / "scores"
+        wide = ["--hidden", "128", *SIZE[2:]]  # SIZE with d = 128
+        command = ["student-train", "--data", str(data), "--output", str(teacher), *wide,
+                   "--epochs", str(args.epochs), "--patience", str(args.patience), "--seed", "0",
+                   "--device", "cpu"]  # fmt: skip
+        teacher_jobs.append(Job("teacher", command, teacher / "metrics.json", resume=teacher))
+        command = ["export-logits", "--run", str(teacher), "--data", str(data), "--output", str(scores),
+                   "--all-positions", "--top-k", "100", "--device", "cpu", "--overwrite"]  # fmt: skip
+        teacher_jobs.append(Job("scores", command, scores / "manifest.json", ("teacher",)))
+        kd = ["--teacher-scores", str(scores), *KD]
+        arms["full+kd"] = (
+            "full CE with KD from the teacher's top 100 (exact normaliser)",
+            ["--loss", "ce", *kd],
+        )
+        arms["sampled+kd"] = (
+            "sampled softmax with KD, the normaliser estimated from the draws",
+            [*sampled, *kd],
+        )
+        needs = ("scores",)
+
+    def student(arm: str, seed: int) -> Job:
+        run = out / f"{arm}-s{seed}"
+        command = ["student-train", "--data", str(data), "--output", str(run), *SIZE,
+                   "--epochs", str(args.epochs), "--patience", str(args.patience), "--seed", str(seed),
+                   "--device", "cpu", *arms[arm][1]]  # fmt: skip
+        return Job(f"{arm}-s{seed}", command, run / "metrics.json", needs if "kd" in arm else (), resume=run)
+
+    # the plain arms of the first seed, the teacher, the KD arms of the first seed; then the other seeds
+    plain, distilled = [a for a in arms if "kd" not in a], [a for a in arms if "kd" in a]
+    jobs = [student(a, seeds[0]) for a in plain] + teacher_jobs + [student(a, seeds[0]) for a in distilled]
+    jobs += [student(a, s) for s in seeds[1:] for a in plain] + [
+        student(a, s) for s in seeds[1:] for a in distilled
+    ]
     run_all(jobs, out, args.jobs, args.report_only)
 
     results = {arm: {s: finished(out / f"{arm}-s{s}") for s in seeds} for arm in arms}
@@ -117,21 +152,30 @@ def main() -> None:
                 f"| {statistics.mean(best_seconds(m) for m in done):.0f} "
                 f"| {statistics.mean(m['seconds'] for m in done):.0f} |"
             )
-    paired = [s for s in seeds if results["full"][s] is not None and results["sampled"][s] is not None]
     compares = []
-    for seed in paired:
-        compare = ["compare", str(out / f"full-s{seed}"), str(out / f"sampled-s{seed}"), "--data", str(data),
-                   "--device", "cpu"]  # fmt: skip
-        line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
-        compares.append(f"| {seed} | {line} | `{command_line(compare)}` |")
-    if len(paired) > 1:
-        pairs = [(out / f"full-s{s}", out / f"sampled-s{s}") for s in paired]
-        d = paired_runs(data, pairs)
-        zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
-        compares.append(
-            f"| pooled {paired} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0) | |"
-        )
+    for first, second in PAIRS:
+        if first not in arms or second not in arms:
+            continue
+        paired = [s for s in seeds if results[first][s] is not None and results[second][s] is not None]
+        for seed in paired:
+            compare = ["compare", str(out / f"{first}-s{seed}"), str(out / f"{second}-s{seed}"),
+                       "--data", str(data), "--device", "cpu"]  # fmt: skip
+            line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
+            compares.append(f"| {second} − {first} | {seed} | {line} | `{command_line(compare)}` |")
+        if len(paired) > 1:
+            d = paired_runs(data, [(out / f"{first}-s{s}", out / f"{second}-s{s}") for s in paired])
+            zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
+            compares.append(
+                f"| {second} − {first} | pooled {paired} "
+                f"| {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0) | |"
+            )
 
+    teacher_line = []
+    if args.kd and (m := finished(out / "teacher")) is not None:
+        teacher_line = [
+            f"- teacher: d=128, test NDCG@10 {m['test']['ndcg@10']:.4f} (valid {m['valid']['ndcg@10']:.4f}, "
+            f"best epoch {m['best_epoch']} of {len(m['history'])}, {m['seconds']:.0f} s training)"
+        ]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     command = f"python -m bench.sampled_vs_full {' '.join(sys.argv[1:])}".strip()
     path = ROOT / "bench" / "results" / f"sampled_vs_full_{name}.md"
@@ -149,6 +193,7 @@ def main() -> None:
         f"- every run: `student-train {' '.join(SIZE)} --epochs {args.epochs} --patience {args.patience}` "
         "and its loss; test at the best validation epoch (NDCG@10, full ranking, seen items masked)",
         *[f"- {arm}: {what}" for arm, (what, _) in arms.items()],
+        *teacher_line,
         "- s/epoch, to best s, train s: the epochs' own seconds (validation excluded); in brackets the "
         "whole processes' wall / CPU seconds over their invocations",
         "",
@@ -160,10 +205,10 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
         *means,
         "",
-        "Sampled minus full, test NDCG@10 per user (`distill compare`: bootstrap over users, 95%):",
+        "Paired differences, test NDCG@10 per user (`distill compare`: bootstrap over users, 95%):",
         "",
-        "| seed | difference | command |",
-        "|---|---|---|",
+        "| arms | seed | difference | command |",
+        "|---|---|---|---|",
         *compares,
         "",
         reading,
