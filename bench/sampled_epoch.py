@@ -9,6 +9,7 @@ in a real catalogue: the model still holds and scores them). So the sizes differ
 the sequences, batches and positions are the same, and any growth in an epoch's cost is the
 catalogue's.
 
+A ``## Reading`` section written by hand at the end of the results file is kept when it is regenerated.
 Each training is a fresh ``distill student-train`` process (``OMP_NUM_THREADS`` = the cores); an epoch's
 time is the trainer's own ``seconds`` (the pass over the batches: forward, loss, backward, optimizer
 step; no evaluation, no start-up), its memory GNU time's peak RSS of the whole process.
@@ -154,6 +155,8 @@ def main() -> None:
         *[f"    {c}" for c in commands],
         "",
     ]
+    if args.output.is_file() and "\n## Reading\n" in args.output.read_text():  # written by hand: kept
+        lines.append("## Reading\n" + args.output.read_text().split("\n## Reading\n", 1)[1])
     args.output.write_text("\n".join(lines))
     print(args.output)
 
