@@ -12,10 +12,10 @@ memory should not grow with N). The block runs are checked against the full run:
 the same exported items.
 
 Why not ``prepare --synthetic`` for the data: it keeps the items that occur, and 2,000 users of about 20
-interactions reach about 37,000 items whatever ``--num-items`` says; its generator also holds a dense
-``users x items`` array (3.4 GB at 2,000 x 10^6). ``--check-synthetic`` measures that. Here user u reads
-a stretch of a shuffled ring of the N items (``max(50, N / users)`` items, the stretches tiling the
-ring), so every item occurs and the vocabulary is exactly N.
+interactions reach about 37,000 items whatever ``--num-items`` says (its generator held a dense
+``users x items`` array, 3.4 GB at 2,000 x 10^6, until 2026-12-02). ``--check-synthetic`` measures
+that. Here user u reads a stretch of a shuffled ring of the N items (``max(50, N / users)`` items, the
+stretches tiling the ring), so every item occurs and the vocabulary is exactly N.
 
     python -m bench.catalogue_scale [--sizes 10000 100000 1000000] [--users 2000] [--check-synthetic]
 """

@@ -19,6 +19,7 @@ interactions, which is what makes distillation pay on this data.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 P_SUCCESSOR = 0.5
 P_TRANSITION = 0.25
@@ -54,8 +55,9 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     size = np.bincount(cluster_of, minlength=num_clusters)
     members = np.zeros((num_clusters, size.max()), dtype=np.int64)
     cum_pop = np.ones((num_clusters, size.max()))
+    by_cluster = np.split(np.argsort(cluster_of, kind="stable"), np.cumsum(size)[:-1])  # ascending ids
     for c in range(num_clusters):
-        ids = rng.permutation(np.flatnonzero(cluster_of == c))
+        ids = rng.permutation(by_cluster[c])
         weights = 1.0 / np.arange(1, len(ids) + 1)
         members[c, : len(ids)] = ids
         cum_pop[c, : len(ids)] = np.cumsum(weights) / weights.sum()
@@ -68,7 +70,8 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     successors = _popular_item(members, cum_pop, size, succ_cluster.ravel(), rng).reshape(num_items, 3)
 
     interest = rng.dirichlet(np.full(num_clusters, 0.2), size=num_users)  # (U, C)
-    cum_interest = np.cumsum(interest, axis=1)
+    cum_interest = torch.from_numpy(np.cumsum(interest, axis=1))
+    del interest
     extra = rng.geometric(1 / MEAN_EXTRA_LENGTH, num_users) - 1
     lengths = np.clip(MIN_LENGTH + extra, MIN_LENGTH, MAX_LENGTH)
 
@@ -76,7 +79,9 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     rows = np.arange(num_users)
 
     def from_interest() -> np.ndarray:
-        clusters = (cum_interest < rng.random((num_users, 1))).sum(1).clip(max=num_clusters - 1)
+        # How many of the user's cumulative weights lie below a uniform draw: a binary search per user.
+        u = torch.from_numpy(rng.random((num_users, 1)))
+        clusters = torch.searchsorted(cum_interest, u).numpy()[:, 0].clip(max=num_clusters - 1)
         return _popular_item(members, cum_pop, size, clusters, rng)
 
     current = from_interest()
