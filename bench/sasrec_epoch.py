@@ -6,7 +6,8 @@ Each step is forward + loss + backward + Adam step, as ``distill student-train``
 backward split at the model's output so that the loss's own share (its forward and backward) is timed
 apart from the transformer's.
 
-The report also gives floors for the full-softmax loss: its three (positions x items x d) matrix
+The report also gives floors for the full-softmax loss and for the whole CE epoch (issue: an epoch as a
+multiple of the floor the machine's matmul rate sets): its three (positions x items x d) matrix
 products at the best matrix-multiply rate this machine reaches on a large square product (float32,
 and bfloat16 for a mixed-precision kernel), plus one softmax over the epoch's (positions x items)
 logits in cache-sized chunks; everything else (the loss, the one-hot, conversions) for free.
@@ -81,6 +82,7 @@ def main() -> None:
             seconds[name] += time.perf_counter() - started
     ratio = seconds["ce"] / seconds["bce"]
     work = 3 * 2 * positions * data.num_items * args.hidden  # FLOPs of the three products
+    model_work = transformer_flops(batches, args.hidden, cfg.blocks)
     fp32, bf16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
     softmax = softmax_seconds(positions, data.num_items)
     floors = {"float32": work / fp32 + softmax, "bfloat16": work / bf16 + softmax}
@@ -114,11 +116,32 @@ def main() -> None:
         f"{floors['bfloat16']:.1f} s (bfloat16) against {loss_seconds['bce']:.1f} s for the whole BCE loss: "
         f"{verdict}.",
         "",
+        f"Floor for the whole CE epoch: the transformer's matrix products over every cell of every batch "
+        f"(padding included, as computed: per cell and block 12·d² for the projections and feed-forward "
+        f"and 4·L·d for attention, times 3 for forward and backward) are {model_work / 1e12:.2f} TFLOP, "
+        f"{model_work / fp32:.1f} s at {fp32 / 1e9:.0f} GFLOP/s; with the loss's {floors['float32']:.1f} s "
+        f"the epoch's float32 floor is {model_work / fp32 + floors['float32']:.1f} s, and the measured CE "
+        f"epoch is **{seconds['ce'] / (model_work / fp32 + floors['float32']):.2f}x** it (the transformer "
+        f"part, epoch minus loss, {(seconds['ce'] - loss_seconds['ce']) / (model_work / fp32):.2f}x its "
+        f"products; the loss {loss_seconds['ce'] / floors['float32']:.2f}x its floor). Everything else "
+        "(embeddings, layer norms, dropout masks, softmax of attention, Adam) is counted as free.",
+        "",
     ]
     out = ROOT / "bench" / "results" / "sasrec_epoch.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def transformer_flops(batches: list, d: int, blocks: int) -> float:
+    """FLOPs of the transformer's matrix products over an epoch's batches, forward and backward (3x the
+    forward): per cell of a ``(B, L)`` batch and per block, ``12·d²`` (the q/k/v and output projections,
+    the two feed-forward layers) and ``4·L·d`` (scores and the weighted sum over ``L`` keys)."""
+    total = 0
+    for batch in batches:
+        rows, width = batch.inputs.shape
+        total += rows * width * (12 * d * d + 4 * width * d)
+    return 3 * blocks * total  # a multiply-add counts 2, as in 12·d² and 4·L·d
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 4096) -> float:
