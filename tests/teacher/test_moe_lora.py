@@ -10,6 +10,7 @@ from peft import LoraConfig
 from torch import nn
 
 from distill.errors import DistillError
+from student.sasrec import Dropout
 from teacher.backbone import load_backbone
 from teacher.e4srec import peft_lora
 from teacher.moe_lora_layer import MoELoRALinear, inject_moe_lora, moe_gates, moe_lora_layers
@@ -214,3 +215,29 @@ def test_no_matching_target_raises(tiny):
 def test_rank_not_divisible_by_experts_raises():
     with pytest.raises(ValueError, match="divisible"):
         MoELoRALinear(nn.Linear(4, 4), experts=3, r=8, lora_alpha=8, lora_dropout=0.0)
+
+
+def test_both_adapters_draw_the_cheap_dropout_masks(tiny, inputs):
+    """MoE-LoRA and peft LoRA draw their adapter dropout with student.sasrec's Dropout, not nn.Dropout
+    (whose CPU masks were a fifth of a SmolLM2 step); a seeded training forward is reproducible."""
+    moe = copy.deepcopy(tiny)
+    inject_moe_lora(moe, TARGETS, experts=E, r=R, lora_alpha=ALPHA, lora_dropout=0.1)
+    peft = peft_lora(
+        copy.deepcopy(tiny), LoraConfig(r=R, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.1)
+    )
+    for model in (moe, peft):
+        dropouts = [m for m in model.modules() if isinstance(m, (nn.Dropout, Dropout))]
+        assert dropouts and all(isinstance(m, Dropout) and m.p == 0.1 for m in dropouts)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, layer in moe_lora_layers(moe):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.1)
+    moe.train()
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        with torch.no_grad(), moe_gates(moe, _gates(len(inputs))):
+            outputs.append(_hidden(moe, inputs))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    with torch.no_grad(), moe_gates(moe, _gates(len(inputs))):
+        assert not torch.equal(_hidden(moe, inputs), outputs[0])  # another draw, another mask
