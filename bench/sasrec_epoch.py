@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--length-group", type=int, default=1, help="as student-train --length-group")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     data = Dataset(args.data)
     cfg = SASRecConfig(num_items=data.num_items, max_len=args.max_len, hidden=args.hidden, blocks=2, heads=1)
     models, optimizers = {}, {}
@@ -98,7 +100,8 @@ def main() -> None:
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} "
         f"--length-group {args.length_group}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}; load average {load_before[0]:.2f} before, "
+        f"{os.getloadavg()[2]:.2f} over the last 15 minutes after",
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions per epoch ({cells:,} cells with padding); "
         f"d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
