@@ -68,6 +68,7 @@ def layer_weights(backbone: nn.Module) -> int:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--sasrec", required=True)
@@ -132,12 +133,14 @@ def main() -> None:
         for dtype in ("float32", "bfloat16")
     }
     shape = f"({args.batch_size * length} x {width}) @ ({width} x {backbone_cfg.intermediate_size})"
+    after = os.getloadavg()
     lines = [
         "# Dense teacher training step vs this machine's matmul rate",
         "",
         f"- command: `python -m bench.backbone_rate {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {torch.get_num_threads()} threads "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}",
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}; "
+        f"load average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after",
         f"- teacher: {args.teacher} on {gguf.name}, first {layers} decoder layers ({width} wide, "
         f"{weights:,} decoder-layer Linear weights), {args.dtype}; windows of {teacher.width} items, titles "
         f"cut to {cfg.title_tokens} tokens: {length} prompt tokens per window, batches of {args.batch_size}",

@@ -98,6 +98,7 @@ def add_row(results: Path, row: str) -> None:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default="moe-fused,e4srec-fused,moe-unfused,moe-last,e4srec-unfused")
     parser.add_argument("--seeds", default="0")
@@ -235,7 +236,12 @@ def main() -> None:
             f"({rows_prefix / prefix:.1f} rows/s): {rows_dense / dense / (rows_prefix / prefix):.1f}x.\n",
         )
     command = f"python -m bench.dense_teachers {shlex.join(sys.argv[1:])}"
-    append(results, f"\n{datetime.date.today()}: `{command}`\n")
+    after = os.getloadavg()
+    append(
+        results,
+        f"\n{datetime.date.today()}: `{command}`; load average {before[0]:.2f} before, "
+        f"{after[0]:.2f}/{after[2]:.2f} (1/15 min) after\n",
+    )
 
 
 if __name__ == "__main__":

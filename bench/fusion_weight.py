@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shlex
 import sys
@@ -92,6 +93,7 @@ def ndcg(split: dict[str, torch.Tensor], weight: float) -> np.ndarray:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="bench/out/dense100k/SmolLM2-135M-Instruct.Q4_1")
     parser.add_argument("--data", default="bench/out/dense100k/data")
@@ -107,7 +109,7 @@ def main() -> None:
         f"({runs_dir.name})",
         "",
         f"- command: `{shlex.join(['python', '-m', 'bench.fusion_weight', *sys.argv[1:]])}`",
-        f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores",
+        f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores",  # + the load, at the end
         f"- runs: every finished dense teacher run under `{args.runs}` (from `bench/dense_teachers.py`); "
         "λ = 0 is their SASRec, λ = 1 a fused teacher as trained; for an unfused teacher λ > 0 is late "
         "fusion. Valid and test over all users, full ranking, history masked.",
@@ -139,6 +141,11 @@ def main() -> None:
             f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]"
         )
     lines += ["", f"Whole benchmark: {(time.perf_counter() - started) / 60:.1f} min.", ""]
+    after = os.getloadavg()
+    date_line = next(i for i, line in enumerate(lines) if line.startswith("- date: "))
+    lines[date_line] += (
+        f"; load average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after"
+    )
     out = ROOT / "bench" / "results" / f"fusion_weight_{runs_dir.name.split('.')[0]}.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out.relative_to(ROOT)}")

@@ -1792,12 +1792,17 @@ def source_state() -> str:
     return f"commit {commit}" + (f" with uncommitted changes to {len(files)} source files" if files else "")
 
 
-def write_results(rows: list[Row], how: str, seconds: float, source: str) -> None:
+def write_results(
+    rows: list[Row], how: str, seconds: float, source: str, before: tuple[float, float, float]
+) -> None:
+    """``before``: the load average when the pass began."""
     by_group = collections.Counter(r.case.group for r in rows)
+    after = os.getloadavg()
     out = [
         "# Hostile inputs through the CLI (issues 13 and 22)",
         "",
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores (shared), load "
+        f"average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after, "
         f"{torch.__version__.split('+')[0]} torch, no GPU used, distill at {source}; cases run with {how} "
         "(the unwritable and "
         "unreadable cases as separate processes, as `nobody` when run by root). The whole pass took "
@@ -1834,6 +1839,7 @@ def write_results(rows: list[Row], how: str, seconds: float, source: str) -> Non
 
 
 def main_() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only", metavar="SUBSTRING", help="run the cases whose command, class or probe holds it"
@@ -1884,7 +1890,7 @@ def main_() -> None:
         print("\n".join(table(rows)))
         print(f"{seconds:.0f} s", file=sys.stderr)
     else:
-        write_results(rows, how, seconds, source)
+        write_results(rows, how, seconds, source, before)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def latencies(answer, queries: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--dim", type=int, default=64)
@@ -102,10 +103,11 @@ def main() -> None:
             row["hnsw build s"] = built["hnsw build s"]
             rows.append(row)
             print(row, flush=True)
-    write(rows, args)
+    write(rows, args, before)
 
 
-def write(rows: list[dict], args: argparse.Namespace) -> None:
+def write(rows: list[dict], args: argparse.Namespace, before: tuple[float, float, float]) -> None:
+    """``before``: the load average when the benchmark began."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "# Retrieval by index: HNSW recall@10 against exact search, and one user's latency",
@@ -113,7 +115,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         f"- command: `python -m bench.index_recall --sizes {args.sizes} --dim {args.dim} "
         f"--queries {args.queries} --kinds {args.kinds}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores; load average "
-        f"(1, 5, 15 min) {load} when written (the machine was shared: latencies are upper bounds)",
+        f"{before[0]:.2f} before, (1, 5, 15 min) {load} when written (the machine was shared: latencies "
+        "are upper bounds)",
         "- one query at a time, one thread; top 10 with 20 seen items excluded; d = "
         f"{args.dim}; HNSW m 32, ef_search 128, ef_construction 64 (`pipeline.index.ItemIndex`)",
         "",

@@ -41,6 +41,7 @@ ARMS = {"plain": None, "kl T=1": 1.0, "kl T=2": 2.0}
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
     parser.add_argument("--k", type=int, default=100)
@@ -99,8 +100,9 @@ def main() -> None:
         f"- command: `python -m bench.kd_epoch {args.data} --k {args.k} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} --batches {args.batches}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end (the arms alternate "
-        "batch by batch, so the ratios hold better than the seconds on a busy machine)",
+        f"torch {torch.__version__}; load average {before[0]:.2f} before, {os.getloadavg()[0]:.1f} at the "
+        "end (the arms alternate batch by batch, so the ratios hold better than the seconds on a busy "
+        "machine)",
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions; d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
         f"- teacher: RANDOM top-{k} rows at all {rows:,} training positions (for timing only), written with "

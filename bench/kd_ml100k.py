@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ def distill(*args: str) -> tuple[float, str]:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", default="4", help="last training targets per user the teacher scores")
     parser.add_argument("--top-k", default="100")
@@ -88,10 +90,12 @@ def main() -> None:
     chosen = max(kd_rows, key=lambda r: r[3]["valid"]["ndcg@10"]) if kd_rows else None
     baseline = rows[0][3]
     teacher_metrics = json.loads((teacher / "metrics.json").read_text())
+    after = os.getloadavg()
     lines = [
         "# Distillation on MovieLens-100K: SASRec with and without the MoE-LoRA teacher's soft labels",
         "",
-        f"{datetime.date.today()}, 2 CPU cores. Teacher: `bench/out/ml100k/moe-lora` (SmolLM2-135M, "
+        f"{datetime.date.today()}, 2 CPU cores, load average {before[0]:.2f} before, {after[0]:.2f}/"
+        f"{after[2]:.2f} (1/15 min) after. Teacher: `bench/out/ml100k/moe-lora` (SmolLM2-135M, "
         f"test NDCG@10 {teacher_metrics['test']['ndcg@10']:.4f}), top {args.top_k} items at each user's "
         f"last {args.positions} training targets (export {export_seconds / 60:.1f} min). "
         f"Students: d=64, 2 blocks, max_len 50, lr 0.002, seed 0, epoch picked on validation NDCG@10, "

@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -97,6 +98,7 @@ def finished(run: Path) -> tuple[dict, float]:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/ml-100k/ml-100k.inter", help="an interaction file")
     parser.add_argument("--teacher-hidden", type=int, default=128)
@@ -247,7 +249,7 @@ def main() -> None:
             paired = result.stdout.strip().splitlines()[-1].split(": ", 1)[1]
             compare_lines.append(f"- {arm_name}, seed {seed}: {paired}")
     write_report(args, name, seeds, teacher_metrics, teacher_seconds, arms, picks, exports, soft_labels,
-                 compare_lines, log, time.perf_counter() - started_all)  # fmt: skip
+                 compare_lines, log, time.perf_counter() - started_all, before)  # fmt: skip
 
 
 def pooled_difference(out: Path, arm: dict, seeds: list[int]) -> dict:
@@ -325,14 +327,18 @@ def mean_std(values: list[float]) -> str:
 
 
 def write_report(
-    args, name, seeds, teacher, teacher_seconds, arms, picks, exports, soft_labels, compare_lines, log, total
-) -> None:
+    args, name, seeds, teacher, teacher_seconds, arms, picks, exports, soft_labels, compare_lines, log, total,
+    before,
+) -> None:  # fmt: skip
+    """``before``: the load average when the benchmark began."""
+    after = os.getloadavg()
     teacher_name = f"`{rel(args.teacher_run)}`" if args.teacher_run else f"d={args.teacher_hidden} SASRec"
     lines = [
         f"# Dense KD on {name}: {teacher_name} teacher → d={args.students} SASRec students",
         "",
         f"- command: `python -m bench.kd_value {shlex.join(sys.argv[1:])}`",
-        f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores; whole benchmark "
+        f"- date: {datetime.date.today()}; {platform.machine()}, 2 CPU cores, load average {before[0]:.2f} "
+        f"before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after; whole benchmark "
         f"{total / 60:.1f} min (runs an earlier invocation finished are reused); a run's time is the sum "
         "of its epochs' training seconds (validation excluded), as its metrics.json records them",
         f"- all students: 2 blocks, max_len {args.max_len}, lr 0.002, at most {args.epochs} epochs, "

@@ -260,12 +260,14 @@ def main() -> None:
         f"--teacher-dtype {args.teacher_dtype}"
     )
     median = int(np.median([len(h) for h in raw]))
+    after = os.getloadavg()
     lines = [
         "# Serving latency: ML-1M SASRec student vs the SmolLM2 MoE-LoRA teacher",
         "",
         f"- command: `{command}` (after the two commands in its docstring)",
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPU cores shared with "
-        f"other jobs (load average {load:.1f} when the timings began), torch {torch.__version__}, "
+        f"other jobs (load average {load:.1f} when the timings began, {after[0]:.2f}/{after[2]:.2f} "
+        f"(1/15 min) after), torch {torch.__version__}, "
         f"onnxruntime {importlib.import_module('onnxruntime').__version__}",
         f"- student: `bench/out/ml-1m/student` (d=64, L=200, 2 blocks, {data.num_items:,} items), trained "
         f"{epochs} epoch (latency does not depend on the weights); histories are whole user sequences "

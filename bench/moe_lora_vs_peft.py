@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def _gguf_path() -> Path | None:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=4, help="timed steps per variant (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
@@ -100,7 +102,11 @@ def main() -> None:
             if round_:
                 timings[name].append(time.perf_counter() - start)
 
-    print(f"\n{args.batch} x {args.tokens} tokens, {args.threads} threads, {args.iters} timed steps each")
+    after = os.getloadavg()
+    print(
+        f"\n{args.batch} x {args.tokens} tokens, {args.threads} threads, {args.iters} timed steps each; "
+        f"load average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after"
+    )
     print(f"{'variant':<22} {'s/step (median)':>16} {'samples/s':>10}")
     rates = {}
     for name, times in timings.items():

@@ -97,13 +97,15 @@ def main() -> None:
             table.append(row(label, f"{interactions:,}", runs))
 
     command = shlex.join(["python", "-m", "bench.prepare", *sys.argv[1:]])
+    after = os.getloadavg()
     header = [
         "# `distill prepare` benchmark",
         "",
         f"- command: `{command}` (from the repository root)",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"polars {version('polars')}; load average {load[0]:.2f} before the runs",
+        f"polars {version('polars')}; load average {load[0]:.2f} before the runs, "
+        f"{after[0]:.2f}/{after[2]:.2f} (1/15 min) after",
         f"- each row: {args.repeats} fresh processes; a dataset row is a whole `distill prepare` (start-up, "
         "read, filter, number, write); median wall time, median CPU time (user + system: less sensitive "
         "to a busy machine), largest peak RSS",

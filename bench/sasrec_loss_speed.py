@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ def naive_ce(model: SASRec, h: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 2 warm-up)")
     parser.add_argument(
@@ -95,9 +97,11 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
 
     steps_per_epoch = math.ceil(USERS / BATCH)
+    after = os.getloadavg()
     print(
         f"ML-1M-like: {USERS} users, {ITEMS} items, {positions:.0f} target positions/user, batch {BATCH}, "
-        f"{steps_per_epoch} steps/epoch, {torch.get_num_threads()} threads, {args.steps} timed steps"
+        f"{steps_per_epoch} steps/epoch, {torch.get_num_threads()} threads, {args.steps} timed steps; "
+        f"load average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after"
     )
     header = ("variant", "median s/step", "min s/step", "steps/s", "epoch s", "vs bce")
     print("{:<22} {:>13} {:>10} {:>8} {:>8} {:>7}".format(*header))

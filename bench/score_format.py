@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--inter", help="raw interactions for `distill prepare` (default: --synthetic)")
@@ -118,7 +119,7 @@ def main() -> None:
     )
     precision = float16_precision(data, dirs["v1", f"top-{args.k}"], dirs["v2", f"top-{args.k}"])
     kd = json.loads((out / f"student-v2-top-{args.k}" / "metrics.json").read_text())["history"][0]["kd_loss"]
-    report(args, out, runs, dirs, precision, kd)
+    report(args, out, runs, dirs, precision, kd, before)
 
 
 def rss_anon_mib(pid: int) -> float:
@@ -169,7 +170,16 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir())
 
 
-def report(args, out: Path, runs: list[dict], dirs: dict, precision: dict, kd: float) -> None:
+def report(
+    args,
+    out: Path,
+    runs: list[dict],
+    dirs: dict,
+    precision: dict,
+    kd: float,
+    before: tuple[float, float, float],
+) -> None:
+    """``before``: the load average when the benchmark began."""
     import torch
 
     from distill.data import Dataset
@@ -186,8 +196,8 @@ def report(args, out: Path, runs: list[dict], dirs: dict, precision: dict, kd: f
         f"- command: `{command} --k {args.k} --teacher-epochs {args.teacher_epochs} --old-commit "
         f"{args.old_commit} --threads {args.threads}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores shared with other "
-        f"work (load average {os.getloadavg()[0]:.1f} at the end: the seconds are rough, the bytes and "
-        f"peaks are not), {args.threads} thread(s), torch {torch.__version__}",
+        f"work (load average {before[0]:.2f} before, {os.getloadavg()[0]:.1f} at the end: the seconds are "
+        f"rough, the bytes and peaks are not), {args.threads} thread(s), torch {torch.__version__}",
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {rows:,} training positions, a row at "
         f"each; teacher: a d=64 SASRec, {args.teacher_epochs} epochs; format 1 from commit "
         f"{args.old_commit}'s own code",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -106,12 +108,14 @@ def main() -> None:
 
     scored = len(rows)
     trained = sum(len(b[: args.batch_size // 2]) for b in batches[: max(1, args.batches // 2)])
+    after = os.getloadavg()
     lines = [
         "# MoE-LoRA teacher: float32 vs bfloat16 backbone (SmolLM2-135M, ML-100K)",
         "",
         f"- command: `python -m bench.teacher_dtype --batches {args.batches} --batch-size {args.batch_size} "
         f"--eval-users {args.eval_users}`",
-        f"- date: {datetime.date.today()}; 2 CPU cores, torch {torch.__version__}; teacher "
+        f"- date: {datetime.date.today()}; 2 CPU cores, torch {torch.__version__}, load average "
+        f"{before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after; teacher "
         f"`bench/out/ml100k/moe-lora` ({width} history items with titles per prompt); adapters, "
         "projector and gate float32 in both; both dtypes alternate batch by batch in one process",
         "",

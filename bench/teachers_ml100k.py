@@ -55,6 +55,7 @@ def distill(*args: str, gguf: Path | None = None) -> tuple[float, str]:
 
 
 def main() -> None:
+    before = os.getloadavg()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", default="1", help="each user's last N training targets")
     parser.add_argument("--epochs", default="2")
@@ -135,10 +136,12 @@ def main() -> None:
         commands.append(cmd)
         rows.append((f"{kind} teacher", run, seconds))
 
+    after = os.getloadavg()
     lines = [
         "# Teachers on MovieLens-100K (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, CPU)",
         "",
-        f"{datetime.date.today()}, {os.cpu_count()} CPU cores. Last-token teachers (`--objective last`), "
+        f"{datetime.date.today()}, {os.cpu_count()} CPU cores, load average {before[0]:.2f} before, "
+        f"{after[0]:.2f}/{after[2]:.2f} (1/15 min) after. Last-token teachers (`--objective last`), "
         "not fused with SASRec. Full ranking over all 1,682 items, history items masked, test at the best "
         "validation epoch.",
         "",
