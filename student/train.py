@@ -72,6 +72,9 @@ def run(cfg: StudentTrainConfig) -> dict:
     device = setup_device(cfg.device)
     seed_everything(cfg.seed)
     rank, ranks = world()
+    item_updates = cfg.item_updates or ("rows" if cfg.loss == "sampled" and ranks == 1 else "dense")
+    if item_updates == "rows" and ranks > 1:
+        raise DistillError("--item-updates rows runs in one process; use dense with several")
 
     model_cfg = cfg.sasrec(data.num_items)
     model = SASRec(model_cfg).to(device)
@@ -85,9 +88,6 @@ def run(cfg: StudentTrainConfig) -> dict:
         net = DistributedDataParallel(model, broadcast_buffers=False)  # every rank from rank 0's weights
         torch.manual_seed(cfg.seed + rank)  # but each rank draws its own dropout masks and negatives
     trained = [*model.parameters(), *(experts.parameters() if experts is not None else ())]
-    item_updates = cfg.item_updates or ("rows" if cfg.loss == "sampled" and ranks == 1 else "dense")
-    if item_updates == "rows" and ranks > 1:
-        raise DistillError("--item-updates rows runs in one process; use dense with several")
     optimizer = student_optimizer(
         trained, model.item_emb, item_updates == "rows", lr=cfg.lr, weight_decay=cfg.weight_decay
     )
