@@ -16,7 +16,12 @@ KD on real data. Real commands as subprocesses, two at a time with ``--jobs 2`` 
 on two cores); the plain arms first. Writes ``bench/results/sampled_vs_full_<dataset>.md``.
 
     python -m bench.sampled_vs_full --data ../shared/data/beauty/Beauty.txt [--seeds 0,1,2]
-        [--negatives 256] [--epochs 200] [--patience 10] [--kd] [--jobs 2] [--report-only]
+        [--negatives 256] [--item-updates rows|dense] [--epochs 200] [--patience 10] [--kd] [--jobs 2]
+        [--report-only]
+
+A sampled arm other than the default (256 draws, item rows) is named for where it departs
+(``sampled-n2048``, ``sampled-dense``) and reported in ``sampled_vs_full_<dataset>-n2048.md`` and so on;
+the full-CE runs are shared.
 
 Runs carry over invocations: a finished run is reused, an unfinished one resumed (``--resume``).
 """
@@ -47,6 +52,7 @@ from bench.teachers_of_runs import (
 )
 
 # (first, second): second minus first, where both ran
+# (first, second) with "sampled" standing for this invocation's sampled arm
 PAIRS = [("full", "sampled"), ("full+kd", "sampled+kd"), ("full", "full+kd"), ("sampled", "sampled+kd")]
 KD = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
 SIZE = ["--hidden", "64", "--max-len", "50", "--lr", "0.001", "--length-group", "8"]
@@ -62,6 +68,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/beauty/Beauty.txt", help="an interaction file")
     parser.add_argument("--seeds", default="0,1,2", help="paired seeds, comma-separated")
     parser.add_argument("--negatives", type=int, default=256, help="uniform draws a batch")
+    parser.add_argument(
+        "--item-updates", choices=["rows", "dense"], default="rows", help="of the sampled arm"
+    )
     parser.add_argument("--epochs", type=int, default=200, help="epoch cap of every run")
     parser.add_argument("--patience", type=int, default=10, help="on validation NDCG@10")
     parser.add_argument(
@@ -84,10 +93,13 @@ def main() -> None:
             parser.error(f"--report-only: {rel(data)} has not been prepared")
         subprocess.run([sys.executable, "-m", "cli", *prepare], cwd=ROOT, check=True)
 
-    sampled = ["--loss", "sampled", "--negatives", str(args.negatives)]
+    sampled = ["--loss", "sampled", "--negatives", str(args.negatives), "--item-updates", args.item_updates]
+    # the sampled arm's name says where it departs from the default (256 draws, item rows)
+    tag = "sampled" + (f"-n{args.negatives}" if args.negatives != 256 else "")
+    tag += "-dense" if args.item_updates == "dense" else ""
     arms = {
         "full": ("full-catalogue CE (`--loss ce`)", ["--loss", "ce"]),
-        "sampled": (f"sampled softmax (`{' '.join(sampled)}`, uniform draws, item rows)", sampled),
+        tag: (f"sampled softmax (`{' '.join(sampled)}`, uniform draws)", sampled),
     }
     teacher_jobs, needs = [], ()
     if args.kd:
@@ -105,7 +117,7 @@ def main() -> None:
             "full CE with KD from the teacher's top 100 (exact normaliser)",
             ["--loss", "ce", *kd],
         )
-        arms["sampled+kd"] = (
+        arms[f"{tag}+kd"] = (
             "sampled softmax with KD, the normaliser estimated from the draws",
             [*sampled, *kd],
         )
@@ -152,6 +164,7 @@ def main() -> None:
             )
     compares = []
     for first, second in PAIRS:
+        first, second = first.replace("sampled", tag), second.replace("sampled", tag)
         if first not in arms or second not in arms:
             continue
         paired = [s for s in seeds if results[first][s] is not None and results[second][s] is not None]
@@ -176,7 +189,7 @@ def main() -> None:
         ]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     command = f"python -m bench.sampled_vs_full {' '.join(sys.argv[1:])}".strip()
-    path = ROOT / "bench" / "results" / f"sampled_vs_full_{name}.md"
+    path = ROOT / "bench" / "results" / f"sampled_vs_full_{name}{tag.removeprefix('sampled')}.md"
     reading = ""
     if path.is_file() and "\n## Reading\n" in path.read_text():
         reading = "## Reading\n" + path.read_text().split("\n## Reading\n", 1)[1]
