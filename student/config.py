@@ -55,8 +55,8 @@ class StudentTrainConfig:
     catalogue size, checked by ``student-train`` once the data is read. ``hint_run`` (a wider SASRec
     run) adds ``hint_weight`` times the representation loss of :mod:`student.hint` at every position,
     with or without soft labels.
-    ``item_updates`` says how the item table learns: by rows (lazy Adam on the rows a batch reads, the
-    default of ``loss = "sampled"`` in one process; :mod:`student.optim`) or densely (Adam on every row).
+    ``item_updates`` says how the item table learns: densely (Adam on every row, the default) or, with
+    ``loss = "sampled"`` in one process, by rows (lazy Adam on the rows a batch reads; :mod:`student.optim`).
     ``length_group`` > 1 batches users of similar length together (see
     :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on ML-1M slower progress
     per epoch too, so the default is the plain shuffle (1).
@@ -94,11 +94,11 @@ class StudentTrainConfig:
     )
     item_updates: Literal["rows", "dense"] | None = option(
         None,
-        "How the item table learns. rows: only the rows a batch reads (its inputs, targets, negatives, "
+        "How the item table learns. dense (the default): Adam over the whole table every step. rows "
+        "(--loss sampled, one process): only the rows a batch reads (its inputs, targets, negatives, "
         "teacher items), by lazy Adam on a sparse gradient, so a step costs the same at any catalogue "
-        "size; the default of --loss sampled in one process. dense: Adam over the whole table every "
-        "step; the default otherwise, and the only choice for --loss ce and bce (their gradients reach "
-        "every row).",
+        "size, for catalogues where a dense step is the cost (10^5 items and up); it learns less per "
+        "epoch (Beauty, 12k items: valid NDCG@10 0.046 against 0.058 dense after 10 epochs).",
     )
     length_group: int = option(
         1, "Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches."

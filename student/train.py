@@ -72,7 +72,7 @@ def run(cfg: StudentTrainConfig) -> dict:
     device = setup_device(cfg.device)
     seed_everything(cfg.seed)
     rank, ranks = world()
-    item_updates = cfg.item_updates or ("rows" if cfg.loss == "sampled" and ranks == 1 else "dense")
+    item_updates = cfg.item_updates or "dense"
     if item_updates == "rows" and ranks > 1:
         raise DistillError("--item-updates rows runs in one process; use dense with several")
 
