@@ -19,7 +19,6 @@ interactions, which is what makes distillation pay on this data.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 P_SUCCESSOR = 0.5
 P_TRANSITION = 0.25
@@ -70,7 +69,7 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     successors = _popular_item(members, cum_pop, size, succ_cluster.ravel(), rng).reshape(num_items, 3)
 
     interest = rng.dirichlet(np.full(num_clusters, 0.2), size=num_users)  # (U, C)
-    cum_interest = torch.from_numpy(np.cumsum(interest, axis=1))
+    cum_interest = np.cumsum(interest, axis=1)
     del interest
     extra = rng.geometric(1 / MEAN_EXTRA_LENGTH, num_users) - 1
     lengths = np.clip(MIN_LENGTH + extra, MIN_LENGTH, MAX_LENGTH)
@@ -79,9 +78,7 @@ def generate(num_users: int, num_items: int, seed: int) -> tuple[np.ndarray, np.
     rows = np.arange(num_users)
 
     def from_interest() -> np.ndarray:
-        # How many of the user's cumulative weights lie below a uniform draw: a binary search per user.
-        u = torch.from_numpy(rng.random((num_users, 1)))
-        clusters = torch.searchsorted(cum_interest, u).numpy()[:, 0].clip(max=num_clusters - 1)
+        clusters = (cum_interest < rng.random((num_users, 1))).sum(1).clip(max=num_clusters - 1)
         return _popular_item(members, cum_pop, size, clusters, rng)
 
     current = from_interest()
