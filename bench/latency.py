@@ -6,7 +6,8 @@ Every path goes from raw item ids to the top-10 raw item ids with the user's his
 - ONNX Runtime: the file of ``distill export-model`` with its vocabulary (lookups, the session, masking
   and top-k in numpy: what a user of the file without this package would write);
 - HTTP: ``distill serve`` in a subprocess on 127.0.0.1, a bounded load test (a fixed number of
-  ``POST /recommend`` requests, 1, 8 and 32 concurrent clients, httpx in this process);
+  ``POST /recommend`` requests, 1, 8 and 32 concurrent clients, the threads of a separate plain
+  ``http.client`` process: ``bench/http_load.py``);
 - the teacher: an untrained MoE-LoRA teacher (latency does not depend on its weights) over
   SmolLM2-135M, scoring the same users (its prompt holds their last 10 items with titles), with
   1 torch thread and a float32 backbone: both were its faster choice here (bfloat16 took 8.3 s for
@@ -26,7 +27,6 @@ Writes ``bench/results/latency.md``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import importlib.util
 import json
@@ -35,6 +35,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,41 +106,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load_test(url: str, bodies: list[dict], clients: int, requests: int) -> dict:
-    """``requests`` POSTs shared by ``clients`` concurrent connections; requests/s, p50, p99, errors."""
-    import httpx
-
-    latencies, errors = [], 0
-    counter = iter(range(min(requests, 4 * clients)))  # the warm-up's share
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for i in counter:
-            started = time.perf_counter()
-            try:
-                answer = await http.post(url, json=bodies[i % len(bodies)])
-                ok = answer.status_code == 200 and len(answer.json()["items"]) == K
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            errors += not ok
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))  # warm-up, untimed
-        latencies, errors, counter = [], 0, iter(range(requests))
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - started
-    p50, p99 = percentiles(latencies)
-    return {
-        "clients": clients,
-        "requests": requests,
-        "rps": requests / wall,
-        "p50": p50,
-        "p99": p99,
-        "errors": errors,
-    }
+def load_test(url: str, bodies: Path, clients: int, requests: int) -> dict:
+    """``requests`` POSTs shared by ``clients`` concurrent keep-alive connections, from a separate
+    process (:mod:`bench.http_load`, plain ``http.client``); requests/s, p50 and p99 (ms), errors."""
+    command = [sys.executable, "-m", "bench.http_load", url, str(clients), str(requests), str(bodies), str(K)]
+    result = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    return {**result, "p50": result["p50"] * 1e3, "p99": result["p99"] * 1e3}
 
 
 def http_bench(run: Path, data: Path, bodies: list[dict], requests: int, max_batch: int) -> list[dict]:
@@ -157,7 +129,10 @@ def http_bench(run: Path, data: Path, bodies: list[dict], requests: int, max_bat
             except httpx.HTTPError:
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}/recommend"
-        return [asyncio.run(load_test(url, bodies, clients, requests)) for clients in (1, 8, 32)]
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(bodies, f)
+            f.flush()
+            return [load_test(url, Path(f.name), clients, requests) for clients in (1, 8, 32)]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -294,7 +269,8 @@ def main() -> None:
     lines += [
         "",
         f"HTTP (`distill serve --threads 1`, PyTorch eager, one uvicorn worker; {args.requests} requests per "
-        "level after a warm-up; httpx clients in one process on the same machine; errors = not 200 or not "
+        "level after a warm-up; the clients are threads of a separate process, one keep-alive `http.client` "
+        "connection each (`bench/http_load.py`), on the same machine; errors = not 200 or not "
         f"{K} items):",
         "",
         "| --max-batch | concurrent clients | requests/s | p50 (ms) | p99 (ms) | errors |",
