@@ -135,7 +135,7 @@ def _option(cls: type, field: dataclasses.Field) -> Callable:
     decls = field.metadata["flags"] or shared_decls or ("--" + field.name.replace("_", "-"),)
     help = field.metadata["help"] or shared_help
     kwargs = {"type": str, "multiple": True} if field.metadata["multiple"] else _click_type(cls, field.name)
-    if field.default not in (None, "", False) and not kwargs.get("is_flag"):
+    if field.default not in (None, "", False, ()) and not kwargs.get("is_flag"):
         shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         help = f"{help}  [default: {shown}]"
     # None = not given: the config file or the dataclass default decides.

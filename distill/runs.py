@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +253,22 @@ def copy_run(source: str | Path, target: str | Path) -> None:
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fold_runs(k: int, runs: Iterable[tuple[int, Path]]) -> list[Path]:
+    """The runs of one cross-fit of ``k`` folds, ``(fold, run)`` pairs in any order, as the runs of
+    folds ``0..k-1`` in order; a fold given twice, missing or out of range is a one-line error."""
+    by_fold: dict[int, Path] = {}
+    for fold, run_dir in runs:
+        if fold in by_fold:
+            raise DistillError(
+                f"cross-fit of {k} folds: fold {fold} is given twice ({by_fold[fold]}, {run_dir})"
+            )
+        by_fold[fold] = run_dir
+    missing, extra = sorted(set(range(k)) - by_fold.keys()), sorted(by_fold.keys() - set(range(k)))
+    if missing or extra:
+        problem = f"fold(s) {', '.join(map(str, missing))} missing" if missing else f"fold(s) {extra} >= {k}"
+        raise DistillError(
+            f"cross-fit of {k} folds: {problem}; give the runs of --fold 0 to {k - 1}, once each"
+        )
+    return [by_fold[fold] for fold in range(k)]

@@ -38,7 +38,7 @@ from distill.errors import DistillError
 from distill.io import log
 from distill.metrics import scores_at
 from distill.outputs import STUDENT, TEACHER_KINDS
-from distill.runs import read_run_config
+from distill.runs import fold_runs, read_run_config
 from distill.scoring import BlockFn, Blocks, Scorer, logsumexp_in_blocks
 from student.run import open_student
 from teacher.model import open_teacher
@@ -97,20 +97,7 @@ def open_runs(
 
 def cross_fit(k: int, runs: list[tuple[int, Path]], data: Dataset, device: torch.device) -> Scorer:
     """The runs of folds ``0..k-1`` of one cross-fit, each scoring the users of its held-out fold."""
-    by_fold: dict[int, Path] = {}
-    for fold, run_dir in runs:
-        if fold in by_fold:
-            raise DistillError(
-                f"cross-fit of {k} folds: fold {fold} is given twice ({by_fold[fold]}, {run_dir})"
-            )
-        by_fold[fold] = run_dir
-    missing, extra = sorted(set(range(k)) - by_fold.keys()), sorted(by_fold.keys() - set(range(k)))
-    if missing or extra:
-        problem = f"fold(s) {', '.join(map(str, missing))} missing" if missing else f"fold(s) {extra} >= {k}"
-        raise DistillError(
-            f"cross-fit of {k} folds: {problem}; give the runs of --fold 0 to {k - 1}, once each"
-        )
-    members = [open_run(by_fold[fold], data, device) for fold in range(k)]
+    members = [open_run(run_dir, data, device) for run_dir in fold_runs(k, runs)]
     fold_of = torch.from_numpy(data.folds(k))  # (num_users,)
     context, width = max(m.context for m in members), min(m.width for m in members)
 

@@ -100,6 +100,14 @@ class TeacherTrainConfig:
         None, f"Comma-separated Linear names to adapt. {_per_teacher('target_modules')}"
     )
     train_sasrec: bool = option(False, "Fine-tune the SASRec encoder too.")
+    sasrec_folds: tuple[str, ...] = option(
+        (),
+        "A run of a `student-train --folds K` cross-fit of SASRecs (give all K, one each): each training "
+        "window reads the SASRec that did not train on its user (states and fused score); validation, "
+        "test and scoring read --sasrec.",
+        "--sasrec-fold",
+        multiple=True,
+    )
     epochs: int = option(3)
     batch_size: int = option(8)
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
@@ -161,3 +169,8 @@ class TeacherTrainConfig:
             )
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
+        if self.sasrec_folds and self.train_sasrec:
+            raise ValueError(
+                "--sasrec-fold with --train-sasrec: the cross-fitted SASRecs are read as they are; "
+                "fine-tune without them"
+            )

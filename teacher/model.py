@@ -7,7 +7,9 @@ rebuilds the model (the backbone spec and the SASRec run); its checkpoints only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,6 +34,8 @@ from teacher.text import item_text_vectors
 
 # Where a teacher run keeps its copy of the SASRec run it was trained on (its ID encoder).
 SASREC = "sasrec"
+# Where it keeps its copies of the cross-fitted SASRec runs its training windows read (--sasrec-fold).
+SASREC_FOLDS = "sasrec-folds"
 
 
 class Teacher:
@@ -77,6 +81,21 @@ class Teacher:
             history = F.pad(history, (self.context - history.shape[1], 0))
         prompts = self.prompts(history[:, -self.width :]).to(self.device)
         return prompts, history.to(self.device)
+
+    @contextlib.contextmanager
+    def reading(self, sasrec: SASRec | None) -> Iterator[None]:
+        """Within the block the model reads ``sasrec`` (its states, fused score and item table) in place
+        of its own SASRec; None changes nothing. A cross-fitted training window reads the SASRec that
+        did not train on its user (``teacher-train --sasrec-fold``)."""
+        if sasrec is None:
+            yield
+            return
+        own = self.model.sasrec
+        self.model.sasrec = sasrec
+        try:
+            yield
+        finally:
+            self.model.sasrec = own
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """Scores at every one of the last ``width`` columns, ``(B, width, num_items + 1)``: column j

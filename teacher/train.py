@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,14 @@ from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, write_json
 from distill.outputs import TEACHER_KINDS
-from distill.runs import copy_run, load_checkpoint, prepare_run_dir
+from distill.runs import (
+    copy_run,
+    fold_runs,
+    load_checkpoint,
+    prepare_run_dir,
+    read_run_config,
+    warn_if_unfinished,
+)
 from distill.training import (
     EarlyStopping,
     Logger,
@@ -49,9 +57,11 @@ from distill.training import (
     seed_everything,
 )
 from student.run import load_run
+from student.sasrec import SASRec
 from teacher.config import TeacherTrainConfig
 from teacher.model import (
     SASREC,
+    SASREC_FOLDS,
     Teacher,
     build_teacher,
     check_sasrec,
@@ -84,6 +94,11 @@ def run(cfg: TeacherTrainConfig) -> dict:
     # Refuses a run from another dataset, and a prompt longer than SASRec's window, before writing.
     sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
     context = check_sasrec(cfg, sasrec)
+    own_folds = Path(cfg.output) / SASREC_FOLDS  # its copies of the --sasrec-fold runs
+    fold_sources = cfg.sasrec_folds
+    if cfg.sasrec_folds and resuming_with_copy and own_folds.is_dir():
+        fold_sources = tuple(str(p) for p in sorted(own_folds.iterdir()) if not p.name.startswith("."))
+    crossfit = load_sasrec_folds(fold_sources, data, sasrec)  # (k, SASRec of each fold) or None
     device = setup_device(cfg.device)
     prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, create=False)  # refused early
     text = item_text_of(cfg, data, Path(cfg.output), write=False)  # a resumed run's own, or read afresh
@@ -93,6 +108,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     run_dir = prepare_run_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     if not resuming_with_copy:
         copy_run(cfg.sasrec, own_sasrec)  # the run holds what scoring it needs: moving it keeps it whole
+    if crossfit is not None and not (resuming_with_copy and own_folds.is_dir()):
+        for fold, source in enumerate(sasrec_fold_runs(cfg.sasrec_folds)[1]):
+            copy_run(source, own_folds / f"fold{fold}")  # what a resumed run reads them from
     if text is not None:
         save_item_text(run_dir, cfg.llm, cfg.dtype, item_titles(cfg, data), text)
     model = teacher.model
@@ -113,6 +131,10 @@ def run(cfg: TeacherTrainConfig) -> dict:
         windows = data.train_windows(cfg.prompt_items, context, last=cfg.positions, stride=1)
     if len(windows.targets) == 0:
         raise DistillError(f"{data.path} has no training samples: every training sequence is shorter than 2")
+    readers = None  # with --sasrec-fold: each window's fold, and the SASRec of each fold on the device
+    if crossfit is not None:
+        k, fold_models = crossfit
+        readers = (data.folds(k)[windows.users], [m.requires_grad_(False).to(device) for m in fold_models])
     steps_per_epoch = math.ceil(math.ceil(len(windows.targets) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup * total_steps)
@@ -135,6 +157,12 @@ def run(cfg: TeacherTrainConfig) -> dict:
     }
     if held_out is not None:
         run_config["folds"] = fold_record(cfg.folds, cfg.fold, held_out)
+    if crossfit is not None:
+        run_config["sasrec_folds"] = {
+            "k": crossfit[0],
+            "runs": [f"{SASREC_FOLDS}/fold{f}" for f in range(crossfit[0])],
+            "read": "on training windows only: each window by the fold that held out its user",
+        }
     first_epoch, history = 1, []
     if cfg.resume:
         first_epoch, history = resume_run(
@@ -143,7 +171,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
             lambda weights: load_trainable(model, weights, run_dir / "last"),
             stopper,
             shuffle,
-            matching=("kind", "folds"),
+            matching=("kind", "folds", "sasrec_folds"),
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)
@@ -158,7 +186,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     for epoch in range(first_epoch, cfg.epochs + 1):
         if stopper.should_stop:
             break
-        stats = train_epoch(cfg, teacher, net, windows, optimizer, scheduler, shuffle, epoch, run_dir)
+        stats = train_epoch(
+            cfg, teacher, net, windows, optimizer, scheduler, shuffle, epoch, run_dir, readers
+        )
         logger.scalars(stats, epoch, prefix="train/")
         valid = scorer.evaluate(data, "valid", cfg.eval_batch_size, valid_users)
         logger.scalars(valid, epoch, prefix="valid/")
@@ -222,29 +252,32 @@ def train_epoch(
     shuffle: torch.Generator,
     epoch: int,
     run_dir: Path,
+    readers: tuple[np.ndarray, list[nn.Module]] | None = None,
 ) -> dict[str, float]:
     """One pass over the shuffled windows: cross-entropy over the catalogue at every scored position.
 
-    ``net`` is the teacher's model or its ``DistributedDataParallel`` wrapper. Returns the epoch's
-    statistics (mean loss over every rank's rows, throughput, learning rates, seconds).
+    ``net`` is the teacher's model or its ``DistributedDataParallel`` wrapper. With ``readers`` (each
+    window's fold, and the SASRec of each fold) every batch holds windows of one fold and the teacher
+    reads that fold's SASRec. Returns the epoch's statistics (mean loss over every rank's rows,
+    throughput, learning rates, seconds).
     """
     rank, ranks = world()
     device = teacher.device
     histories, targets = windows.histories, windows.targets
     teacher.model.train()
-    order = torch.randperm(len(targets), generator=shuffle).numpy()
+    batches = epoch_batches(len(targets), cfg.batch_size, shuffle, None if readers is None else readers[0])
     started, total_loss, micro, scored = time.perf_counter(), 0.0, 0, 0
-    with progress(total=len(order), desc=f"epoch {epoch}") as bar:
-        for i in range(0, len(order), cfg.batch_size):
-            batch = order[i : i + cfg.batch_size]
+    with progress(total=len(targets), desc=f"epoch {epoch}") as bar:
+        for number, batch in enumerate(batches, start=1):
             # This rank's rows of the batch; a last batch with fewer rows than ranks gives each rank
             # one row (some the same), as every rank must take every step.
             idx = shard(batch) if len(batch) >= ranks else batch[[rank % len(batch)]]
             micro += 1
-            stepping = micro % cfg.grad_accum == 0 or i + cfg.batch_size >= len(order)
+            stepping = micro % cfg.grad_accum == 0 or number == len(batches)
             # Between optimizer steps DDP need not average gradients: the step's backward does.
             syncing = stepping or ranks == 1
-            with contextlib.nullcontext() if syncing else net.no_sync():
+            sasrec = None if readers is None else readers[1][readers[0][batch[0]]]
+            with contextlib.nullcontext() if syncing else net.no_sync(), teacher.reading(sasrec):
                 queries, items = teacher.queries(torch.from_numpy(histories[idx]), net)  # (B, w, D)
                 target = torch.from_numpy(targets[idx]).to(device)  # (B, w), 0 where not scored
                 logits = queries[target != 0] @ items[1:].T  # (M, N): padding is never a class
@@ -270,10 +303,67 @@ def train_epoch(
     return {
         "seconds": seconds,
         "loss": total_loss / micro,
-        "windows_per_s": len(order) / seconds,
+        "windows_per_s": len(targets) / seconds,
         "positions_per_s": scored / seconds,
         **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
     }
+
+
+def epoch_batches(
+    n: int, batch_size: int, shuffle: torch.Generator, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """One epoch's batches of ``n`` windows in shuffled order. With ``groups`` (each window's fold,
+    ``(n,)``) every batch holds windows of one group: each group's windows, in shuffled order, are cut
+    into batches, whose order is shuffled in turn."""
+    order = torch.randperm(n, generator=shuffle).numpy()
+    if groups is None:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    grouped = [order[groups[order] == g] for g in np.unique(groups)]
+    batches = [mine[i : i + batch_size] for mine in grouped for i in range(0, len(mine), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+
+
+def sasrec_fold_runs(runs: Sequence[str | Path]) -> tuple[int, list[Path]]:
+    """The runs given to ``--sasrec-fold`` as one cross-fit: its ``k`` and its runs by fold. A run that
+    is not cross-fitted, runs of different cross-fits, or a fold missing or given twice is a one-line
+    error."""
+    records = []
+    for run in map(Path, runs):
+        record = read_run_config(run).get("folds")
+        if record is None:
+            raise DistillError(
+                f"--sasrec-fold {run} is not a cross-fitted run (student-train --folds K --fold F makes one)"
+            )
+        records.append((record["k"], record["fold"], run))
+    ks = sorted({k for k, _, _ in records})
+    if len(ks) > 1:
+        raise DistillError(
+            f"--sasrec-fold: runs of cross-fits of {' and '.join(map(str, ks))} folds; give the K runs of one"
+        )
+    return ks[0], fold_runs(ks[0], [(fold, run) for _, fold, run in records])
+
+
+def load_sasrec_folds(
+    runs: Sequence[str | Path], data: Dataset, sasrec: SASRec
+) -> tuple[int, list[SASRec]] | None:
+    """``(k, the SASRec of each fold)`` of the ``--sasrec-fold`` runs (None when there are none), each
+    checked against ``data`` and against the teacher's own SASRec, whose projectors and window they
+    share."""
+    if not runs:
+        return None
+    k, ordered = sasrec_fold_runs(runs)
+    want = (sasrec.config.hidden, sasrec.config.max_len)
+    models = []
+    for run in ordered:
+        model = load_run(run, data)
+        if (model.config.hidden, model.config.max_len) != want:
+            raise DistillError(
+                f"--sasrec-fold {run} has hidden {model.config.hidden} and max_len {model.config.max_len}, "
+                f"the --sasrec run {want[0]} and {want[1]}: the teacher reads both through one projector"
+            )
+        warn_if_unfinished(run)
+        models.append(model)
+    return k, models
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
