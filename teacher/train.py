@@ -135,7 +135,9 @@ def run(cfg: TeacherTrainConfig) -> dict:
     if crossfit is not None:
         k, fold_models = crossfit
         readers = (data.folds(k)[windows.users], [m.requires_grad_(False).to(device) for m in fold_models])
-    steps_per_epoch = math.ceil(math.ceil(len(windows.targets) / cfg.batch_size) / cfg.grad_accum)
+    groups = [len(windows.targets)] if readers is None else np.bincount(readers[0]).tolist()
+    batches_per_epoch = sum(math.ceil(n / cfg.batch_size) for n in groups)  # as epoch_batches cuts them
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -53,6 +53,7 @@ def test_epoch_batches_hold_one_fold_each_and_cover_every_window_once():
     batches = teacher.train.epoch_batches(len(groups), 3, torch.Generator().manual_seed(0), groups)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(groups)))
     assert all(len(b) <= 3 and len(set(groups[b].tolist())) == 1 for b in batches)
+    assert len(batches) == 2 + 2 + 1  # folds of 4, 5 and 2 windows: what the schedule counts
     again = teacher.train.epoch_batches(len(groups), 3, torch.Generator().manual_seed(0), groups)
     assert [b.tolist() for b in batches] == [b.tolist() for b in again]
     # Without folds: the shuffled order cut in turn, as before the option existed.
