@@ -649,9 +649,13 @@ class _TeacherRows:
         items, t_logits = soft.fetch(soft.rows[scored])
         items = items.to(in_batch.device).long()  # (S, k)
         tail = None if soft.tail is None else soft.tail(soft.rows[scored]).float()  # (S,)
-        ordered = items.sort(dim=1).values  # (S, k)
-        draws = negatives.expand(len(items), -1).contiguous()  # (S, n)
-        found = ordered.gather(1, torch.searchsorted(ordered, draws).clamp_(max=items.shape[1] - 1)) == draws
+        # Which draws are one of the row's teacher items: each row's k items looked up among the distinct
+        # draws (S·k searches; searching every draw in every row, S·n, was most of a KD step at n = 2048).
+        distinct, draw_of = torch.unique(negatives, return_inverse=True)  # (D,), (n,) draw -> distinct
+        at = torch.searchsorted(distinct, items).clamp_(max=len(distinct) - 1)  # (S, k)
+        column = torch.where(distinct[at] == items, at, len(distinct))  # (S, k); D: not drawn
+        drawn = items.new_zeros(len(items), len(distinct) + 1, dtype=torch.bool).scatter_(1, column, True)
+        found = drawn[:, draw_of]  # (S, n) True where the draw is one of the row's teacher items
         counted = torch.isin(items, in_batch)  # (S, k)
         hidden = torch.cat([found.new_zeros(len(items), len(in_batch)), found], dim=1)  # (S, |U| + n)
         target = KD[soft.kd](t_logits.float(), soft.temperature, tail)
