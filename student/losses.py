@@ -550,8 +550,9 @@ def sampled_loss(
     other way, so the bias is about ``scale·Var(Ẑ_T)·(rest / R_T² - 1 / Z_T²) / 2`` — of either sign,
     and still zero with the whole catalogue drawn once.
 
-    Memory is ``O(N·(|U| + n + k))``, never the catalogue: rows are taken ``chunk_size`` at a time,
-    each chunk recomputed in backward (activation checkpointing) rather than kept. The teacher's rows
+    Memory is ``O(N·(|U| + n + k))``, never the catalogue: rows are taken ``chunk_size`` at a time, and
+    when the batch's positions times shared columns exceed :data:`KEEP_ELEMENTS` each chunk is
+    recomputed in backward (activation checkpointing) rather than kept. The teacher's rows
     are fetched for the whole batch at once (``N·k``), so the score directory should be a top-k one: a
     full-catalogue one (k = V) is what the chunked :func:`ce_kd_loss` is for.
 
@@ -606,7 +607,7 @@ def sampled_loss(
             if teacher is not None and bounds[i + 1] > bounds[i]:
                 kd = teacher.chunk(slice(bounds[i], bounds[i + 1]), start, vocab, soft, h.device)
             chunk = (h_sel[start:stop], shared_emb, table, positive[start:stop], offset, kd)
-            if wants_grad and count > chunk_size:  # keep only the chunk's inputs; recompute in backward
+            if wants_grad and count * len(offset) > KEEP_ELEMENTS:  # keep the inputs; recompute in backward
                 loss, kd_sum = checkpoint(
                     _sampled_chunk, *chunk, use_reentrant=False, preserve_rng_state=False
                 )
@@ -616,6 +617,12 @@ def sampled_loss(
     if teacher is not None:
         kd_mean = kd_total / len(teacher.scored)
     return total / count, kd_mean
+
+
+# Positions x shared columns up to which sampled_loss keeps every chunk's activations for backward
+# (about 6 such float32 tables with KD) instead of recomputing them: on Beauty-sized batches (1,080
+# positions x 3,100 columns) keeping them made the KD loss's forward + backward 1.2x faster.
+KEEP_ELEMENTS = 2**25
 
 
 @dataclass(frozen=True)
@@ -693,7 +700,9 @@ def _sampled_chunk(
     if kd is None:
         return ce.sum(), ce.new_zeros(())
     temperature = kd.temperature
-    own = torch.einsum("md,mkd->mk", h[kd.rows], table[kd.columns]) / temperature  # (m, k) s_j / T on K
+    # s_j / T on K, (m, k); the rows looked up as an embedding, whose backward sums them faster than
+    # indexing's (1.2x the KD loss's forward + backward on Beauty-sized batches).
+    own = torch.einsum("md,mkd->mk", h[kd.rows], F.embedding(kd.columns, table)) / temperature
     # Ẑ_T's terms: U and the draws outside U ∪ K from the shared columns, K \ U from the row's own.
     terms = (logits[kd.rows] / temperature + offset).masked_fill(kd.hidden, float("-inf"))  # (m, M)
     log_z = torch.logsumexp(torch.cat([terms, own.masked_fill(kd.counted, float("-inf"))], dim=1), dim=1)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import student.losses
 from distill.losses import KD, kd_loss
 from student.config import SASRecConfig
 from student.losses import BatchScores, NegativeSampler, ce_loss, sampled_loss
@@ -281,6 +282,22 @@ def test_alpha_zero_is_exactly_the_plain_sampled_loss() -> None:
     assert torch.equal(loss, expected)
     for name, grad in grads(loss, model).items():
         assert torch.equal(grad, expected_grads[name]), name
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_recomputing_chunks_in_backward_changes_nothing(soft, monkeypatch) -> None:
+    """Large batches recompute each chunk in backward (activation checkpointing) instead of keeping it."""
+    model = make_model()
+    seq, targets = make_batch()
+    draws = NegativeSampler.uniform(NUM_ITEMS, 3).draw(torch.Generator().manual_seed(0))
+    scores = batch_scores(targets, 4, "kl", 0.5, 2.0) if soft else None
+    kept, _ = sampled_loss(model, model(seq), targets, *draws, scores, chunk_size=5)
+    kept_grads = grads(kept, model)
+    monkeypatch.setattr(student.losses, "KEEP_ELEMENTS", 0)  # every batch now counts as large
+    recomputed, _ = sampled_loss(model, model(seq), targets, *draws, scores, chunk_size=5)
+    torch.testing.assert_close(recomputed, kept)
+    for name, grad in grads(recomputed, model).items():
+        torch.testing.assert_close(grad, kept_grads[name], msg=name)
 
 
 def test_sampled_loss_stays_float32_and_handles_an_all_padding_batch() -> None:
