@@ -15,6 +15,12 @@ that file is kept when it is regenerated.
 
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
+        [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
+
+Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
+--teacher-patience 10``: the recipe of ``bench.sampled_vs_full --kd``, whose plain students, teacher,
+scores and KD students are this harness's ``plain-s*``, ``teacher-s0``, ``scores-single`` and
+``kd-single-s*`` under the same commands (linked into its output folder rather than trained twice).
 
 The teachers are SASRecs of the kd_value recipe (max_len 50, lr 0.002, patience 5: ``--teacher-*``),
 about five times cheaper an epoch than the students' max_len 200; 8 of them had to fit a shared 2-core
@@ -188,6 +194,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200, help="epoch cap of every run")
     parser.add_argument("--patience", type=int, default=10, help="of the students, on validation NDCG@10")
     parser.add_argument("--top-k", default="100", help="items per soft label row, or full (the catalogue)")
+    parser.add_argument("--student-max-len", type=int, default=200)
+    parser.add_argument("--length-group", type=int, help="student-train --length-group of every run")
     parser.add_argument("--teacher-max-len", type=int, default=50)
     parser.add_argument("--teacher-lr", default="0.002")
     parser.add_argument("--teacher-patience", type=int, default=5)
@@ -207,15 +215,17 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "cli", *prepare], cwd=ROOT, check=True)
     teacher_size = ["--hidden", "128", "--max-len", str(args.teacher_max_len), "--lr", args.teacher_lr,
                     "--epochs", str(args.epochs), "--patience", str(args.teacher_patience)]  # fmt: skip
-    student_size = ["--hidden", "64", "--max-len", "200", "--lr", "0.001",
+    student_size = ["--hidden", "64", "--max-len", str(args.student_max_len), "--lr", "0.001",
                     "--epochs", str(args.epochs), "--patience", str(args.patience)]  # fmt: skip
+    grouped = [] if args.length_group is None else ["--length-group", str(args.length_group)]
 
     def train(
         key: str, size: list[str], seed: int, extra: list[str] = (), needs: tuple[str, ...] = ()
     ) -> Job:
         run = out / key
         command = ["student-train", "--data", str(data), "--output", str(run), *size, "--seed", str(seed)]
-        return Job(key, [*command, "--device", "cpu", *extra], run / "metrics.json", needs, resume=run)
+        command += ["--device", "cpu", *grouped, *extra]
+        return Job(key, command, run / "metrics.json", needs, resume=run)
 
     members = {f"teacher-s{s}": train(f"teacher-s{s}", teacher_size, s) for s in ENSEMBLE_SEEDS}
     folds = {
@@ -343,9 +353,11 @@ def write_report(
             else f"load average (1, 5, 15 min) {load_before} at the start, {load()} at the end of this "
             f"invocation ({total / 60:.1f} min; runs an earlier invocation finished are reused)"
         )
-        + ". The machine was shared with another engineer's tests and pipelines: "
-        "seconds are inflated and uneven, the metrics are not affected",
-        f"- students: d=64 SASRec, 2 blocks, max_len 200, lr 0.001, batch 128, at most {args.epochs} "
+        + f"; up to {args.jobs} commands at once, each on cores/{args.jobs} torch threads: seconds depend on "
+        "what shared the machine, the metrics do not",
+        f"- students: d=64 SASRec, 2 blocks, max_len {args.student_max_len}, lr 0.001, batch 128, "
+        + (f"length groups of {args.length_group}, " if args.length_group else "")
+        + f"at most {args.epochs} "
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
         "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
         "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)",
