@@ -219,7 +219,9 @@ class ServeConfig:
     port: int = option(8000, "Port to listen on.")
     max_k: int = option(100, "Largest k a request may ask for.")
     max_history: int = option(2000, "Longest history a request may send (raw item ids).")
-    max_batch: int = option(1, "Score up to N requests that arrive together in one call (1: no batching).")
+    max_batch: int = option(
+        32, "Score up to N requests that arrived while another was scored in one call (1: no batching)."
+    )
     threads: int = option(1, "Torch threads for scoring (one request is small: more threads mostly wait).")
     index: Literal["none", "exact", "hnsw"] = option("none", INDEX_HELP)
     device: str = option("cpu")

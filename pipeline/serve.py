@@ -92,7 +92,7 @@ def _modules() -> tuple[Any, Any]:
 
 
 def create_app(
-    recommender: Recommender, max_k: int = 100, max_history: int = 2000, max_batch: int = 1
+    recommender: Recommender, max_k: int = 100, max_history: int = 2000, max_batch: int = 32
 ) -> Any:
     """The FastAPI app that serves ``recommender``.
 
