@@ -267,6 +267,7 @@ class SASRec(nn.Module):
         return self.item_emb.weight
 
     def item_rows(self, items: Tensor) -> Tensor:
-        """Rows ``items`` of the item table, looked up as the input is: with a sparse gradient when the
-        table learns by rows (:func:`student.optim.student_optimizer`)."""
-        return F.embedding(items, self.item_emb.weight, sparse=self.item_emb.sparse)
+        """Rows ``items`` (item ids, never the padding 0) of the item table, looked up as the input is,
+        through ``item_emb``: with a sparse gradient when the table learns by rows, and after the hook
+        that brings those rows up to date (:func:`student.optim.student_optimizer`)."""
+        return self.item_emb(items)

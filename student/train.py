@@ -267,6 +267,8 @@ def train_epoch(
             sequences += len(batch.inputs)
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")
             bar.update()
+    if isinstance(optimizer, Optimizers):  # rows no batch read since are brought up to date
+        optimizer.catch_up()
     seconds = time.perf_counter() - started
     total_loss, total_kd, total_hint = (
         all_sum(torch.tensor([total_loss, total_kd, total_hint])) / ranks

@@ -1,4 +1,5 @@
-"""``teacher-train --sasrec-fold``: training windows read the cross-fitted SASRec that did not see their user."""
+"""``teacher-train --sasrec-fold``: training windows read the cross-fitted SASRec that did not see
+their user."""
 
 from __future__ import annotations
 
