@@ -141,7 +141,8 @@ def main() -> None:
         f"- data: {args.users:,} users of `prepare --synthetic` over {BASE_ITEMS:,} items, their ids spread "
         "over the catalogue (cold items stay in it); SASRec defaults (d = 64, 2 blocks, batch 128), "
         f"--max-len 50; sampled: `--loss sampled --negatives {args.negatives}` (uniform draws), its item "
-        "table updated by rows (`--item-updates rows`: lazy Adam on the rows a batch reads) "
+        "table updated by rows (`--item-updates rows`: Adam on the rows a batch reads, the steps a row "
+        "missed replayed before it is read and at the epoch's end) "
         "or densely (`--item-updates dense`, the default: Adam on every row)",
         "- epoch s: the trainer's own time for each pass over the batches (no evaluation, no start-up); "
         "steady: the fastest after the first; peak MiB: GNU time's maximum RSS of the whole process",
