@@ -353,8 +353,12 @@ def write_report(
             else f"load average (1, 5, 15 min) {load_before} at the start, {load()} at the end of this "
             f"invocation ({total / 60:.1f} min; runs an earlier invocation finished are reused)"
         )
-        + f"; up to {args.jobs} commands at once, each on cores/{args.jobs} torch threads: seconds depend on "
-        "what shared the machine, the metrics do not",
+        + (
+            ""
+            if args.report_only
+            else f"; up to {args.jobs} commands at once, each on cores/{args.jobs} torch threads"
+        )
+        + ": seconds depend on what shared the machine, the metrics do not",
         f"- students: d=64 SASRec, 2 blocks, max_len {args.student_max_len}, lr 0.001, batch 128, "
         + (f"length groups of {args.length_group}, " if args.length_group else "")
         + f"at most {args.epochs} "
