@@ -289,29 +289,24 @@ def main() -> None:
         arm: {s: finished(out / f"{arm if arm == 'plain' else 'kd-' + arm}-s{s}") for s in seeds}
         for arm in arms
     }
-    compares = []
+    compares = []  # (arm, baseline arm, seed or "pooled", line, command)
     for arm in teachers:
-        for seed in seeds:
-            plain, other = out / f"plain-s{seed}", out / f"kd-{arm}-s{seed}"
-            if results["plain"][seed] is None or results[arm][seed] is None:
-                continue
-            compare = ["compare", str(plain), str(other), "--data", str(data), "--device", "cpu"]
-            line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
-            compares.append((arm, seed, line, command_line(compare)))
-        paired = [s for s in seeds if results["plain"][s] is not None and results[arm][s] is not None]
-        if len(paired) > 1:
-            d = pooled_difference(out, arm, paired)
-            zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
-            line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0), seeds {paired} pooled"
-            compares.append((arm, "pooled", line, None))
+        # every arm against the plain student; the teachers of several runs against the one SASRec too
+        for base in ("plain", "single") if arm != "single" else ("plain",):
+            first = "plain" if base == "plain" else "kd-single"
+            paired = [s for s in seeds if results[base][s] is not None and results[arm][s] is not None]
+            for seed in paired:
+                one, other = out / f"{first}-s{seed}", out / f"kd-{arm}-s{seed}"
+                compare = ["compare", str(one), str(other), "--data", str(data), "--device", "cpu"]
+                line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
+                compares.append((arm, base, seed, line, command_line(compare)))
+            if len(paired) > 1:
+                d = paired_runs(data, [(out / f"{first}-s{s}", out / f"kd-{arm}-s{s}") for s in paired])
+                zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
+                line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0)"
+                compares.append((arm, base, "pooled", f"{line}, seeds {paired} pooled", None))
     write_report(args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares,
                  load_before, time.perf_counter() - started)  # fmt: skip
-
-
-def pooled_difference(out: Path, arm: str, seeds: list[int]) -> dict:
-    """Per-user test NDCG@10 of an arm's student minus the plain student of its seed, pooled over the
-    paired seeds: :func:`paired_runs`."""
-    return paired_runs(out / "data", [(out / f"plain-s{s}", out / f"kd-{arm}-s{s}") for s in seeds])
 
 
 def paired_runs(data_dir: Path, pairs: list[tuple[Path, Path]]) -> dict:
@@ -442,13 +437,26 @@ def write_report(
         "## Paired per-user test NDCG@10, KD minus plain of the same seed (`distill compare`, bootstrap 95%)",
         "",
     ]  # fmt: skip
-    lines += [
-        f"- **{arms[arm]}, pooled** (each user's difference averaged over the paired seeds, users "
-        f"resampled): {line}"
-        if seed == "pooled"
-        else f"- {arms[arm]}, seed {seed}: {line}"
-        for arm, seed, line, _ in compares
-    ] or ["- none finished yet"]
+
+    def paired_lines(base: str) -> list[str]:
+        return [
+            f"- **{arms[arm]}, pooled** (each user's difference averaged over the paired seeds, users "
+            f"resampled): {line}"
+            if seed == "pooled"
+            else f"- {arms[arm]}, seed {seed}: {line}"
+            for arm, against, seed, line, _ in compares
+            if against == base
+        ]
+
+    lines += paired_lines("plain") or ["- none finished yet"]
+    if against_single := paired_lines("single"):
+        lines += [
+            "",
+            "## Does a teacher of several runs teach more than the one SASRec? KD from it minus KD from "
+            "the one d=128 SASRec, same seed",
+            "",
+            *against_single,
+        ]
     lines += ["", "## Commands", "", "```", command_line(["prepare", args.data, *prepare[2:]])]
     lines += [command_line(job.args) for job in jobs if job.done.is_file()]
     lines += [
