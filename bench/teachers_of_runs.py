@@ -151,6 +151,24 @@ def finished(run: Path) -> dict | None:
     return metrics
 
 
+def cached(out: Path, key: str, runs: list[Path], compute):
+    """``compute()`` (JSON-able), kept in ``out/reports/<key>.json`` and reused while no run in ``runs``
+    has a metrics.json newer than it: a report over finished runs recomputes only what changed."""
+    path = out / "reports" / f"{key}.json"
+    newest = max((r / "metrics.json").stat().st_mtime for r in runs)
+    if path.is_file() and path.stat().st_mtime > newest:
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
+
+
+def last_result(output: str) -> str:
+    """The result of ``distill compare``'s last line (after its run's name)."""
+    return output.strip().splitlines()[-1].split(": ", 1)[1]
+
+
 def distill_output(args: list[str]) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "cli", *args], cwd=ROOT, check=True, capture_output=True, text=True
@@ -277,7 +295,7 @@ def main() -> None:
         dirs = [out / r for r in runs]
         if not all((d / "metrics.json").is_file() for d in dirs):
             continue
-        metrics = evaluate(dirs, data)
+        metrics = cached(out, f"evaluate-{arm}", dirs, lambda dirs=dirs: evaluate(dirs, data))
         member = [finished(d) for d in dirs]
         train_s = sum(m["seconds"] for m in member)
         export_t = (
@@ -298,10 +316,21 @@ def main() -> None:
             for seed in paired:
                 one, other = out / f"{first}-s{seed}", out / f"kd-{arm}-s{seed}"
                 compare = ["compare", str(one), str(other), "--data", str(data), "--device", "cpu"]
-                line = distill_output(compare).strip().splitlines()[-1].split(": ", 1)[1]
+                line = cached(
+                    out,
+                    f"compare-{first}-kd-{arm}-s{seed}",
+                    [one, other],
+                    lambda compare=compare: last_result(distill_output(compare)),
+                )
                 compares.append((arm, base, seed, line, command_line(compare)))
             if len(paired) > 1:
-                d = paired_runs(data, [(out / f"{first}-s{s}", out / f"kd-{arm}-s{s}") for s in paired])
+                pairs = [(out / f"{first}-s{s}", out / f"kd-{arm}-s{s}") for s in paired]
+                d = cached(
+                    out,
+                    f"pooled-{first}-kd-{arm}-s{''.join(map(str, paired))}",
+                    [r for pair in pairs for r in pair],
+                    lambda pairs=pairs: paired_runs(data, pairs),
+                )
                 zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
                 line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0)"
                 compares.append((arm, base, "pooled", f"{line}, seeds {paired} pooled", None))
