@@ -28,7 +28,9 @@ machine.
 
 ``--jobs N`` runs up to N commands at once (each once the runs it needs have finished); the figures do not
 depend on it, the seconds do. Runs carry over invocations: a finished run or score directory is reused,
-an unfinished run resumed. ``--report-only`` trains and exports nothing and reports what has finished.
+an unfinished run resumed. ``--report-only`` trains and exports nothing and reports what has finished;
+a report keeps each teacher evaluation and compare in ``bench/out/teachers_of_runs_<dataset>/reports/``
+and reuses it while none of its runs has a newer metrics.json.
 Each command runs under ``/usr/bin/time`` where there is one; its wall and CPU seconds are kept in
 ``bench/out/teachers_of_runs_<dataset>/times/``.
 """
