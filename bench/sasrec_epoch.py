@@ -1,7 +1,8 @@
-"""One real training epoch of SASRec: full-softmax CE versus BCE with one negative, in one process.
+"""One real training epoch of SASRec: full-softmax CE in float32 and in mixed bfloat16 (``student-train
+--precision bfloat16``) versus BCE with one negative, in one process.
 
-Both models see the same batches of a prepared dataset (``distill prepare``), the same architecture
-and optimizer; the two variants alternate batch by batch so that a busy machine slows them alike.
+All models see the same batches of a prepared dataset (``distill prepare``), the same architecture
+and optimizer; the three variants alternate batch by batch so that a busy machine slows them alike.
 Each step is forward + loss + backward + Adam step, as ``distill student-train`` does it, with the
 backward split at the model's output so that the loss's own share (its forward and backward) is timed
 apart from the transformer's.
@@ -35,6 +36,9 @@ from student.losses import bce_loss, ce_loss, sample_negatives
 from student.sasrec import SASRec
 
 ROOT = Path(__file__).resolve().parents[1]
+# The timed variants, alternating batch by batch: the full CE in float32 and under --precision bfloat16
+# (the transformer under autocast, the CE's products in bfloat16), and BCE with one negative.
+VARIANTS = ("ce", "ce-bf16", "bce")
 
 
 def main() -> None:
@@ -51,7 +55,7 @@ def main() -> None:
     data = Dataset(args.data)
     cfg = SASRecConfig(num_items=data.num_items, max_len=args.max_len, hidden=args.hidden, blocks=2, heads=1)
     models, optimizers = {}, {}
-    seconds, loss_seconds = {"ce": 0.0, "bce": 0.0}, {"ce": 0.0, "bce": 0.0}
+    seconds, loss_seconds = dict.fromkeys(VARIANTS, 0.0), dict.fromkeys(VARIANTS, 0.0)
     for name in seconds:
         torch.manual_seed(0)
         models[name] = SASRec(cfg).train()
@@ -69,11 +73,13 @@ def main() -> None:
             model, optimizer = models[name], optimizers[name]
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            h = model(inputs)
+            mixed = name == "ce-bf16"  # as student-train --precision bfloat16 trains
+            with torch.autocast("cpu", torch.bfloat16, enabled=mixed):
+                h = model(inputs)
             h_out = h.detach().requires_grad_()
             loss_started = time.perf_counter()
-            if name == "ce":
-                loss = ce_loss(model, h_out, targets)
+            if name != "bce":
+                loss = ce_loss(model, h_out, targets, matmul_dtype=torch.bfloat16 if mixed else torch.float32)
             else:
                 negatives = sample_negatives(targets, data.num_items, 1, negatives_rng)
                 loss = bce_loss(model, h_out, targets, negatives)
@@ -93,8 +99,12 @@ def main() -> None:
         if min(floors.values()) > loss_seconds["bce"]
         else "not both above: a faster CE kernel could in principle meet the bar"
     )
+    epoch_floor = {  # the transformer's products plus the loss's floor, each at one rate
+        "float32": model_work / fp32 + floors["float32"],
+        "bfloat16": model_work / bf16 + floors["bfloat16"],
+    }
     lines = [
-        "# SASRec: one training epoch, full-softmax CE vs BCE with one negative",
+        "# SASRec: one training epoch, full-softmax CE (float32 and mixed bfloat16) vs BCE with one negative",
         "",
         f"- command: `python -m bench.sasrec_epoch {args.data} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} "
@@ -105,12 +115,17 @@ def main() -> None:
         f"- data: {data.num_users:,} users, {data.num_items:,} items; {len(batches)} batches, "
         f"{positions:,} non-pad training positions per epoch ({cells:,} cells with padding); "
         f"d={args.hidden}, 2 blocks, 1 head, dropout 0.2",
+        "- the three variants alternate batch by batch in this one process, from the same initial weights",
         "",
-        "| loss | epoch seconds | vs BCE | of which the loss (forward + backward) |",
-        "|---|---:|---:|---:|",
-        f"| full-softmax CE (fused, chunked) | {seconds['ce']:.1f} | {ratio:.2f} "
+        "| loss | epoch seconds | vs BCE | vs CE float32 | of which the loss (forward + backward) |",
+        "|---|---:|---:|---:|---:|",
+        f"| full-softmax CE (fused, chunked), float32 | {seconds['ce']:.1f} | {ratio:.2f} | 1.00 "
         f"| {loss_seconds['ce']:.1f} |",
-        f"| BCE, 1 negative | {seconds['bce']:.1f} | 1.00 | {loss_seconds['bce']:.1f} |",
+        f"| the same, `--precision bfloat16` | {seconds['ce-bf16']:.1f} "
+        f"| {seconds['ce-bf16'] / seconds['bce']:.2f} | {seconds['ce-bf16'] / seconds['ce']:.2f} "
+        f"| {loss_seconds['ce-bf16']:.1f} |",
+        f"| BCE, 1 negative | {seconds['bce']:.1f} | 1.00 | {seconds['bce'] / seconds['ce']:.2f} "
+        f"| {loss_seconds['bce']:.1f} |",
         "",
         f"Floor for the CE loss: its 3 products of {positions:,} x {data.num_items:,} x {args.hidden} take "
         f"{work / fp32:.1f} s per epoch at this machine's best float32 matmul rate ({fp32 / 1e9:.0f} GFLOP/s "
@@ -123,10 +138,13 @@ def main() -> None:
         f"(padding included, as computed: per cell and block 12·d² for the projections and feed-forward "
         f"and 4·L·d for attention, times 3 for forward and backward) are {model_work / 1e12:.2f} TFLOP, "
         f"{model_work / fp32:.1f} s at {fp32 / 1e9:.0f} GFLOP/s; with the loss's {floors['float32']:.1f} s "
-        f"the epoch's float32 floor is {model_work / fp32 + floors['float32']:.1f} s, and the measured CE "
-        f"epoch is **{seconds['ce'] / (model_work / fp32 + floors['float32']):.2f}x** it (the transformer "
+        f"the epoch's float32 floor is {epoch_floor['float32']:.1f} s, and the measured float32 CE "
+        f"epoch is **{seconds['ce'] / epoch_floor['float32']:.2f}x** it (the transformer "
         f"part, epoch minus loss, {(seconds['ce'] - loss_seconds['ce']) / (model_work / fp32):.2f}x its "
-        f"products; the loss {loss_seconds['ce'] / floors['float32']:.2f}x its floor). Everything else "
+        f"products; the loss {loss_seconds['ce'] / floors['float32']:.2f}x its floor). In bfloat16 the "
+        f"same products and softmax set a floor of {epoch_floor['bfloat16']:.1f} s; the mixed-precision "
+        f"epoch is **{seconds['ce-bf16'] / epoch_floor['bfloat16']:.2f}x** that floor and "
+        f"{seconds['ce-bf16'] / epoch_floor['float32']:.2f}x the float32 one. Everything else "
         "(embeddings, layer norms, dropout masks, softmax of attention, Adam) is counted as free.",
         "",
     ]

@@ -105,6 +105,13 @@ class StudentTrainConfig:
     length_group: int = option(
         1, "Sort shuffled users by length within runs of N batches: faster epochs, less mixed batches."
     )
+    precision: Literal["float32", "bfloat16"] = option(
+        "float32",
+        "bfloat16: mixed precision. The transformer runs under autocast and the full CE's catalogue "
+        "products in bfloat16; weights, Adam, the softmax's sums and evaluation stay float32. Faster "
+        "where the CPU multiplies bfloat16 natively (AMX; bench/results/student_precision.md), slower "
+        "where it does not.",
+    )
     patience: int = option(10)
     eval_every: int = option(1, "Validate every N epochs.")
     eval_batch_size: int = 512

@@ -199,6 +199,7 @@ class Losses:
             inputs: this rank's histories ``(B, L)``; targets: its next items ``(B, L)``, 0 at padding.
         """
         cfg, device = self.cfg, h.device
+        matmul_dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
         kd = hint = 0.0
         soft = None if self.teacher is None else batch_scores(self.teacher, shard(batch.index), targets, cfg)
         if cfg.loss == "sampled":
@@ -206,10 +207,10 @@ class Losses:
             loss, kd_value = sampled_loss(self.model, h, targets.to(device), negatives, log_counts, soft)
             kd = kd_value.item()
         elif soft is not None:
-            loss, kd_value = ce_kd_loss(self.model, h, targets.to(device), soft)
+            loss, kd_value = ce_kd_loss(self.model, h, targets.to(device), soft, matmul_dtype=matmul_dtype)
             kd = kd_value.item()
         elif cfg.loss == "ce":
-            loss = ce_loss(self.model, h, targets.to(device))
+            loss = ce_loss(self.model, h, targets.to(device), matmul_dtype=matmul_dtype)
         else:
             negatives = sample_negatives(targets, self.data.num_items, cfg.negatives).to(device)
             loss = bce_loss(self.model, h, targets.to(device), negatives)
@@ -252,7 +253,8 @@ def train_epoch(
     with progress(total=num_batches, desc=f"epoch {epoch}") as bar:
         for batch in batches:
             inputs, targets = shard(batch.inputs), shard(batch.targets)
-            h = net(inputs.to(device))  # (B, L, d)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                h = net(inputs.to(device))  # (B, L, d)
             loss, kd, hint = losses(h, batch, inputs, targets)
             loss = loss * (int((targets != 0).sum()) * ranks / positions_per_batch)
             check_loss(loss, epoch, steps + 1, run_dir)

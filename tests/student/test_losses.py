@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,51 @@ def test_losses_stay_float32_under_autocast() -> None:
     assert ce.dtype == bce.dtype == torch.float32
     torch.testing.assert_close(ce, expected_ce)
     torch.testing.assert_close(bce, expected_bce)
+
+
+def test_ce_of_a_vanishing_target_is_floored_and_its_gradient_exact() -> None:
+    """A target far below the rest (its softmax underflows float32) reports the floored loss, -log of
+    float32's smallest normal, while the gradient is still softmax minus the one-hot."""
+    model = make_model()
+    seq, targets = make_batch()
+    h = (model(seq) * 1e4).detach().requires_grad_()  # logits of order 1e2-1e3 apart
+    loss = ce_loss(model, h, targets, chunk_size=4)
+    expected = naive_ce_of_states(model, h, targets)
+    assert torch.isfinite(loss) and expected > loss  # some target's exact loss is above the floor
+    assert loss <= -math.log(torch.finfo(torch.float32).tiny) + 1e-4
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, h)[0], torch.autograd.grad(expected, h)[0], atol=1e-6, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_bfloat16_products_stay_close_to_float32(teacher: bool) -> None:
+    """--precision bfloat16: the catalogue products in bfloat16 move the loss and every gradient by
+    about bfloat16's rounding (2^-8), not more; the loss is float32."""
+    torch.manual_seed(1)
+    model = SASRec(SASRecConfig(num_items=300, max_len=8, hidden=32, blocks=1, heads=1, dropout=0.0))
+    with torch.no_grad():
+        model.item_emb.weight.normal_(0, 0.5)
+    seq = torch.randint(1, 301, (6, 8))
+    targets = torch.randint(1, 301, (6, 8))
+    soft = batch_scores(targets, NUM_ITEMS, "kl", 0.5, 1.0) if teacher else None
+
+    def loss_and_grads(dtype):
+        h = model(seq)
+        if soft is None:
+            loss = ce_loss(model, h, targets, chunk_size=16, matmul_dtype=dtype)
+        else:
+            loss = ce_kd_loss(model, h, targets, soft, chunk_size=16, matmul_dtype=dtype)[0]
+        return loss, grads(loss, model)
+
+    expected, expected_grads = loss_and_grads(torch.float32)
+    loss, actual = loss_and_grads(torch.bfloat16)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=2e-3, atol=0)
+    assert loss != expected  # the products did run in bfloat16
+    for name, grad in expected_grads.items():
+        error = (actual[name] - grad).norm() / grad.norm()
+        assert error < 2e-2, (name, error.item())
 
 
 def test_ce_ignores_padding_and_never_rewards_item_zero() -> None:

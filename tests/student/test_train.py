@@ -64,6 +64,22 @@ def test_resume_matches_an_uninterrupted_run(dataset, tmp_path):
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
 
 
+def test_bfloat16_training_learns_as_float32_does_and_resumes_exactly(dataset, tmp_path):
+    """--precision bfloat16 (autocast + bfloat16 catalogue products): another trajectory than float32,
+    about as good, and as exactly resumable."""
+    runner = CliRunner()
+    bf16 = ("--lr", "0.005", "--precision", "bfloat16")
+    plain = train(runner, dataset, tmp_path / "f32", "--epochs", "15", "--lr", "0.005")
+    mixed = train(runner, dataset, tmp_path / "bf16", "--epochs", "15", *bf16)
+    assert [h["loss"] for h in mixed["history"]] != [h["loss"] for h in plain["history"]]
+    assert mixed["valid"]["hr@10"] > 0.3
+    assert abs(mixed["valid"]["ndcg@10"] - plain["valid"]["ndcg@10"]) < 0.05
+    train(runner, dataset, tmp_path / "cut", "--epochs", "8", *bf16)
+    resumed = train(runner, dataset, tmp_path / "cut", "--epochs", "15", *bf16, "--resume")
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in mixed["history"]]
+    assert resumed["test"] == mixed["test"]
+
+
 def test_bce_loss_trains(dataset, tmp_path):
     metrics = train(
         CliRunner(), dataset, tmp_path / "run", "--epochs", "2", "--loss", "bce", "--negatives", "3"
