@@ -54,6 +54,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
+ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
 PRINT = threading.Lock()
 
 
@@ -219,10 +220,20 @@ def main() -> None:
     parser.add_argument("--teacher-max-len", type=int, default=50)
     parser.add_argument("--teacher-lr", default="0.002")
     parser.add_argument("--teacher-patience", type=int, default=5)
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help=f"teachers to distil, comma-separated, of {', '.join(ARMS)}"
+    )
+    parser.add_argument(
+        "--small-hidden", type=int, help="also distil each teacher into students this wide (vs plain d=64)"
+    )
+    parser.add_argument("--precision", help="student-train --precision of every run")
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = args.arms.split(",")
+    if not set(chosen) <= set(ARMS):
+        parser.error(f"--arms: {args.arms!r} names none or more than {', '.join(ARMS)}")
     load_before, started = load(), time.perf_counter()
     inter = Path(args.data)
     name = inter.stem
@@ -237,7 +248,10 @@ def main() -> None:
                     "--epochs", str(args.epochs), "--patience", str(args.teacher_patience)]  # fmt: skip
     student_size = ["--hidden", "64", "--max-len", str(args.student_max_len), "--lr", "0.001",
                     "--epochs", str(args.epochs), "--patience", str(args.patience)]  # fmt: skip
+    small = args.small_hidden
+    small_size = None if small is None else ["--hidden", str(small), *student_size[2:]]
     grouped = [] if args.length_group is None else ["--length-group", str(args.length_group)]
+    grouped += [] if args.precision is None else ["--precision", args.precision]
 
     def train(
         key: str, size: list[str], seed: int, extra: list[str] = (), needs: tuple[str, ...] = ()
@@ -261,6 +275,7 @@ def main() -> None:
             [*members, *folds],
         ),
     }
+    teachers = {arm: teachers[arm] for arm in ARMS if arm in chosen}
     size = ["--full"] if args.top_k == "full" else ["--top-k", args.top_k]
     exports = {}
     for arm, (_, runs) in teachers.items():
@@ -273,22 +288,26 @@ def main() -> None:
         exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", tuple(runs))
     kd = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
 
-    def students(seed: int) -> list[Job]:
-        return [train(f"plain-s{seed}", student_size, seed)] + [
-            train(f"kd-{arm}-s{seed}", student_size, seed,
+    sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
+
+    def distilled(seed: int, arm: str) -> list[Job]:
+        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked."""
+        return [
+            train(f"kd-{arm}{tag}-s{seed}", size, seed,
                   ["--teacher-scores", str(out / f"scores-{arm}"), *kd], (f"scores-{arm}",))
-            for arm in teachers
+            for tag, size in sizes.items()
         ]  # fmt: skip
 
-    # the first seed first, arm by arm (the runs its teacher still needs, its export, its student), so that
-    # the cheaper arms finish first; then the other seeds
-    first = students(seeds[0])
-    jobs, listed = [first[0]], set()
-    for (arm, (_, runs)), student in zip(teachers.items(), first[1:], strict=True):
+    # the first seed first, arm by arm (the runs its teacher still needs, its export, its students), so
+    # that the cheaper arms finish first; then the other seeds
+    jobs, listed = [train(f"plain-s{seeds[0]}", student_size, seeds[0])], set()
+    for arm, (_, runs) in teachers.items():
         jobs += [{**members, **folds}[r] for r in runs if r not in listed]
         listed.update(runs)
-        jobs += [exports[arm], student]
-    jobs += [job for seed in seeds[1:] for job in students(seed)]
+        jobs += [exports[arm], *distilled(seeds[0], arm)]
+    for seed in seeds[1:]:
+        jobs += [train(f"plain-s{seed}", student_size, seed)]
+        jobs += [job for arm in teachers for job in distilled(seed, arm)]
     run_all(jobs, out, args.jobs, args.report_only)
 
     # the report
@@ -304,15 +323,23 @@ def main() -> None:
             times(out, f"scores-{arm}") if (out / f"scores-{arm}" / "manifest.json").is_file() else None
         )
         teacher_rows.append((arm, what, runs, metrics, member, train_s, export_t))
-    arms = {"plain": "plain (labels only)", **{arm: f"KD from the {t[0]}" for arm, t in teachers.items()}}
+    arms = {"plain": "plain (labels only)"} | {
+        f"{arm}{tag}": f"KD from the {what}" + (f" into d={tag[2:]}" if tag else "")
+        for arm, (what, _) in teachers.items()
+        for tag in sizes
+    }
     results = {
         arm: {s: finished(out / f"{arm if arm == 'plain' else 'kd-' + arm}-s{s}") for s in seeds}
         for arm in arms
     }
     compares = []  # (arm, baseline arm, seed or "pooled", line, command)
-    for arm in teachers:
-        # every arm against the plain student; the teachers of several runs against the one SASRec too
-        for base in ("plain", "single") if arm != "single" else ("plain",):
+    for arm in arms:
+        if arm == "plain":
+            continue
+        # every arm against the plain d=64 student; the d=64 students of teachers of several runs against
+        # the one SASRec's too
+        several = arm in teachers and arm != "single" and "single" in teachers
+        for base in ("plain", "single") if several else ("plain",):
             first = "plain" if base == "plain" else "kd-single"
             paired = [s for s in seeds if results[base][s] is not None and results[arm][s] is not None]
             for seed in paired:
@@ -385,8 +412,11 @@ def write_report(
             else f"; up to {args.jobs} commands at once, each on cores/{args.jobs} torch threads"
         )
         + ": seconds depend on what shared the machine, the metrics do not",
-        f"- students: d=64 SASRec, 2 blocks, max_len {args.student_max_len}, lr 0.001, batch 128, "
+        "- students: d=64 SASRec"
+        + (f" (and d={args.small_hidden} where named)" if args.small_hidden else "")
+        + f", 2 blocks, max_len {args.student_max_len}, lr 0.001, batch 128, "
         + (f"length groups of {args.length_group}, " if args.length_group else "")
+        + (f"`--precision {args.precision}`, " if args.precision else "")
         + f"at most {args.epochs} "
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
         "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
@@ -454,7 +484,8 @@ def write_report(
             f"| {label} | {' | '.join(cells)} "
             f"| {statistics.mean(runs[s]['test']['ndcg@10'] for s in done):.4f} "
             f"| {statistics.mean(runs[s]['valid']['ndcg@10'] for s in done):.4f} | {epochs} | {gains} "
-            f"| {'; '.join(cost(out, f'{key}-s{s}', runs[s]) for s in done)} | {teacher_cost.get(arm, '—')} |"
+            f"| {'; '.join(cost(out, f'{key}-s{s}', runs[s]) for s in done)} "
+            f"| {teacher_cost.get(arm.split('-d')[0], '—')} |"
         )
     capped = [s for s in seeds if plain[s] and plain[s]["best_epoch"] >= args.epochs]
     lines += [
