@@ -151,19 +151,24 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 scored = (rows >= 0).nonzero().squeeze(1)  # (m,) rows of the chunk
                 if scored.numel() == 0:
                     scored = None
-            if scored is None:
-                # d(sum CE)/d(logits) = softmax - onehot, over the softmax's own storage: one pass over
-                # the chunk, where log_softmax then exp would take two. The loss is read off the
-                # target's probability, floored at float32's smallest normal (a loss of at most 87.3 per
-                # position is reported; the gradient is exact either way).
+            target = None if scored is None else _soft_target(soft, rows[scored], logits.device)
+            if scored is None or (soft.temperature == 1.0 and target[1].scale == 1.0):
+                # d(sum CE)/d(logits) = softmax - onehot (mixed with KD's at T = 1, whose softmax is the
+                # same), over the softmax's own storage: one pass over the chunk, where log_softmax then
+                # exp would take two. Losses are read off probabilities floored at float32's smallest
+                # normal (a loss of at most 87.3 per position is reported; the gradient is exact).
                 probs = torch.softmax(logits, dim=-1)  # (C, V)
-                total += -probs[arange, t_c].float().clamp_min_(TINY).log_().sum()
-                probs[arange, t_c] -= 1.0
+                ce_rows = -probs[arange, t_c].float().clamp_min_(TINY).log_()  # (C,)
+                if scored is None:
+                    total += ce_rows.sum()
+                    probs[arange, t_c] -= 1.0
+                else:
+                    _fused_at_t1(probs, t_c, ce_rows, scored, *target, soft.alpha, total, kd_total)
             else:
                 logits = logits.float()
                 logp = torch.log_softmax(logits, dim=-1)  # (C, V)
                 ce_rows = -logp[arange, t_c]  # (C,)
-                probs = _fused_chunk(logits, logp, t_c, ce_rows, scored, rows[scored], soft, total, kd_total)
+                probs = _fused_chunk(logits, logp, t_c, ce_rows, scored, *target, soft, total, kd_total)
             if lowered:
                 probs = probs.to(matmul_dtype)
             if grad_h is not None:
@@ -195,49 +200,102 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         )
 
 
+def _soft_target(soft: BatchScores, teacher_rows: Tensor, device: torch.device) -> tuple[Tensor, SoftTarget]:
+    """The teacher's side of a chunk whose scored rows have ``teacher_rows`` ``(m,)``: the column of each
+    teacher item in the item table ``(m, k)`` long, and the KD loss as a soft target."""
+    items, t_logits = soft.fetch(teacher_rows)
+    items = items.to(device).long() - 1  # (m, k): column of each teacher item in E
+    tail = None if soft.tail is None else soft.tail(teacher_rows).to(device, torch.float32)
+    return items, KD[soft.kd](t_logits.to(device, torch.float32), soft.temperature, tail)
+
+
+def _fused_at_t1(
+    probs: Tensor,
+    targets: Tensor,
+    ce_rows: Tensor,
+    scored: Tensor,
+    items: Tensor,
+    target: SoftTarget,
+    alpha: float,
+    total: Tensor,
+    kd_total: Tensor,
+) -> None:
+    """One chunk of :class:`_ChunkedSoftmaxCE` whose rows ``scored`` have a teacher, at T = 1 with scale
+    1 (kl and rank at T = 1), where KD's softmax is the CE's: turns ``probs`` ``(C, V)``, the chunk's
+    softmax (float32 or bfloat16), into d(loss)/d(logits) in place, and adds the chunk's loss to
+    ``total`` and its KD to ``kd_total``.
+
+    (1 - α)(P - onehot) + α(P - p̃) = P - (1 - α)·onehot - α·p̃, with p̃ = p on the teacher's items and,
+    with a bucket, rest · P_i / q_rest elsewhere.
+    """
+    p, rest = target.p, target.rest  # (m, k), (m,) or None
+    whole = scored.numel() == probs.shape[0]  # a dense teacher scores every row: no row copies
+    index = (scored[:, None], items)
+    if rest is None:
+        q_items = probs.gather(1, items) if whole else probs[index]  # (m, k)
+    else:  # the teacher's items zeroed in probs, their values kept aside
+        q_items, outside = _take_items(probs, items, None if whole else scored)
+    log_q_items = q_items.float().clamp_min(TINY).log_()
+    # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
+    bucket = None if rest is None else rest / (outside + TINY)  # (m,)
+    log_q_rest = None if rest is None else (outside + TINY).log()
+    kd_rows = target.rows(log_q_items, log_q_rest)  # (m,)
+    ce_weights = torch.ones_like(ce_rows)
+    ce_weights[scored] = 1.0 - alpha
+    total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
+    kd_total += kd_rows.sum()
+    arange = torch.arange(targets.shape[0], device=targets.device)
+    if bucket is None:
+        probs[arange, targets] -= ce_weights.to(probs.dtype)
+        if whole:  # a row's items are distinct: add by gather and scatter (scatter_add_ is slow in bf16)
+            _scatter(probs, items, probs.gather(1, items).float() - alpha * p)
+        else:
+            probs.index_put_(index, (p * -alpha).to(probs.dtype), accumulate=True)
+        return
+    # off the teacher's items P·(1 - α·rest/q_rest); on them (zeroed above) P - α·p
+    shrink = torch.ones_like(ce_rows)
+    shrink[scored] = 1.0 - alpha * bucket
+    probs.mul_(shrink[:, None].to(probs.dtype))
+    on_items = q_items.float() - alpha * p  # (m, k)
+    if whole:
+        _scatter(probs, items, on_items)
+    else:
+        probs.index_put_(index, on_items.to(probs.dtype))
+    probs[arange, targets] -= ce_weights.to(probs.dtype)
+
+
 def _fused_chunk(
     logits: Tensor,
     logp: Tensor,
     targets: Tensor,
     ce_rows: Tensor,
     scored: Tensor,
-    teacher_rows: Tensor,
+    items: Tensor,
+    target: SoftTarget,
     soft: BatchScores,
     total: Tensor,
     kd_total: Tensor,
 ) -> Tensor:
-    """One chunk of :class:`_ChunkedSoftmaxCE` whose rows ``scored`` have ``teacher_rows``.
+    """One chunk of :class:`_ChunkedSoftmaxCE` whose rows ``scored`` have a teacher (their ``items`` and
+    soft ``target`` from :func:`_soft_target`), at T != 1 or a scale other than 1, in float32.
 
     Adds the chunk's loss to ``total`` and its KD to ``kd_total`` in place; returns d(loss)/d(logits)
     ``(C, V)``, over ``logp``'s storage (``logits`` is overwritten).
     """
     alpha, temperature = soft.alpha, soft.temperature
-    items, t_logits = soft.fetch(teacher_rows)
-    items = items.to(logits.device).long() - 1  # (m, k): column of each teacher item in E
-    tail = None if soft.tail is None else soft.tail(teacher_rows).to(logits.device, torch.float32)
-    target = KD[soft.kd](t_logits.to(logits.device, torch.float32), temperature, tail)
     p, scale, rest = target.p, target.scale, target.rest  # (m, k), float, (m,) or None
-    whole = scored.numel() == logits.shape[0]  # a dense teacher scores every row: no row copies
-    # At T = 1 with scale 1 (kl and rank at T = 1), softmax(z / T) is the CE's own softmax(z) and the
-    # gradient's softmax terms merge into one.
-    shared = temperature == 1.0 and scale == 1.0
-    if shared:
-        log_q_items = logp.gather(1, items) if whole else logp[scored[:, None], items]  # (m, k)
-        probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
-        if rest is not None:  # the teacher's items zeroed in probs, their values kept aside
-            q_items, outside = _take_items(probs, items, None if whole else scored)
-    else:
-        # softmax(z / T) with a single exp over the rows; log q only where the teacher has mass.
-        z = logits.div_(temperature) if whole else logits[scored].div_(temperature)  # (m, V)
-        top = z.amax(dim=-1, keepdim=True)
-        picked = z.gather(1, items)  # (m, k)
-        q = z.sub_(top).exp_()
-        norm = q.sum(dim=-1, keepdim=True)
-        q.div_(norm)  # (m, V) softmax(z / T)
-        log_q_items = picked - top - norm.log()
-        if rest is not None:
-            q_items, outside = _take_items(q, items, None)
-        probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
+    whole = scored.numel() == logits.shape[0]
+    # softmax(z / T) with a single exp over the rows; log q only where the teacher has mass.
+    z = logits.div_(temperature) if whole else logits[scored].div_(temperature)  # (m, V)
+    top = z.amax(dim=-1, keepdim=True)
+    picked = z.gather(1, items)  # (m, k)
+    q = z.sub_(top).exp_()
+    norm = q.sum(dim=-1, keepdim=True)
+    q.div_(norm)  # (m, V) softmax(z / T)
+    log_q_items = picked - top - norm.log()
+    if rest is not None:
+        q_items, outside = _take_items(q, items, None)
+    probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
     # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
     bucket = None if rest is None else rest / (outside + TINY)  # (m,)
     log_q_rest = None if rest is None else (outside + TINY).log()
@@ -249,26 +307,6 @@ def _fused_chunk(
 
     step = alpha * scale / temperature
     arange = torch.arange(targets.shape[0], device=targets.device)
-    if shared:
-        # (1 - α)(P - onehot) + α(P - p̃) = P - (1 - α)·onehot - α·p̃
-        if bucket is None:
-            probs[arange, targets] -= ce_weights
-            if whole:
-                probs.scatter_add_(1, items, p * -step)
-            else:
-                probs.index_put_((scored[:, None], items), p * -step, accumulate=True)
-            return probs
-        # off the teacher's items P·(1 - α·rest/q_rest); on them (zeroed above) P - α·p
-        shrink = torch.ones_like(ce_rows)
-        shrink[scored] = 1.0 - step * bucket
-        probs.mul_(shrink[:, None])
-        on_items = q_items - step * p  # (m, k)
-        if whole:
-            probs.scatter_(1, items, on_items)
-        else:
-            probs.index_put_((scored[:, None], items), on_items)
-        probs[arange, targets] -= ce_weights
-        return probs
     probs[arange, targets] -= 1.0
     sub = probs if whole else probs[scored]
     if bucket is None:
@@ -287,12 +325,21 @@ def _take_items(probs: Tensor, items: Tensor, rows: Tensor | None) -> tuple[Tens
     ``(m,)``."""
     if rows is None:
         at = probs.gather(1, items)
-        probs.scatter_(1, items, 0.0)
-        return at, probs.sum(dim=-1)
+        _scatter(probs, items, torch.zeros_like(at))
+        return at, probs.sum(dim=-1).float()
     index = (rows[:, None], items)
     at = probs[index]
     probs.index_put_(index, torch.zeros_like(at))
-    return at, probs.sum(dim=-1)[rows]
+    return at, probs.sum(dim=-1).float()[rows]
+
+
+def _scatter(probs: Tensor, items: Tensor, values: Tensor) -> None:
+    """``probs[i, items[i, j]] = values[i, j]`` in place, ``values`` cast to ``probs``'s dtype. In bfloat16
+    as a copy of the 16-bit patterns, which torch scatters 4x faster than bfloat16 values."""
+    values = values.to(probs.dtype)
+    if probs.dtype == torch.bfloat16:
+        probs, values = probs.view(torch.int16), values.view(torch.int16)
+    probs.scatter_(1, items, values)
 
 
 def _summed_ce_no_grad(h: Tensor, E: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
