@@ -230,7 +230,12 @@ class SASRec(nn.Module):
         causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # (L, L)
         diagonal = idx.unsqueeze(1) == idx.unsqueeze(0)  # (L, L)
         allowed = (causal & keep[:, None, None, :]) | diagonal  # (B, 1, L, L)
-        attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=seq.device)
+        # Under autocast (student-train --precision bfloat16) the mask takes the autocast dtype, so that
+        # the attention scores, their softmax and dropout stay in it rather than being promoted to
+        # float32 by the mask and cast back for the product with the values.
+        device = seq.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        attn_mask = torch.zeros(allowed.shape, dtype=dtype, device=seq.device)
         attn_mask.masked_fill_(~allowed, float("-inf"))
 
         last = len(self.blocks) - 1

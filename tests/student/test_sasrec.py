@@ -88,6 +88,24 @@ def test_training_attention_matches_the_fused_kernel_when_dropout_keeps_everythi
         torch.testing.assert_close(model.train()(seq), model.eval()(seq))
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_under_autocast_the_states_stay_close_and_padding_stays_masked(training: bool) -> None:
+    """--precision bfloat16: the attention mask takes autocast's dtype (the scores, softmax and dropout
+    stay in bfloat16); real states move by bfloat16 rounding only, padding keys stay invisible, causality
+    holds, and an all-padding row is still finite and zero."""
+    model = make_model(dropout=1e-7).train(training)  # a drop rate that rounds to 0: no masks
+    seq = torch.tensor([left_pad([1, 2, 3], 8), left_pad([4, 5, 6, 7, 8, 9, 10, 11], 8), [0] * 8])
+    changed = seq.clone()
+    changed[1, 7] = 19
+    with torch.no_grad():
+        expected = model(seq)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h, h_changed = model(seq), model(changed)
+    assert torch.isfinite(h).all() and (h[2] == 0).all() and (h[0, :5] == 0).all()
+    torch.testing.assert_close(h.float(), expected, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(h[1, :7], h_changed[1, :7])
+
+
 def test_causal_in_training_mode_with_dropout() -> None:
     model = make_model(dropout=0.3).train()
     seq = torch.tensor([left_pad([1, 2, 3, 4, 5], 8)])
