@@ -38,6 +38,8 @@ from student.sasrec import SASRec
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"plain": None, "kl T=1": 1.0, "kl T=2": 2.0}
+# With --precision bfloat16, the plain and T = 1 arms again as student-train --precision bfloat16 runs them
+MIXED = {"plain, bfloat16": None, "kl T=1, bfloat16": 1.0}
 
 
 def main() -> None:
@@ -50,7 +52,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, default=0, help="stop after N batches (0: the whole epoch)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: also time the plain and T = 1 arms in mixed precision")  # fmt: skip
     args = parser.parse_args()
+    arms = ARMS | (MIXED if args.precision == "bfloat16" else {})
     torch.set_num_threads(args.threads)
     data = Dataset(args.data)
     k = min(args.k, data.num_items)
@@ -66,8 +71,8 @@ def main() -> None:
 
     cfg = SASRecConfig(num_items=data.num_items, max_len=args.max_len, hidden=args.hidden, blocks=2, heads=1)
     models, optimizers = {}, {}
-    seconds = dict.fromkeys(ARMS, 0.0)
-    for name in ARMS:
+    seconds = dict.fromkeys(arms, 0.0)
+    for name in arms:
         torch.manual_seed(0)
         models[name] = SASRec(cfg).train()
         optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=1e-3, betas=(0.9, 0.98))
@@ -77,17 +82,20 @@ def main() -> None:
         batches = batches[: args.batches]
     positions = sum(int((b.targets != 0).sum()) for b in batches)
     for batch in batches:
-        for name, temperature in ARMS.items():
+        for name, temperature in arms.items():
             model, optimizer = models[name], optimizers[name]
+            mixed = name in MIXED
+            dtype = torch.bfloat16 if mixed else torch.float32
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            h = model(batch.inputs)
+            with torch.autocast("cpu", torch.bfloat16, enabled=mixed):
+                h = model(batch.inputs)
             if temperature is None:
-                loss = ce_loss(model, h, batch.targets)
+                loss = ce_loss(model, h, batch.targets, matmul_dtype=dtype)
             else:
                 found = teacher.lookup(batch.index)[batch.targets != 0]
                 soft = BatchScores(found, teacher.fetch, "kl", 0.5, temperature)
-                loss, _ = ce_kd_loss(model, h, batch.targets, soft)
+                loss, _ = ce_kd_loss(model, h, batch.targets, soft, matmul_dtype=dtype)
             loss.backward()
             optimizer.step()
             seconds[name] += time.perf_counter() - started
@@ -98,7 +106,8 @@ def main() -> None:
         "# A distilled epoch (soft labels at every position) vs a plain epoch",
         "",
         f"- command: `python -m bench.kd_epoch {args.data} --k {args.k} --batch-size {args.batch_size} "
-        f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} --batches {args.batches}`",
+        f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} --batches {args.batches}"
+        + (" --precision bfloat16`" if args.precision == "bfloat16" else "`"),
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
         f"torch {torch.__version__}; load average {before[0]:.2f} before, {os.getloadavg()[0]:.1f} at the "
         "end (the arms alternate batch by batch, so the ratios hold better than the seconds on a busy "
@@ -110,7 +119,7 @@ def main() -> None:
         "",
         "| arm | epoch seconds | vs plain |",
         "|---|---:|---:|",
-        *(f"| {name} | {seconds[name]:.1f} | {seconds[name] / seconds['plain']:.2f} |" for name in ARMS),
+        *(f"| {name} | {seconds[name]:.1f} | {seconds[name] / seconds['plain']:.2f} |" for name in arms),
         "",
         f"Memory: `read_scores` took {read_seconds:.1f} s; the process's own (anonymous) resident memory "
         f"went from {rss_before[0]:.0f} to {rss_read[0]:.0f} MiB, its mapped file pages from "
