@@ -109,8 +109,8 @@ class StudentTrainConfig:
         "float32",
         "bfloat16: mixed precision. The transformer runs under autocast and the full CE's catalogue "
         "products in bfloat16; weights, Adam, the softmax's sums and evaluation stay float32. Faster "
-        "where the CPU multiplies bfloat16 natively (AMX; bench/results/student_precision.md), slower "
-        "where it does not.",
+        "where the CPU multiplies bfloat16 natively (with AMX: 0.70x a float32 epoch on ML-1M, the same "
+        "test NDCG@10 on Beauty; bench/results/student_precision.md), slower where it does not.",
     )
     patience: int = option(10)
     eval_every: int = option(1, "Validate every N epochs.")
