@@ -14,7 +14,8 @@ the resident memory of reading it (``read_scores``) and of the epoch.
     python -m bench.kd_epoch DATASET_DIR [--k 100] [--batch-size 128] [--max-len 200] [--hidden 64]
         [--threads 2] [--batches N]
 
-Writes ``bench/results/kd_epoch.md`` (and the score directory under ``bench/out/``).
+Writes ``bench/results/kd_epoch.md``, keeping the ``## Reading`` written by hand at its end (and the score
+directory under ``bench/out/``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import write_results
 from distill.data import Dataset
 from distill.scores import ScoreWriter, read_scores
 from student.config import SASRecConfig
@@ -132,9 +134,7 @@ def main() -> None:
         "chunk's rows.",
         "",
     ]
-    out = ROOT / "bench" / "results" / "kd_epoch.md"
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_results(ROOT / "bench" / "results" / "kd_epoch.md", lines))
 
 
 def write_random_scores(data: Dataset, path: Path, k: int, chunk: int = 100_000) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from bench import write_results
 from bench.catalogue_scale import THREADS, distill_command, timed
 from distill import prepare, synthetic
 from distill.config import PrepareConfig
@@ -156,9 +157,7 @@ def main() -> None:
         *[f"    {c}" for c in commands],
         "",
     ]
-    if args.output.is_file() and "\n## Reading\n" in args.output.read_text():  # written by hand: kept
-        lines.append("## Reading\n" + args.output.read_text().split("\n## Reading\n", 1)[1])
-    args.output.write_text("\n".join(lines))
+    write_results(args.output, lines)
     print(args.output)
 
 

@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_results
 from bench.teachers_of_runs import (
     ROOT,
     Job,
@@ -190,9 +191,6 @@ def main() -> None:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     command = f"python -m bench.sampled_vs_full {' '.join(sys.argv[1:])}".strip()
     path = ROOT / "bench" / "results" / f"sampled_vs_full_{name}{tag.removeprefix('sampled')}.md"
-    reading = ""
-    if path.is_file() and "\n## Reading\n" in path.read_text():
-        reading = "## Reading\n" + path.read_text().split("\n## Reading\n", 1)[1]
     lines = [
         f"# Sampled softmax against full CE on {inter.name}",
         "",
@@ -221,10 +219,8 @@ def main() -> None:
         "| arms | seed | difference | command |",
         "|---|---|---|---|",
         *compares,
-        "",
-        reading,
     ]
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_results(path, lines)
     print(rel(path))
 
 

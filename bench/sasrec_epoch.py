@@ -16,7 +16,7 @@ logits in cache-sized chunks; everything else (the loss, the one-hot, conversion
     python -m bench.sasrec_epoch DATASET_DIR [--batch-size 128] [--max-len 200] [--hidden 64] [--threads 2]
         [--length-group 1]
 
-Writes ``bench/results/sasrec_epoch.md``.
+Writes ``bench/results/sasrec_epoch.md``, keeping the ``## Reading`` written by hand at its end.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from bench import write_results
 from distill.data import Dataset
 from student.config import SASRecConfig
 from student.losses import bce_loss, ce_loss, sample_negatives
@@ -148,10 +149,7 @@ def main() -> None:
         "(embeddings, layer norms, dropout masks, softmax of attention, Adam) is counted as free.",
         "",
     ]
-    out = ROOT / "bench" / "results" / "sasrec_epoch.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_results(ROOT / "bench" / "results" / "sasrec_epoch.md", lines))
 
 
 def transformer_flops(batches: list, d: int, blocks: int) -> float:

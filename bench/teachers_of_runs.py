@@ -51,6 +51,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from bench import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
@@ -528,11 +530,7 @@ def write_report(
     ]  # fmt: skip
     lines += [c for *_, c in compares if c]
     lines += ["```", ""]
-    results_file = ROOT / "bench" / "results" / f"teachers_of_runs_{name}.md"
-    if results_file.is_file() and "\n## Reading" in (old := results_file.read_text()):
-        lines += ["## Reading" + old.split("\n## Reading", 1)[1].rstrip("\n"), ""]
-    results_file.write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_results(ROOT / "bench" / "results" / f"teachers_of_runs_{name}.md", lines))
 
 
 if __name__ == "__main__":
