@@ -209,6 +209,32 @@ def _soft_target(soft: BatchScores, teacher_rows: Tensor, device: torch.device) 
     return items, KD[soft.kd](t_logits.to(device, torch.float32), soft.temperature, tail)
 
 
+def _add_losses(
+    target: SoftTarget,
+    log_q_items: Tensor,
+    outside: Tensor | None,
+    ce_rows: Tensor,
+    scored: Tensor,
+    alpha: float,
+    total: Tensor,
+    kd_total: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Add a chunk's loss, ``(1 - α)·CE + α·KD`` at scored rows and CE elsewhere, to ``total`` and its KD
+    to ``kd_total``, in place, from the student's log-probabilities at the teacher's items ``(m, k)``
+    and, with a bucket, its mass ``outside`` them ``(m,)``. Returns the CE's weight per row ``(C,)`` and
+    the bucket's share ``rest / q_rest`` per scored row ``(m,)`` (None without a bucket)."""
+    rest = target.rest
+    # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
+    bucket = None if rest is None else rest / (outside + TINY)  # (m,)
+    log_q_rest = None if rest is None else (outside + TINY).log()
+    kd_rows = target.rows(log_q_items, log_q_rest)  # (m,)
+    ce_weights = torch.ones_like(ce_rows)
+    ce_weights[scored] = 1.0 - alpha
+    total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
+    kd_total += kd_rows.sum()
+    return ce_weights, bucket
+
+
 def _fused_at_t1(
     probs: Tensor,
     targets: Tensor,
@@ -233,17 +259,11 @@ def _fused_at_t1(
     index = (scored[:, None], items)
     if rest is None:
         q_items = probs.gather(1, items) if whole else probs[index]  # (m, k)
+        outside = None
     else:  # the teacher's items zeroed in probs, their values kept aside
         q_items, outside = _take_items(probs, items, None if whole else scored)
     log_q_items = q_items.float().clamp_min(TINY).log_()
-    # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
-    bucket = None if rest is None else rest / (outside + TINY)  # (m,)
-    log_q_rest = None if rest is None else (outside + TINY).log()
-    kd_rows = target.rows(log_q_items, log_q_rest)  # (m,)
-    ce_weights = torch.ones_like(ce_rows)
-    ce_weights[scored] = 1.0 - alpha
-    total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
-    kd_total += kd_rows.sum()
+    ce_weights, bucket = _add_losses(target, log_q_items, outside, ce_rows, scored, alpha, total, kd_total)
     arange = torch.arange(targets.shape[0], device=targets.device)
     if bucket is None:
         probs[arange, targets] -= ce_weights.to(probs.dtype)
@@ -293,17 +313,11 @@ def _fused_chunk(
     norm = q.sum(dim=-1, keepdim=True)
     q.div_(norm)  # (m, V) softmax(z / T)
     log_q_items = picked - top - norm.log()
+    outside = None
     if rest is not None:
         q_items, outside = _take_items(q, items, None)
     probs = logp.exp_()  # (C, V) softmax(z), over logp's storage
-    # The student's bucket (floored as distill.losses.log_mass_outside floors it) and p̃'s share of it.
-    bucket = None if rest is None else rest / (outside + TINY)  # (m,)
-    log_q_rest = None if rest is None else (outside + TINY).log()
-    kd_rows = target.rows(log_q_items, log_q_rest)  # (m,)
-    ce_weights = torch.ones_like(ce_rows)
-    ce_weights[scored] = 1.0 - alpha
-    total += (ce_weights * ce_rows).sum() + alpha * kd_rows.sum()
-    kd_total += kd_rows.sum()
+    ce_weights, bucket = _add_losses(target, log_q_items, outside, ce_rows, scored, alpha, total, kd_total)
 
     step = alpha * scale / temperature
     arange = torch.arange(targets.shape[0], device=targets.device)
