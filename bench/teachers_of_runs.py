@@ -228,14 +228,16 @@ def main() -> None:
     parser.add_argument(
         "--small-hidden", type=int, help="also distil each teacher into students this wide (vs plain d=64)"
     )
-    parser.add_argument("--precision", help="student-train --precision of every run")
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16"), help="student-train --precision of every run"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = args.arms.split(",")
     if not set(chosen) <= set(ARMS):
-        parser.error(f"--arms: {args.arms!r} names none or more than {', '.join(ARMS)}")
+        parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(ARMS)}")
     load_before, started = load(), time.perf_counter()
     inter = Path(args.data)
     name = inter.stem
