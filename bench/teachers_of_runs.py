@@ -16,6 +16,12 @@ that file is kept when it is regenerated.
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
         [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
+        [--prepared DATASET_DIR] [--member LABEL=RUN]
+
+``--member LABEL=RUN`` brings a run trained elsewhere on the same prepared dataset (``--prepared``: an LLM
+teacher's, say) and adds two arms: ``member``, that run alone, and ``member-ensemble``, that run with the
+three d=128 SASRecs, weights fitted on validation (``--weights fit``: an equal share would give the one
+run a quarter whatever it knows).
 
 Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
 --teacher-patience 10``: the recipe of ``bench.sampled_vs_full --kd``, whose plain students, teacher,
@@ -57,6 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
 ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
+MEMBER_ARMS = ("member", "member-ensemble")  # with --member
 PRINT = threading.Lock()
 
 
@@ -164,7 +171,7 @@ def cached(out: Path, key: str, runs: list[Path], compute):
     if path.is_file() and path.stat().st_mtime > newest:
         return json.loads(path.read_text())
     value = compute()
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value))
     return value
 
@@ -181,9 +188,10 @@ def distill_output(args: list[str]) -> str:
     return result.stdout
 
 
-def evaluate(runs: list[Path], data: Path) -> dict[str, dict[str, float]]:
+def evaluate(runs: list[Path], data: Path, extra: list[str] = ()) -> dict[str, dict[str, float]]:
     """``distill evaluate`` of ``runs`` scored as one: ``{split: {metric: value}}`` from its table."""
     args = ["evaluate", *(a for r in runs for a in ("--run", str(r))), "--data", str(data), "--device", "cpu"]
+    args += extra
     lines = distill_output(args).strip().splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["split"])
     names = lines[start].split()[1:]
@@ -231,18 +239,38 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=("float32", "bfloat16"), help="student-train --precision of every run"
     )
+    parser.add_argument(
+        "--prepared",
+        help="a prepared dataset directory to use instead of preparing --data (named after its parent)",
+    )
+    parser.add_argument(
+        "--member",
+        help="LABEL=RUN: a run trained on the --prepared dataset, distilled alone and with the SASRecs",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = args.arms.split(",")
-    if not set(chosen) <= set(ARMS):
-        parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(ARMS)}")
+    known = ARMS + (MEMBER_ARMS if args.member else ())
+    if not set(chosen) <= set(known):
+        parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(known)}")
+    if args.member and "=" not in args.member:
+        parser.error(f"--member {args.member!r}: give LABEL=RUN")
+    if args.member and not args.prepared:
+        parser.error("--member needs --prepared: the dataset its run was trained on")
     load_before, started = load(), time.perf_counter()
-    inter = Path(args.data)
-    name = inter.stem
+    if args.prepared:
+        data = Path(args.prepared).resolve()
+        name = data.parent.name
+        if not (data / "meta.json").is_file():
+            parser.error(f"--prepared {args.prepared}: no meta.json (not a prepared dataset)")
+    else:
+        name = Path(args.data).stem
     out = ROOT / "bench" / "out" / f"teachers_of_runs_{name}"
-    data = out / "data"
+    inter = Path(args.data)
+    if not args.prepared:
+        data = out / "data"
     prepare = ["prepare", str(inter.resolve()), "--output", str(data), "--overwrite"]
     if not (data / "meta.json").is_file():
         if args.report_only:
@@ -270,26 +298,39 @@ def main() -> None:
         f"fold{f}": train(f"fold{f}", teacher_size, 0, ["--folds", str(FOLDS), "--fold", str(f)])
         for f in range(FOLDS)
     }
-    teachers = {  # arm -> (what it is, its runs)
-        "single": ("one d=128 SASRec (seed 0)", ["teacher-s0"]),
-        "ensemble": ("ensemble of 3 d=128 SASRecs (seeds 0, 1, 2)", list(members)),
-        "crossfit": (f"{FOLDS}-fold cross-fit of d=128 SASRecs", list(folds)),
+    teachers = {  # arm -> (what it is, its runs, export/evaluate options)
+        "single": ("one d=128 SASRec (seed 0)", ["teacher-s0"], []),
+        "ensemble": ("ensemble of 3 d=128 SASRecs (seeds 0, 1, 2)", list(members), []),
+        "crossfit": (f"{FOLDS}-fold cross-fit of d=128 SASRecs", list(folds), []),
         "both": (
             "ensemble + cross-fit (all 8 runs: 4 equal members, 3 seeds + the cross-fit)",
             [*members, *folds],
+            [],
         ),
     }
-    teachers = {arm: teachers[arm] for arm in ARMS if arm in chosen}
+    trained = {**members, **folds}  # the runs this harness trains
+    where = {key: out / key for key in trained}  # run name -> its directory
+    if args.member:
+        label, run = args.member.split("=", 1)
+        where[label] = Path(run).resolve()
+        teachers["member"] = (label, [label], [])
+        teachers["member-ensemble"] = (
+            f"{label} + the 3 d=128 SASRecs (weights fitted on validation)",
+            [label, *members],
+            ["--weights", "fit"],
+        )
+    teachers = {arm: teachers[arm] for arm in known if arm in chosen}
     size = ["--full"] if args.top_k == "full" else ["--top-k", args.top_k]
     exports = {}
-    for arm, (_, runs) in teachers.items():
+    for arm, (_, runs, extra) in teachers.items():
         scores = out / f"scores-{arm}"
         command = [
-            "export-logits", *(a for r in runs for a in ("--run", str(out / r))), "--data", str(data),
+            "export-logits", *(a for r in runs for a in ("--run", str(where[r]))), "--data", str(data),
             "--output", str(scores), "--all-positions", *size, "--batch-size", "256", "--device", "cpu",
-            "--overwrite",
+            "--overwrite", *extra,
         ]  # fmt: skip
-        exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", tuple(runs))
+        needs = tuple(r for r in runs if r in trained)
+        exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", needs)
     kd = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
 
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
@@ -305,8 +346,8 @@ def main() -> None:
     # the first seed first, arm by arm (the runs its teacher still needs, its export, its students), so
     # that the cheaper arms finish first; then the other seeds
     jobs, listed = [train(f"plain-s{seeds[0]}", student_size, seeds[0])], set()
-    for arm, (_, runs) in teachers.items():
-        jobs += [{**members, **folds}[r] for r in runs if r not in listed]
+    for arm, (_, runs, _) in teachers.items():
+        jobs += [trained[r] for r in runs if r in trained and r not in listed]
         listed.update(runs)
         jobs += [exports[arm], *distilled(seeds[0], arm)]
     for seed in seeds[1:]:
@@ -316,20 +357,22 @@ def main() -> None:
 
     # the report
     teacher_rows = []
-    for arm, (what, runs) in teachers.items():
-        dirs = [out / r for r in runs]
+    for arm, (what, runs, extra) in teachers.items():
+        dirs = [where[r] for r in runs]
         if not all((d / "metrics.json").is_file() for d in dirs):
             continue
-        metrics = cached(out, f"evaluate-{arm}", dirs, lambda dirs=dirs: evaluate(dirs, data))
+        metrics = cached(
+            out, f"evaluate-{arm}", dirs, lambda dirs=dirs, extra=extra: evaluate(dirs, data, extra)
+        )
         member = [finished(d) for d in dirs]
         train_s = sum(m["seconds"] for m in member)
         export_t = (
             times(out, f"scores-{arm}") if (out / f"scores-{arm}" / "manifest.json").is_file() else None
         )
-        teacher_rows.append((arm, what, runs, metrics, member, train_s, export_t))
+        teacher_rows.append((arm, what, dirs, metrics, member, train_s, export_t, extra))
     arms = {"plain": "plain (labels only)"} | {
         f"{arm}{tag}": f"KD from the {what}" + (f" into d={tag[2:]}" if tag else "")
-        for arm, (what, _) in teachers.items()
+        for arm, (what, *_) in teachers.items()
         for tag in sizes
     }
     results = {
@@ -430,8 +473,11 @@ def write_report(
         "--all-positions "
         f"{'--full' if args.top_k == 'full' else '--top-k ' + args.top_k}` (every training position, "
         f"{'the whole catalogue' if args.top_k == 'full' else 'the top ' + args.top_k + ' items'}); several "
-        "runs: an equal-weight mixture of probabilities, the cross-fit's K runs each scoring the users it "
-        "held out",
+        "runs: an equal-weight mixture of probabilities (unless named otherwise), the cross-fit's K runs "
+        "each scoring the users it held out"
+        + (
+            f"; `--member {rel(args.member)}`: a run trained elsewhere on this dataset" if args.member else ""
+        ),
         "- seconds: a run's training seconds are the sum of its epochs' seconds in its metrics.json "
         "(validation excluded); in brackets, where the command ran under /usr/bin/time, its whole-process "
         "wall / CPU (user + system) seconds",
@@ -442,7 +488,7 @@ def write_report(
         "(sum of members) | export s (wall / CPU) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for _, what, runs, metrics, member, train_s, export_t in teacher_rows:
+    for _, what, runs, metrics, member, train_s, export_t, _ in teacher_rows:
         exported = f"{export_t['wall']:.0f} / {export_t['cpu']:.0f}" if export_t else "—"
         lines.append(
             f"| {what} | {len(runs)} | {metrics['valid']['ndcg@10']:.4f} | {metrics['test']['ndcg@10']:.4f} "
@@ -523,11 +569,12 @@ def write_report(
             "",
             *against_single,
         ]
-    lines += ["", "## Commands", "", "```", command_line(["prepare", args.data, *prepare[2:]])]
+    lines += ["", "## Commands", "", "```"]
+    lines += [] if args.prepared else [command_line(["prepare", args.data, *prepare[2:]])]
     lines += [command_line(job.args) for job in jobs if job.done.is_file()]
     lines += [
-        command_line(["evaluate", *(a for r in row[2] for a in ("--run", str(out / r))),
-                      "--data", str(out / "data"), "--device", "cpu"])
+        command_line(["evaluate", *(a for r in row[2] for a in ("--run", str(r))),
+                      "--data", prepare[3], "--device", "cpu", *row[7]])
         for row in teacher_rows
     ]  # fmt: skip
     lines += [c for *_, c in compares if c]
