@@ -117,8 +117,9 @@ def run_all(jobs: list[Job], out: Path, workers: int, report_only: bool) -> None
     """Run ``jobs`` on ``workers`` threads: whenever one is free, the first job in list order whose needs
     have finished (the list is the priority). Each job gets its share of the cores as torch threads: two
     jobs of two threads each on two cores ran a Beauty batch 2.3x slower than two of one thread (their
-    OpenMP threads spin while the other job holds the core)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    OpenMP threads spin while the other job holds the core). An ``OMP_NUM_THREADS`` set by the caller wins
+    (for harnesses sharing the machine with other jobs)."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers))
     pending, done, failed = list(jobs), set(), []
     running: dict[Future, Job] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
