@@ -31,6 +31,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,20 @@ RECIPES = {"defaults": "", "bf16-grouped": "--precision bfloat16 --length-group 
 
 def rel(path: Path | str) -> str:
     return str(path).replace(f"{ROOT}/", "")
+
+
+def cpu_times() -> list[int]:
+    """The machine's aggregate CPU jiffies from /proc/stat (user … steal), or [] where there is none."""
+    stat = Path("/proc/stat")
+    return [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]] if stat.is_file() else []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of CPU time the hypervisor took between two :func:`cpu_times` (steal: the 8th field)."""
+    if not before or not after:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return spent[7] / max(1, sum(spent))
 
 
 def cli(args: list[str]) -> float:
@@ -119,9 +134,11 @@ def main() -> None:
             print(f"{label}: reused {rel(kept)}", flush=True)
             continue
         print(f"{label}: {options or '(defaults)'}", flush=True)
+        before = cpu_times()
         results[label] = race(data, out / label, shlex.split(options), args.target, args.every, args.cap)
         results[label]["question"] = question
         results[label]["load"] = os.getloadavg()[0]
+        results[label]["steal"] = steal_share(before, cpu_times())
         kept.write_text(json.dumps(results[label]))
     load_after = os.getloadavg()
 
@@ -136,20 +153,27 @@ def main() -> None:
         "resume); after each step, the test NDCG@10 of the epoch validation picked so far (test is read "
         "to time, never to pick)",
         "- training s: the epochs' own seconds (metrics.json); wall s: the steps' whole processes (a "
-        "start-up, validation every epoch and a final test pass per step): an upper bound",
+        "start-up, validation every epoch and a final test pass per step): an upper bound; epochs × median "
+        "s: the epochs needed at the run's median epoch, less sensitive to a few epochs slowed by others; "
+        "CPU stolen: the hypervisor's share of the machine's CPU time over the race (/proc/stat)",
         "",
         "| recipe | options | reached at epoch (picked epoch) | test NDCG@10 | valid NDCG@10 | training s | "
-        "wall s | epochs' mean s | load at its end |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "wall s | median epoch s | epochs × median s | load at its end | CPU stolen |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, result in results.items():
         last = result["steps"][-1]
         reached = last["test"] >= args.target
+        history = json.loads((out / label / "metrics.json").read_text())["history"]
+        median = statistics.median(e["seconds"] for e in history)
+        steal = result.get("steal")
         lines.append(
             f"| {label} | `{recipes[label] or '(defaults)'}` | "
             + (f"{last['epochs']} ({last['best_epoch']})" if reached else f"not by epoch {last['epochs']}")
             + f" | {last['test']:.4f} | {last['valid']:.4f} | {last['train']:.0f} | {result['wall']:.0f} | "
-            f"{last['train'] / last['epochs']:.1f} | {result['load']:.2f} |"
+            f"{median:.1f} | {median * last['epochs']:.0f} | {result['load']:.2f} | "
+            + ("not measured" if steal is None else f"{steal:.0%}")
+            + " |"
         )
     lines += ["", "## Steps", ""]
     for label, result in results.items():
