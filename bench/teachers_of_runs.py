@@ -260,18 +260,13 @@ def main() -> None:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
         parser.error("--member needs --prepared: the dataset its run was trained on")
+    if args.prepared and not (Path(args.prepared) / "meta.json").is_file():
+        parser.error(f"--prepared {args.prepared}: no meta.json (not a prepared dataset)")
     load_before, started = load(), time.perf_counter()
-    if args.prepared:
-        data = Path(args.prepared).resolve()
-        name = data.parent.name
-        if not (data / "meta.json").is_file():
-            parser.error(f"--prepared {args.prepared}: no meta.json (not a prepared dataset)")
-    else:
-        name = Path(args.data).stem
-    out = ROOT / "bench" / "out" / f"teachers_of_runs_{name}"
     inter = Path(args.data)
-    if not args.prepared:
-        data = out / "data"
+    name = Path(args.prepared).resolve().parent.name if args.prepared else inter.stem
+    out = ROOT / "bench" / "out" / f"teachers_of_runs_{name}"
+    data = Path(args.prepared).resolve() if args.prepared else out / "data"
     prepare = ["prepare", str(inter.resolve()), "--output", str(data), "--overwrite"]
     if not (data / "meta.json").is_file():
         if args.report_only:
@@ -313,6 +308,8 @@ def main() -> None:
     where = {key: out / key for key in trained}  # run name -> its directory
     if args.member:
         label, run = args.member.split("=", 1)
+        if label in trained or not label:
+            parser.error(f"--member {args.member!r}: the label must be new (not one of this harness's runs)")
         where[label] = Path(run).resolve()
         teachers["member"] = (label, [label], [])
         teachers["member-ensemble"] = (
@@ -385,10 +382,12 @@ def main() -> None:
         if arm == "plain":
             continue
         # every arm against the plain d=64 student; the d=64 students of teachers of several runs against
-        # the one SASRec's too
-        several = arm in teachers and arm != "single" and "single" in teachers
-        for base in ("plain", "single") if several else ("plain",):
-            first = "plain" if base == "plain" else "kd-single"
+        # the one SASRec's too, and those of the member's mixture against the SASRec ensemble's
+        bases = ["plain"]
+        bases += ["single"] if arm in teachers and arm != "single" and "single" in teachers else []
+        bases += ["ensemble"] if arm == "member-ensemble" and "ensemble" in teachers else []
+        for base in bases:
+            first = "plain" if base == "plain" else f"kd-{base}"
             paired = [s for s in seeds if results[base][s] is not None and results[arm][s] is not None]
             for seed in paired:
                 one, other = out / f"{first}-s{seed}", out / f"kd-{arm}-s{seed}"
@@ -411,7 +410,7 @@ def main() -> None:
                 zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
                 line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0)"
                 compares.append((arm, base, "pooled", f"{line}, seeds {paired} pooled", None))
-    write_report(args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares,
+    write_report(args, name, seeds, out, data, prepare, jobs, teacher_rows, arms, results, compares,
                  load_before, time.perf_counter() - started)  # fmt: skip
 
 
@@ -439,7 +438,7 @@ def cost(out: Path, key: str, metrics: dict | None) -> str:
 
 
 def write_report(
-    args, name, seeds, out, prepare, jobs, teacher_rows, arms, results, compares, load_before, total
+    args, name, seeds, out, data, prepare, jobs, teacher_rows, arms, results, compares, load_before, total
 ):
     plain, flag = results["plain"], "--report-only"
     lines = [
@@ -570,12 +569,20 @@ def write_report(
             "",
             *against_single,
         ]
+    if against_ensemble := paired_lines("ensemble"):
+        lines += [
+            "",
+            "## Does the member add to the SASRec ensemble? KD from their mixture minus KD from the ensemble "
+            "of 3 d=128 SASRecs, same seed",
+            "",
+            *against_ensemble,
+        ]
     lines += ["", "## Commands", "", "```"]
     lines += [] if args.prepared else [command_line(["prepare", args.data, *prepare[2:]])]
     lines += [command_line(job.args) for job in jobs if job.done.is_file()]
     lines += [
         command_line(["evaluate", *(a for r in row[2] for a in ("--run", str(r))),
-                      "--data", prepare[3], "--device", "cpu", *row[7]])
+                      "--data", str(data), "--device", "cpu", *row[7]])
         for row in teacher_rows
     ]  # fmt: skip
     lines += [c for *_, c in compares if c]

@@ -38,13 +38,9 @@ import time
 from pathlib import Path
 
 from bench import write_results
+from bench.teachers_of_runs import ROOT, rel
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"defaults": "", "bf16-grouped": "--precision bfloat16 --length-group 8"}
-
-
-def rel(path: Path | str) -> str:
-    return str(path).replace(f"{ROOT}/", "")
 
 
 def cpu_times() -> list[int]:
@@ -118,6 +114,8 @@ def main() -> None:
         help="NAME='student-train options' (repeatable; default: the two in RECIPES)",
     )
     args = parser.parse_args()
+    if bad := [r for r in args.recipe or () if "=" not in r or r.startswith("=")]:
+        parser.error(f"--recipe {bad[0]!r}: give NAME='student-train options'")
     recipes = dict(r.split("=", 1) for r in args.recipe) if args.recipe else RECIPES
     name = Path(args.data).stem
     out = ROOT / "bench" / "out" / f"time_to_quality_{name}"
