@@ -31,6 +31,7 @@ import transformers
 from packaging.version import Version
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     AutoModel,
     AutoTokenizer,
@@ -40,6 +41,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from distill.errors import DistillError
 
@@ -54,6 +57,31 @@ _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeEr
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _SPECIAL = ["<unk>", "<pad>", "<s>", "</s>"]
+
+# The attention implementation of every backbone with transformers' SDPA attention.
+ATTENTION = "distill_sdpa"
+
+
+def _sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, run in float32 when a bfloat16 backbone is on a CPU.
+
+    CPU SDPA's bfloat16 kernels are slower than its float32 ones at a teacher's shapes: forward and
+    backward of 8 prompts x 9 heads x 147 tokens took 1.7x as long in bfloat16 as the same attention
+    computed in float32 between two casts (`bench/results/backbone_rate.md`). Elsewhere (float32, or a
+    GPU) it is transformers' own function, unchanged.
+    """
+    if query.dtype != torch.bfloat16 or query.device.type != "cpu":
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    out, weights = sdpa_attention_forward(
+        module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+    )
+    return out.to(query.dtype), weights
+
+
+AttentionInterface.register(ATTENTION, _sdpa_float32_on_cpu)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: causal and padding
 
 # The tiny tokenizer's vocabulary: what prompts are made of (instructions, connectives, digits and
 # punctuation of titles such as "Toy Story (1995)"), plus common words that appear in item titles.
@@ -326,6 +354,8 @@ def load_backbone(
         raise DistillError(f"cannot load backbone {spec!r}: its tokenizer has no pad, eos or unk token")
     tokenizer.padding_side = "right"
     model = model.to(torch_dtype)
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(ATTENTION)
     _freeze(model)
     return model, tokenizer
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from distill.errors import DistillError
-from teacher.backbone import add_special_tokens, hidden_size, load_backbone
+from teacher.backbone import ATTENTION, _sdpa_float32_on_cpu, add_special_tokens, hidden_size, load_backbone
 
 PROMPT = (
     "This user has watched [HistoryEmb] Toy Story (1995) [HistoryEmb] Heat (1995). "
@@ -70,6 +71,45 @@ def test_tiny_is_deterministic_in_seed_and_keeps_global_rng():
 def test_bfloat16():
     model, _ = load_backbone("tiny", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_float32_attention_is_transformers_sdpa_with_its_masks():
+    model, _ = load_backbone("tiny")
+    assert model.config._attn_implementation == ATTENTION
+    ids = torch.randint(5, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding: the causal and the padding mask both matter
+    ours = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    model.set_attn_implementation("sdpa")
+    theirs = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(ours[mask.bool()], theirs[mask.bool()])
+
+
+def test_bfloat16_attention_runs_in_float32_on_cpu():
+    model, _ = load_backbone("tiny", dtype="bfloat16")
+    assert model.config._attn_implementation == ATTENTION
+    module = model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(0)
+    config = model.config
+    head = config.hidden_size // config.num_attention_heads
+    q = torch.randn(2, config.num_attention_heads, 6, head, generator=generator).bfloat16()
+    k, v = (
+        torch.randn(2, config.num_key_value_heads, 6, head, generator=generator).bfloat16() for _ in range(2)
+    )
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    out, _ = _sdpa_float32_on_cpu(module, q, k, v, mask, dropout=0.0, scaling=0.25)
+    expected, _ = sdpa_attention_forward(
+        module, q.float(), k.float(), v.float(), mask, dropout=0.0, scaling=0.25
+    )
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.bfloat16())
+    same, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.25)
+    assert not torch.equal(out, same)  # bfloat16 SDPA rounds differently: the cast is really taken
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    out32, _ = _sdpa_float32_on_cpu(module, q32, k32, v32, mask, dropout=0.0, scaling=0.25)
+    assert torch.equal(
+        out32, sdpa_attention_forward(module, q32, k32, v32, mask, dropout=0.0, scaling=0.25)[0]
+    )
 
 
 def test_layers_truncation():

@@ -133,6 +133,20 @@ def test_two_dimensional_input():
     torch.testing.assert_close(layer(x), manual)
 
 
+def test_bfloat16_input_computes_the_adapter_in_bfloat16_with_float32_weights():
+    layer = MoELoRALinear(nn.Linear(64, 48).bfloat16(), experts=2, r=8, lora_alpha=16, lora_dropout=0.0)
+    nn.init.normal_(layer.lora_B)
+    x, gates = torch.randn(3, 5, 64).bfloat16(), _gates(3)[:, :2]
+    layer.set_gates(gates)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16 and layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    update = layer.scaling * torch.einsum("be,eor,eri,bti->bto", gates, layer.lora_B, layer.lora_A, x.float())
+    exact = layer.base_layer(x).float() + update
+    torch.testing.assert_close(out.float(), exact, rtol=0.03, atol=0.03)  # bfloat16's rounding, no more
+    out.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_A.grad.abs().sum() > 0
+
+
 def test_merged_equals_unmerged_for_fixed_gate(tiny, inputs):
     model = _moe(tiny)
     gate = _gates(1)[0]
