@@ -69,8 +69,10 @@ class MoELoRALinear(nn.Module):
         scaling: ``lora_alpha / r``, or ``lora_alpha / (r // E)`` with ``per_expert_scaling``.
         merged: Whether a delta for a fixed gate vector is currently folded into ``base_layer.weight``.
 
-    The adapter parameters are float32 whatever the base dtype (peft's ``autocast_adapter_dtype``):
-    the input is cast to float32 for the adapter path and the update is cast back to the output dtype.
+    The adapter parameters are float32 whatever the base dtype (peft's ``autocast_adapter_dtype``). A
+    float32 input runs the adapter path in float32; a bfloat16 input runs it in bfloat16 with the
+    weights cast down per call (mixed precision, as autocast does), and the update is added in the
+    output's dtype.
     """
 
     def __init__(
