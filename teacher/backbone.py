@@ -31,7 +31,6 @@ import transformers
 from packaging.version import Version
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
-    AttentionInterface,
     AutoConfig,
     AutoModel,
     AutoTokenizer,
@@ -41,8 +40,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from distill.errors import DistillError
 
@@ -58,7 +55,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _SPECIAL = ["<unk>", "<pad>", "<s>", "</s>"]
 
-# The attention implementation of every backbone with transformers' SDPA attention.
+try:  # recent transformers: attention functions and their masks are registries one can add to
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+except ImportError:  # older: every backbone keeps transformers' own SDPA attention
+    AttentionInterface = None
+
+# The attention implementation of every backbone with transformers' SDPA attention (where registries exist).
 ATTENTION = "distill_sdpa"
 
 
@@ -80,8 +84,9 @@ def _sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
     return out.to(query.dtype), weights
 
 
-AttentionInterface.register(ATTENTION, _sdpa_float32_on_cpu)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: causal and padding
+if AttentionInterface is not None:
+    AttentionInterface.register(ATTENTION, _sdpa_float32_on_cpu)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: causal and padding
 
 # The tiny tokenizer's vocabulary: what prompts are made of (instructions, connectives, digits and
 # punctuation of titles such as "Toy Story (1995)"), plus common words that appear in item titles.
@@ -354,7 +359,7 @@ def load_backbone(
         raise DistillError(f"cannot load backbone {spec!r}: its tokenizer has no pad, eos or unk token")
     tokenizer.padding_side = "right"
     model = model.to(torch_dtype)
-    if model.config._attn_implementation == "sdpa":
+    if AttentionInterface is not None and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(ATTENTION)
     _freeze(model)
     return model, tokenizer
