@@ -232,7 +232,7 @@ def prepare(cfg: PrepareConfig) -> None:
     """Turn raw interactions (or --synthetic data) into a dataset directory.
 
     INPUTS are interaction files of one format: SASRec `user item` lines, one user per line
-    (`user i1 i2 ...`), RecBole `.inter`, MovieLens `ratings.dat`, or CSV/TSV/Parquet.
+    (`user i1 i2 ...`), RecBole `.inter`, MovieLens `ratings.dat` or `u.data`, or CSV/TSV/Parquet.
     """
     from distill import prepare as stage
 

@@ -123,7 +123,30 @@ def detect_format(path: Path) -> tuple[str, str]:
             f"pairs but line {head.index(lines[odd]) + 1} has {widths[odd]} fields; set --format sasrec "
             "(and fix that line) or --format lines"
         )
+    if len(widths) > 1 and min(widths) == max(widths):  # every line as wide: columns, not histories
+        tokens = [ln.split() for ln in lines]
+        numbers = all(t.lstrip("+-").isdigit() for row in tokens for t in row[:2])
+        unix = all(_is_unix_time(row[-1]) for row in tokens)
+        if widths[0] == 4 and numbers and unix:
+            return (
+                "movielens",
+                f"the first {len(widths)} lines are 'user item rating timestamp' (MovieLens u.data)",
+            )
+        raise DistillError(
+            f"{path}: cannot tell the format: each of the first {len(widths)} lines has {widths[0]} fields, "
+            "which may be columns (user, item, rating, time) or one user's items per line; set --format "
+            "lines for the latter, --format movielens for 'user item rating timestamp', or give columns a "
+            "header line (--format csv/tsv)"
+        )
     return "lines", f"lines of {min(widths)} to {max(widths)} fields: 'user item item ...'"
+
+
+def _is_unix_time(token: str) -> bool:
+    """Whether ``token`` reads as seconds since 1970, from 1973 to 2100 (ratings and item ids do not)."""
+    try:
+        return 1e8 <= float(token) <= 4.2e9
+    except ValueError:
+        return False
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
@@ -209,10 +232,10 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
         new_columns=["line"],
         schema_overrides={"line": pl.String},
     ).with_row_index("lineno", offset=1)
-    if fmt == "movielens":
-        tokens = pl.col("line").str.strip_chars().str.split("::")
-    else:
-        tokens = pl.col("line").str.extract_all(r"\S+")
+    tokens = pl.col("line").str.extract_all(r"\S+")
+    if fmt == "movielens":  # ratings.dat's 'u::i::r::t', or u.data's whitespace-separated columns
+        line = pl.col("line").str.strip_chars()
+        tokens = pl.when(line.str.contains("::", literal=True)).then(line.str.split("::")).otherwise(tokens)
     try:
         frame = lf.with_columns(tokens=tokens).filter(pl.col("tokens").list.len() > 0).collect()
     except Exception as e:
@@ -221,7 +244,10 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
     wrong = {
         "sasrec": (width != 2, "expected 'user item'"),
         "lines": (width < 2, "expected 'user item item …'"),
-        "movielens": ((width < 3) | (width > 4), "expected 'user::item::rating::timestamp'"),
+        "movielens": (
+            (width < 3) | (width > 4),
+            "expected 'user::item::rating::timestamp' or 'user item rating timestamp'",
+        ),
     }[fmt]
     bad = frame.filter(wrong[0])
     if bad.height:

@@ -211,10 +211,41 @@ def test_several_inputs_are_concatenated(tmp_path):
         ("x.txt", "1 2\n1 3\n2 4\n", "sasrec"),
         ("x.txt", "1\t2\n1\t3\n", "sasrec"),
         ("x.txt", "1 2 3\n2 4 5 6\n", "lines"),
+        ("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n", "movielens"),
     ],
 )
 def test_detect_format(tmp_path, name, text, expected):
     assert prepare.detect_format(write(tmp_path / name, text))[0] == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 2 3 4\n2 3 4 5\n",  # histories of 3 items, or columns: no telling
+        "196\t242\t881250949\n186\t302\t891717742\n",  # user item time: not a format of its own
+        "196\t242\t3\t5\n186\t302\t3\t7\n",  # four columns whose last is no Unix time
+    ],
+)
+def test_lines_all_of_one_width_are_not_guessed(tmp_path, text):
+    path = write(tmp_path / "x.txt", text)
+    with pytest.raises(DistillError, match="cannot tell the format: each of the first 2 lines has"):
+        prepare.detect_format(path)
+
+
+def test_lines_all_of_one_width_are_read_when_the_format_is_given(tmp_path):
+    _, out = run(tmp_path, write(tmp_path / "x.txt", "1 2 3 4\n2 3 4 5\n"), format="lines")
+    assert raw_sequences(out) == {"1": ["2", "3", "4"], "2": ["3", "4", "5"]}
+
+
+def test_movielens_u_data_is_read_as_columns(tmp_path):
+    path = write(
+        tmp_path / "u.data",
+        "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t377\t1\t878887116\n"
+        "196\t51\t2\t881250950\n186\t346\t1\t886397596\n186\t51\t1\t886397597\n",
+    )
+    meta, out = run(tmp_path, path)
+    assert meta["sources"][0]["format"] == "movielens"
+    assert raw_sequences(out) == {"196": ["377", "242", "51"], "186": ["346", "51", "302"]}  # by time
 
 
 def test_detect_parquet(tmp_path):
