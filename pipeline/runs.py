@@ -78,8 +78,11 @@ def open_runs(
     """
     if not run_dirs:
         raise DistillError("no run to open")
-    if len(set(map(str, run_dirs))) != len(run_dirs):
-        raise DistillError("a run is given twice")
+    seen: dict[Path, Path] = {}
+    for run_dir in map(Path, run_dirs):  # one directory spelled two ways (./r, r/, a link) is one run
+        if (same := seen.setdefault(run_dir.resolve(), run_dir)) is not run_dir:
+            also = f" and {run_dir} are the same directory" if str(same) != str(run_dir) else ""
+            raise DistillError(f"a run is given twice: {same}{also}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     singles, folds = [], {}
     for run_dir in map(Path, run_dirs):
@@ -91,8 +94,19 @@ def open_runs(
     members = [open_run(run_dir, data, device) for run_dir in singles]
     members += [cross_fit(k, runs, data, device) for k, runs in sorted(folds.items())]
     if len(members) == 1:
+        if weights == "fit":
+            raise DistillError(
+                f"--weights fit weighs the members of an ensemble; {_name(members[0].source)} is one member"
+            )
         return members[0]
     return ensemble(members, data, weights, batch_size)
+
+
+def _name(source: dict) -> str:
+    """A member as a person reads it: its run directory, or a cross-fit by its K and first fold's run."""
+    if "run" in source:
+        return str(source["run"])
+    return f"the {source['k']}-fold cross-fit of {source['members'][0]['run']}, ..."
 
 
 def cross_fit(k: int, runs: list[tuple[int, Path]], data: Dataset, device: torch.device) -> Scorer:
@@ -271,7 +285,7 @@ def fit_weights(members: list[Scorer], data: Dataset, batch_size: int, iteration
             break
     log(
         "ensemble weights fitted on validation: "
-        + ", ".join(f"{m.source.get('kind')} {v:.3f}" for m, v in zip(members, w.tolist(), strict=True))
+        + ", ".join(f"{_name(m.source)} {v:.3f}" for m, v in zip(members, w.tolist(), strict=True))
     )
     return w
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,27 @@ def test_an_incomplete_cross_fit_is_a_one_line_error(runs, synthetic_dataset, tm
     assert len(result.output.strip().splitlines()) == 1
     assert re.search(message, result.output), result.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("spelling", ["./seed0", "seed0/", "link"])
+def test_one_run_spelled_two_ways_is_refused(runs, synthetic_dataset, tmp_path, monkeypatch, spelling):
+    monkeypatch.chdir(runs)
+    other = spelling
+    if spelling == "link":
+        other = str(tmp_path / "link")
+        Path(other).symlink_to(runs / "seed0")
+    args = ["evaluate", "--run", "seed0", "--run", other, "--run", "seed1", "--data", str(synthetic_dataset)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    also = f" and {other} are the same directory" if spelling == "link" else ""
+    assert result.output.strip().endswith(f"a run is given twice: seed0{also}"), result.output
+
+
+def test_fitted_weights_need_several_members(runs, synthetic_dataset):
+    result = CliRunner().invoke(
+        main, ["evaluate", "--run", str(runs / "seed0"), "--data", str(synthetic_dataset), "--weights", "fit"]
+    )
+    assert result.exit_code == 1 and "--weights fit weighs the members of an ensemble" in result.output
 
 
 def test_ensemble_export_is_the_mixture_of_the_members_probabilities(runs, synthetic_dataset, tmp_path):
