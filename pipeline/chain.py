@@ -196,7 +196,7 @@ def grid_points(cfg: PipelineConfig) -> list[dict]:
     points = []
     for kd in dict.fromkeys(cfg.kd):
         for alpha in alphas:
-            for temperature in cfg.temperatures if kd == "kl" else (1.0,):
+            for temperature in dict.fromkeys(cfg.temperatures) if kd == "kl" else (1.0,):
                 points.append({"kd": kd, "alpha": alpha, "temperature": temperature})
     return points
 
@@ -350,7 +350,7 @@ def summary(results: dict) -> str:
     ]
     if "seconds" in results:
         lines.append("wall time: " + ", ".join(f"{name} {t:.0f} s" for name, t in results["seconds"].items()))
-    if models["teacher"]["kind"] != "sasrec":
+    if models["teacher"]["kind"] in ("moe-lora", "e4srec"):
         lines.append(TINY_NOTE if results.get("llm") == "tiny" else "")
     return "\n".join(line for line in lines if line is not None).rstrip()
 

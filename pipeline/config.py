@@ -91,12 +91,31 @@ class PipelineConfig:
             raise ValueError(f"synthetic data needs num_items >= 10, got {self.num_items}")
         if self.teacher == "cross-fit" and self.members < 2:
             raise ValueError(f"a cross-fit teacher needs --members (folds) >= 2, got {self.members}")
+        if self.teacher == "ensemble" and self.members < 2:
+            raise ValueError(
+                f"an ensemble teacher needs --members (SASRec seeds) >= 2, got {self.members}; "
+                "--teacher sasrec is one SASRec"
+            )
+        last = self.seed + max(self.seeds, self.members if self.teacher == "ensemble" else 1) - 1
+        if last > 2**32 - 1:
+            raise ValueError(
+                f"--seed {self.seed} with --seeds {self.seeds}"
+                + (f" and --members {self.members}" if self.teacher == "ensemble" else "")
+                + f" runs seeds up to {last}, past the largest seed, {2**32 - 1}"
+            )
         if not self.kd or not self.alphas:
             raise ValueError("the grid needs at least one --kd loss and one --alphas value")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be positive, got {self.temperatures}")
+        for name, values in (("alphas", self.alphas), ("temperatures", self.temperatures)):
+            # Each value names its students' run directories (`:g`): two values, one name, one directory.
+            if len({f"{v:g}" for v in values}) != len(set(values)):
+                raise ValueError(
+                    f"--{name} {','.join(map(str, values))}: values that differ only past 6 significant "
+                    "digits would share their runs' directories; give distinct values"
+                )
 
 
 @dataclass(frozen=True)

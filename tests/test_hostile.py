@@ -328,6 +328,17 @@ def test_a_real_full_disk_is_one_line_and_leaves_nothing(synthetic_dataset, stud
         (["prepare", "--synthetic", "-o", "out", "--seed", str(2**64)], "seed must be in 0..4294967295"),
         (["pipeline", "-o", "out", "--num-items", "5"], "num_items >= 10"),
         (["pipeline", "-o", "out", "--llm", "./nosuch-model"], "no such local path"),
+        (["pipeline", "-o", "out", "--seed", "4294967295", "--seeds", "2"], "runs seeds up to 4294967296"),
+        (
+            ["pipeline", "-o", "out", "--teacher", "ensemble", "--seed", "4294967295"],
+            "runs seeds up to 4294967297",
+        ),
+        (
+            ["pipeline", "-o", "out", "--teacher", "ensemble", "--members", "1"],
+            "needs --members (SASRec seeds) >= 2",
+        ),
+        (["pipeline", "-o", "out", "--temperatures", "1,1.0000001"], "would share their runs' directories"),
+        (["pipeline", "-o", "out", "--alphas", "0.5,0.5000001"], "would share their runs' directories"),
     ],
 )
 def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch, args, fragment):

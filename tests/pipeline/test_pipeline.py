@@ -63,6 +63,8 @@ def test_the_grid_spans_losses_alphas_and_temperatures():
     points = [(p["kd"], p["alpha"], p["temperature"]) for p in grid_points(cfg)]
     kl = [("kl", a, t) for a in (0.5, 0.8) for t in (0.5, 2.0)]
     assert points == [*kl, ("rank", 0.5, 1.0), ("rank", 0.8, 1.0)]
+    repeated = PipelineConfig(output="o", kd=("kl", "kl"), alphas=(0.5, 0.5), temperatures=(1.0, 1.0, 2.0))
+    assert [(p["alpha"], p["temperature"]) for p in grid_points(repeated)] == [(0.5, 1.0), (0.5, 2.0)]
 
 
 def test_the_grid_picks_alpha_zero_when_the_teacher_is_random(tmp_path):
