@@ -133,7 +133,7 @@ class TeacherTrainConfig:
     device: str = option("auto")
     resume: bool = option(False)
     overwrite: bool = option(False)
-    folds: int | None = option(None, FOLDS_HELP[0])
+    folds: int | None = option(None, FOLDS_HELP[0] + " --sasrec must be fold F of a K-fold SASRec cross-fit.")
     fold: int | None = option(None, FOLDS_HELP[1])
 
     def __post_init__(self) -> None:

@@ -94,6 +94,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
     # Refuses a run from another dataset, and a prompt longer than SASRec's window, before writing.
     sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
     context = check_sasrec(cfg, sasrec)
+    if cfg.folds is not None:
+        check_sasrec_holds_out(own_sasrec if resuming_with_copy else Path(cfg.sasrec), cfg.folds, cfg.fold)
     own_folds = Path(cfg.output) / SASREC_FOLDS  # its copies of the --sasrec-fold runs
     fold_sources = cfg.sasrec_folds
     if cfg.sasrec_folds and resuming_with_copy and own_folds.is_dir():
@@ -323,6 +325,21 @@ def epoch_batches(
     grouped = [order[groups[order] == g] for g in np.unique(groups)]
     batches = [mine[i : i + batch_size] for mine in grouped for i in range(0, len(mine), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+
+
+def check_sasrec_holds_out(sasrec: Path, k: int, fold: int) -> None:
+    """A cross-fitted teacher's ``--sasrec`` must hold out the same users: fold F of a K-fold cross-fit.
+
+    The teacher fuses that SASRec's scores and reads its states wherever it scores, so a SASRec that
+    trained on fold F's users would carry them into the very soft labels the cross-fit promises are out
+    of fold."""
+    record = read_run_config(sasrec).get("folds")
+    if record is None or (record["k"], record["fold"]) != (k, fold):
+        it = "it trained on every user" if record is None else f"it is fold {record['fold']} of {record['k']}"
+        raise DistillError(
+            f"--folds {k} --fold {fold}: --sasrec {sasrec} must hold out the same users, as fold {fold} of a "
+            f"{k}-fold cross-fit (student-train --folds {k} --fold {fold}), and {it}"
+        )
 
 
 def sasrec_fold_runs(runs: Sequence[str | Path]) -> tuple[int, list[Path]]:

@@ -150,3 +150,29 @@ def test_fold_runs_are_not_fine_tuned(setup, folds, tmp_path):
     result = invoke(*args[:-2], "--train-sasrec")  # the MoE-LoRA teacher: the one that can fine-tune
     assert result.exit_code != 0 and "--sasrec-fold with --train-sasrec" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("sasrec", "message"),
+    [
+        (None, "and it trained on every user"),
+        ("fold0", "and it is fold 0 of 2"),
+        ("k3", "and it is fold 1 of 3"),
+    ],
+)
+def test_a_cross_fitted_teacher_needs_the_sasrec_that_held_out_its_fold(
+    setup, folds, tmp_path, sasrec, message
+):
+    """Teacher fold 1 fuses its --sasrec wherever it scores: a SASRec that saw fold 1 is refused."""
+    run = tmp_path / "run"
+    args = train_args(setup, run)
+    if sasrec is not None:
+        args[args.index("--sasrec") + 1] = folds / sasrec
+    result = invoke(*args, "--folds", FOLDS, "--fold", 1)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--sasrec {args[args.index('--sasrec') + 1]} must hold out the same users" in result.output
+    assert message in result.output and not run.exists()
+    args[args.index("--sasrec") + 1] = folds / "fold1"
+    result = invoke(*args, "--folds", FOLDS, "--fold", 1)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["folds"]["fold"] == 1
