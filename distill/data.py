@@ -165,8 +165,15 @@ class Dataset:
         ``(self, None)`` when not cross-fitting (``k`` None)."""
         if k is None:
             return self, None
-        folds = self.folds(k)
-        return self.only(folds != fold), self.only(folds == fold)
+        held = self.folds(k) == fold
+        inside, users = int((held & self.users).sum()), int(self.users.sum())
+        if inside in (0, users):
+            raise DistillError(
+                f"fold {fold} of {k} holds {'none' if inside == 0 else 'every one'} of the {users:,} users "
+                f"of {self.path}: a cross-fit needs users both in and out of each fold"
+                + (" (choose a smaller K)" if inside == 0 else "")
+            )
+        return self.only(~held), self.only(held)
 
     @property
     def raw_users(self) -> list[str]:

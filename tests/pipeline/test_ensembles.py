@@ -236,3 +236,32 @@ def test_fitted_weights_are_the_same_in_blocks(runs, synthetic_dataset, monkeypa
     monkeypatch.setattr(distill.scoring, "SCORE_BUDGET", 64 * 6)  # past the budget: blocks
     monkeypatch.setattr(distill.scoring, "BLOCK_VALUES", 64 * 6)  # of 6 items
     torch.testing.assert_close(fit_weights(members, data, 64), full)
+
+
+def test_a_fold_with_no_users_or_every_user_is_refused_before_anything_is_written(
+    synthetic_dataset, tmp_path
+):
+    data = Dataset(synthetic_dataset)
+    k = 4 * data.num_users
+    empty = int(np.setdiff1d(np.arange(k), data.folds(k))[0])  # most of k folds hold nobody
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "student-train",
+            "--data",
+            str(synthetic_dataset),
+            "-o",
+            str(out),
+            *TINY,
+            "--folds",
+            str(k),
+            "--fold",
+            str(empty),
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output and not out.exists()
+    assert f"fold {empty} of {k} holds none of the {data.num_users:,} users" in result.output
+    one = data.only(np.arange(data.num_users) == 0)  # a single user is in one fold of any K
+    with pytest.raises(DistillError, match="holds every one of the 1 users"):
+        one.cross_fit(2, int(one.folds(2)[0]))
