@@ -262,7 +262,8 @@ def fold_runs(k: int, runs: Iterable[tuple[int, Path]]) -> list[Path]:
     for fold, run_dir in runs:
         if fold in by_fold:
             raise DistillError(
-                f"cross-fit of {k} folds: fold {fold} is given twice ({by_fold[fold]}, {run_dir})"
+                f"cross-fit of {k} folds: fold {fold} is given twice ({by_fold[fold]}, {run_dir}); "
+                f"the runs given together hold one cross-fit of each K"
             )
         by_fold[fold] = run_dir
     missing, extra = sorted(set(range(k)) - by_fold.keys()), sorted(by_fold.keys() - set(range(k)))
