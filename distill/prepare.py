@@ -79,6 +79,13 @@ def run(cfg: PrepareConfig) -> dict:
             f"min_item_interactions={cfg.min_item_interactions})"
         )
     sequences, items = number_and_group(frame, titles)
+    if titles is not None and titles.height and not cfg.synthetic and items["title"].is_not_null().sum() == 0:
+        raise DistillError(
+            f"{items_file}: none of its {titles.height:,} item ids names an item of the interactions "
+            f"(its ids: {', '.join(titles['raw_item'].head(3).to_list())}, ...; the interactions': "
+            f"{', '.join(items['raw_item'].head(3).cast(pl.String).to_list())}, ...); is it this data's "
+            "items file?"
+        )
     return write(out, cfg, sequences, items, sources)
 
 

@@ -520,3 +520,13 @@ def test_dataset_refuses_unknown_format_version(tmp_path):
     (out / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(DistillError, match=r"meta.json: unknown format_version 99"):
         Dataset(out)
+
+
+def test_an_items_file_that_names_no_item_is_refused(tmp_path):
+    path = write(tmp_path / "x.txt", "1 10\n1 11\n1 12\n")
+    items = write(tmp_path / "items.tsv", "item_id\ttitle\n99\tHeat\n")
+    with pytest.raises(
+        DistillError, match="items.tsv: none of its 1 item ids names an item of the interactions"
+    ):
+        run(tmp_path, path, items=str(items))
+    assert not (tmp_path / "out").exists()
