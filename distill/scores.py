@@ -352,7 +352,7 @@ class Scores:
     @property
     def has_tail(self) -> bool:
         """Whether every row carries its tail (format 2 with a top k below the catalogue)."""
-        return self.manifest.get("tail") is True
+        return self.manifest.get("format_version") == 2 and self.manifest.get("tail") is True
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         """Rows for flat target indices ``(B, L)`` (-1 = padding), -1 where there is no score."""

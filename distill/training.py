@@ -19,7 +19,7 @@ import torch
 from distill.data import Dataset
 from distill.dist import all_sum
 from distill.errors import DistillError
-from distill.io import is_main_process, log, write_json
+from distill.io import first_line, is_main_process, log, write_json
 from distill.metrics import MASKING_NOTE
 from distill.runs import STATE, load_checkpoint, read_run_config, save_checkpoint
 
@@ -104,11 +104,15 @@ def resume_run(
     shuffle: torch.Generator,
     *,
     matching: tuple[str, ...] = ("kind",),
+    recipe: tuple[str, ...] = (),
     **stateful: Any,
 ) -> tuple[int, list]:
     """Continue a run from ``RUN/last``: check that it is a run on the same dataset whose config agrees
-    on the keys ``matching`` (what the checkpoint's state depends on), hand its weights to
-    ``load_weights`` and restore the loop state.
+    on the keys ``matching`` (what the checkpoint's state depends on; a recorded ``path`` may differ:
+    runs move) and on the training options ``recipe`` (what its epochs so far were trained with, which
+    the run's record states for all of them), hand its weights to ``load_weights`` and restore the
+    loop state. Options may change on a resume only where they are not in ``recipe`` (``--epochs``,
+    ``--patience``, the device, ...).
 
     Returns:
         ``(first epoch to run, history so far)``, as :func:`restore_loop_state`.
@@ -122,13 +126,33 @@ def resume_run(
             or recorded.get("fingerprint") != run_config["dataset"]["fingerprint"]
         ):
             raise DistillError(f"cannot resume {run_dir}: {where} records another dataset than --data")
+        trained, now = config.get("train") or {}, run_config.get("train") or {}
+        for key in recipe:
+            if key in trained and trained[key] != now.get(key):  # a key older runs lack is not checked
+                option = "--" + key.replace("_", "-")
+                raise DistillError(
+                    f"cannot resume {run_dir}: its epochs so far were trained with {option} {trained[key]}, "
+                    f"not {now.get(key)}; resume with the same options (or train a new run)"
+                )
         for key in matching:
-            if config.get(key) != run_config.get(key):
+            if _but_path(config.get(key)) != _but_path(run_config.get(key)):
                 raise DistillError(f"cannot resume {run_dir}: the {key} in {where} differs from this run's")
-    load_weights(weights)
+    try:
+        load_weights(weights)
+    except RuntimeError as e:  # torch's size or key mismatch: weights of another model put in `last`
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = (lines[1] if len(lines) > 1 else first_line(e))[:200]  # torch's first mismatch, after its title
+        raise DistillError(
+            f"cannot resume {run_dir}: {run_dir / 'last'} holds weights that do not fit its model ({why})"
+        ) from None
     first_epoch, history = restore_loop_state(state, stopper, shuffle, **stateful)
     log(f"resuming {run_dir} after epoch {first_epoch - 1}")
     return first_epoch, history
+
+
+def _but_path(value: Any) -> Any:
+    """A recorded reference without its ``path`` (a moved run or score directory is the same one)."""
+    return {k: v for k, v in value.items() if k != "path"} if isinstance(value, dict) else value
 
 
 def save_epoch(

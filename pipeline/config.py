@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from distill.config import MAX_COUNT, check, option, parse_metric
+from student.config import TEMPERATURES
 
 RUNS_HELP = (
     "A run (student or teacher); repeat it for several runs that score as one: the K runs of a "
@@ -107,8 +108,9 @@ class PipelineConfig:
             raise ValueError("the grid needs at least one --kd loss and one --alphas value")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
-        if not self.temperatures or any(t <= 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be positive, got {self.temperatures}")
+        low, high = TEMPERATURES
+        if not self.temperatures or any(not low <= t <= high for t in self.temperatures):
+            raise ValueError(f"temperatures must be in [{low:g}, {high:g}], got {self.temperatures}")
         for name, values in (("alphas", self.alphas), ("temperatures", self.temperatures)):
             # Each value names its students' run directories (`:g`): two values, one name, one directory.
             if len({f"{v:g}" for v in values}) != len(set(values)):

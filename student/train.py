@@ -51,6 +51,13 @@ from student.run import load_run, sasrec_scorer
 from student.sasrec import SASRec
 
 SELECT_ON = "ndcg@10"
+# What a run's epochs are trained with, which --resume must keep (the model's shape, the teacher's scores
+# and the hint run are checked as records of their own); --epochs, --patience, --eval-every, --device may
+# change.
+RECIPE = (
+    "batch_size", "lr", "weight_decay", "loss", "negatives", "sampler", "length_group", "precision", "seed",
+    "kd", "alpha", "temperature",
+)  # fmt: skip
 
 
 def run(cfg: StudentTrainConfig) -> dict:
@@ -130,7 +137,8 @@ def run(cfg: StudentTrainConfig) -> dict:
             model.load_state_dict,
             stopper,
             shuffle,
-            matching=("kind", "model", "hint_run", "folds", "item_updates"),
+            matching=("kind", "model", "hint_run", "folds", "item_updates", "teacher_scores"),
+            recipe=RECIPE,
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)

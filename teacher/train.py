@@ -85,6 +85,16 @@ GROUPS = (
 )
 
 
+# What a teacher's epochs are trained with, which --resume must keep; --epochs, --patience, --device and
+# the evaluation options may change.
+RECIPE = (
+    "teacher", "llm_layers", "dtype", "prompt_items", "objective", "positions", "fuse_sasrec",
+    "title_tokens", "item_text", "experts", "moe_scaling", "r", "lora_alpha", "lora_dropout",
+    "target_modules", "train_sasrec", "batch_size", "grad_accum", "lr", "projector_lr", "gate_lr",
+    "head_lr", "sasrec_lr", "weight_decay", "warmup", "seed",
+)  # fmt: skip
+
+
 def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)
@@ -176,6 +186,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
             stopper,
             shuffle,
             matching=("kind", "folds", "sasrec_folds"),
+            recipe=RECIPE,
             **stateful,
         )
     write_json(run_dir / "config.json", run_config)

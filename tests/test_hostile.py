@@ -338,6 +338,12 @@ def test_a_real_full_disk_is_one_line_and_leaves_nothing(synthetic_dataset, stud
             "needs --members (SASRec seeds) >= 2",
         ),
         (["pipeline", "-o", "out", "--temperatures", "1,1.0000001"], "would share their runs' directories"),
+        (["pipeline", "-o", "out", "--temperatures", "0.5,1e30"], "temperatures must be in [0.01, 100]"),
+        (
+            ["student-train", "--data", "d", "-o", "out", "--temperature", "1e4"],
+            "temperature must be in [0.01, 100]",
+        ),
+        (["student-train", "--data", "d", "-o", "out", "--teacher-scores", ""], "--teacher-scores is empty"),
         (["pipeline", "-o", "out", "--alphas", "0.5,0.5000001"], "would share their runs' directories"),
     ],
 )

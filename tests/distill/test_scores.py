@@ -12,7 +12,7 @@ import torch
 from distill import scores as scores_module
 from distill.data import Dataset
 from distill.errors import DistillError
-from distill.scores import COLUMNS, ScoreWriter, read_scores, tail_of
+from distill.scores import COLUMNS, Scores, ScoreWriter, read_scores, tail_of
 
 # float16 keeps 11 significant bits: a stored value is off by at most 2^-11 of its magnitude.
 FLOAT16_RTOL = 2.0**-11
@@ -328,3 +328,10 @@ def test_values_a_shard_cannot_hold_are_refused(synthetic_dataset, tmp_path, col
     del stored
     with pytest.raises(DistillError, match=message):
         read_scores(tmp_path / "scores", data)
+
+
+def test_only_format_2_carries_a_tail():
+    """A format-1 manifest saying "tail" (it has no such column) must not send KD looking for one."""
+    empty = torch.zeros(1, dtype=torch.int64)
+    assert not Scores({"format_version": 1, "tail": True}, (), empty, empty).has_tail
+    assert Scores({"format_version": 2, "tail": True}, (), empty, empty).has_tail

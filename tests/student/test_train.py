@@ -349,6 +349,38 @@ def test_overwrite_and_restart_rules(dataset, tmp_path):
     ).read_text() == "keep"
 
 
+@pytest.mark.parametrize(
+    "changed, message",
+    [
+        (["--lr", "0.01"], "trained with --lr 0.001, not 0.01"),
+        (["--alpha", "0.9"], "trained with --alpha 0.5, not 0.9"),
+        (["--batch-size", "8"], "trained with --batch-size"),
+        (["--teacher-scores", None], "the teacher_scores in"),  # dropped: its epochs were distilled
+        (["--teacher-scores", "other"], "the teacher_scores in"),  # another teacher's scores
+    ],
+)
+def test_a_resume_keeps_the_recipe_its_epochs_were_trained_with(dataset, tmp_path, changed, message):
+    runner = CliRunner()
+    scores = random_scores(dataset, tmp_path / "scores")
+    teacher = ["--teacher-scores", str(scores), "--alpha", "0.5"]
+    train(runner, dataset, tmp_path / "run", "--epochs", "1", *teacher)
+    if changed[0] == "--teacher-scores":
+        teacher = (
+            [] if changed[1] is None else ["--teacher-scores", str(random_scores(dataset, tmp_path / "o", 5))]
+        )
+        changed = []
+    args = ["student-train", "--data", str(dataset), "-o", str(tmp_path / "run"), *TINY, *teacher, *changed]
+    result = runner.invoke(main, [*args, "--epochs", "2", "--resume"])
+    assert result.exit_code == 1 and "cannot resume" in result.output and message in result.output, (
+        result.output
+    )
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())["epoch"] == 1  # untouched
+    moved = tmp_path / "moved"  # the same scores elsewhere: a run and its scores may move
+    (tmp_path / "scores").rename(moved)
+    same = ["--teacher-scores", str(moved), "--alpha", "0.5"]
+    train(runner, dataset, tmp_path / "run", *same, "--epochs", "2", "--patience", "3", "--resume")
+
+
 def random_scores(dataset, out, k=10, seed=0):
     """A score directory with random top-k rows at every training position (ScoreWriter, no teacher)."""
     data = Dataset(dataset)
@@ -386,3 +418,16 @@ def test_sampled_loss_distils_and_alpha_zero_is_the_plain_sampled_run(dataset, t
     assert zero["test"] == plain["test"]
     mixed = train(runner, dataset, tmp_path / "kd", "--epochs", "2", *teacher, "--alpha", "0.5")
     assert mixed["history"][0]["kd_loss"] > 0 and mixed["history"][0]["loss"] != plain["history"][0]["loss"]
+
+
+def test_a_resume_from_weights_of_another_shape_is_a_one_line_error(dataset, tmp_path):
+    runner = CliRunner()
+    train(runner, dataset, tmp_path / "wide", "--epochs", "1", "--hidden", "32")
+    train(runner, dataset, tmp_path / "run", "--epochs", "1")
+    shutil.copy(
+        tmp_path / "wide" / "last" / "model.safetensors", tmp_path / "run" / "last" / "model.safetensors"
+    )
+    args = ["student-train", "--data", str(dataset), "-o", str(tmp_path / "run"), *TINY, "--epochs", "2"]
+    result = runner.invoke(main, [*args, "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "holds weights that do not fit its model (size mismatch for item_emb.weight" in result.output
