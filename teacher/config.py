@@ -53,7 +53,7 @@ class TeacherTrainConfig:
     dtype: Literal["float32", "bfloat16"] = option(
         "float32",
         "Backbone dtype. bfloat16 halves its memory; on a CPU it is faster only where bfloat16 arithmetic "
-        "is (AMX: a SmolLM2 step 1.56x float32's; AVX2 only: 16x slower).",
+        "is (AMX: a SmolLM2 step 1.5x float32's; AVX2 only: 16x slower).",
     )
     prompt_items: int = option(
         10, "History items in the prompt, each one scored (at most the SASRec run's max_len)."
