@@ -148,7 +148,7 @@ class CompareConfig:
     split: Literal["valid", "test"] = option("test", "Which held-out target to rank.")
     weights: Literal["equal", "fit"] = option("equal", WEIGHTS_HELP)
     metric: str = option("ndcg@10", "Metric of the paired differences: hr@K, ndcg@K or mrr.")
-    samples: int = option(10000, "Bootstrap resamples of the users.")
+    samples: int = option(10000, "Bootstrap resamples of the users (at least 200).")
     seed: int = option(0, "Seed of the bootstrap.")
     batch_size: int = option(256, "Users per scoring batch.")
     item_block: int | None = option(None, ITEM_BLOCK_HELP)
@@ -159,6 +159,8 @@ class CompareConfig:
         check_item_block(self)
         if len(self.runs) < 2:
             raise ValueError("compare needs at least two runs: RUN RUN [RUN …]")
+        if self.samples < 200:  # 2.5% of fewer resamples is a handful: the interval is noise
+            raise ValueError(f"--samples must be at least 200 for a 95% interval, got {self.samples}")
         parse_metric(self.metric)
 
 

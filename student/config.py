@@ -173,6 +173,8 @@ class StudentTrainConfig:
         if self.teacher_scores is not None and not str(self.teacher_scores).strip():
             raise ValueError("--teacher-scores is empty: give a score directory, or leave the option out")
         check_folds(self)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")
         if self.sampler is not None and self.loss != "sampled":
             raise ValueError(f"--sampler draws the negatives of --loss sampled; --loss {self.loss} has none")
         if self.item_updates == "rows" and self.loss != "sampled":

@@ -138,6 +138,8 @@ class TeacherTrainConfig:
 
     def __post_init__(self) -> None:
         check_folds(self)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)

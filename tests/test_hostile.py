@@ -344,6 +344,12 @@ def test_a_real_full_disk_is_one_line_and_leaves_nothing(synthetic_dataset, stud
             "temperature must be in [0.01, 100]",
         ),
         (["student-train", "--data", "d", "-o", "out", "--teacher-scores", ""], "--teacher-scores is empty"),
+        (["compare", "a", "b", "--data", "d", "--samples", "1"], "--samples must be at least 200"),
+        (["student-train", "--data", "d", "-o", "out", "--resume", "--overwrite"], "give one of them"),
+        (
+            ["teacher-train", "--data", "d", "--sasrec", "s", "-o", "out", "--resume", "--overwrite"],
+            "give one of them",
+        ),
         (["pipeline", "-o", "out", "--alphas", "0.5,0.5000001"], "would share their runs' directories"),
     ],
 )
