@@ -5,7 +5,8 @@
   "unknown": [...], "popular": bool}``, as :meth:`pipeline.recommend.Recommender.recommend`.
 - ``GET /health`` answers ``{"status": "ok", ...}`` with what is served.
 - A request the server cannot use is a 4xx whose ``detail`` is one line: 422 for a body that is not
-  JSON, misses or mixes ``user`` and ``history``, or asks for ``k`` or a history out of range; 404 for
+  JSON (or not UTF-8), misses or mixes ``user`` and ``history``, or asks for ``k``, a history or an id
+  (over 256 characters) out of range; 413 for a body longer than the longest such history; 404 for
   a user the dataset does not have. Unknown item ids in a history are not an error: they are dropped
   and listed in ``unknown``.
 
@@ -22,11 +23,13 @@ so a lone request is never delayed. ``bench/results/latency.md`` measures both s
 import asyncio
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
 from distill.errors import DistillError
 from pipeline.config import ServeConfig
 from pipeline.recommend import Recommender
+
+MAX_ID = 256  # characters of one user or item id in a request
 
 
 class Batcher:
@@ -105,18 +108,20 @@ def create_app(
     fastapi, pydantic = _modules()
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     k_limit = min(max_k, recommender.num_items)
+    max_body = 4096 + max_history * (MAX_ID + 8)  # the longest history of the longest ids, quoted
     batcher = Batcher(recommender, max_batch)
+
+    Id = Annotated[pydantic.StrictStr, pydantic.StringConstraints(max_length=MAX_ID)]
 
     class RecommendRequest(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="forbid")
 
         # Strict: JSON true is not the number 1 nor the id "1", and "5" is not the number 5.
-        user: pydantic.StrictStr | pydantic.StrictInt | None = None
-        history: list[pydantic.StrictStr | pydantic.StrictInt] | None = pydantic.Field(
-            None, max_length=max_history
-        )
+        user: Id | pydantic.StrictInt | None = None
+        history: list[Id | pydantic.StrictInt] | None = pydantic.Field(None, max_length=max_history)
         k: pydantic.StrictInt = pydantic.Field(10, ge=1, le=k_limit)
         exclude_seen: pydantic.StrictBool = True
 
@@ -127,6 +132,20 @@ def create_app(
             return self
 
     app = fastapi.FastAPI(title="distill student", version="1")
+
+    @app.middleware("http")
+    async def bounded_body(request: Any, call_next: Any) -> Any:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body:
+            detail = f"the request body has {int(length):,} bytes; at most {max_body:,} are read"
+            return JSONResponse(status_code=413, content={"detail": detail})
+        return await call_next(request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not even decode (not UTF-8): as any non-JSON
+            return JSONResponse(status_code=422, content={"detail": "the body is not JSON (in UTF-8)"})
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request: Any, exc: RequestValidationError) -> JSONResponse:

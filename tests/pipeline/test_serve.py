@@ -51,11 +51,16 @@ def test_recommend_a_history_and_a_user(client):
         ({"history": [True, False]}, 422, "history.0"),
         ({"user": True}, 422, "user"),
         ({"history": ["m1"], "exclude_seen": 1}, 422, "exclude_seen: Input should be a valid boolean"),
+        ({"history": ["m" * 257]}, 422, "String should have at most 256 characters"),
+        ({"user": "u" * 257}, 422, "user"),
+        ("\xff\xfe{", 422, "the body is not JSON (in UTF-8)"),
+        ('{"history": ["' + "m" * 20_000 + '"]}', 413, "at most"),
     ],
 )
 def test_bad_requests_are_4xx_with_a_message(client, body, status, message):
     if isinstance(body, str):
-        answer = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        content = body.encode("latin-1")  # "\xff" as the byte 0xff: not UTF-8
+        answer = client.post("/recommend", content=content, headers={"content-type": "application/json"})
     else:
         answer = client.post("/recommend", json=body)
     assert answer.status_code == status, answer.text
