@@ -171,7 +171,9 @@ class StudentTrainConfig:
                 f"{self.temperature:g}: beyond, float32's KL of the softened rows is no longer reliable"
             )
         if self.teacher_scores is not None and not str(self.teacher_scores).strip():
-            raise ValueError("--teacher-scores is empty: give a score directory, or leave the option out")
+            raise ValueError(
+                "teacher_scores (--teacher-scores) is empty: give a score directory, or leave the option out"
+            )
         check_folds(self)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")

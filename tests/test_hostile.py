@@ -343,7 +343,10 @@ def test_a_real_full_disk_is_one_line_and_leaves_nothing(synthetic_dataset, stud
             ["student-train", "--data", "d", "-o", "out", "--temperature", "1e4"],
             "temperature must be in [0.01, 100]",
         ),
-        (["student-train", "--data", "d", "-o", "out", "--teacher-scores", ""], "--teacher-scores is empty"),
+        (
+            ["student-train", "--data", "d", "-o", "out", "--teacher-scores", ""],
+            "(--teacher-scores) is empty",
+        ),
         (["compare", "a", "b", "--data", "d", "--samples", "1"], "--samples must be at least 200"),
         (["student-train", "--data", "d", "-o", "out", "--resume", "--overwrite"], "give one of them"),
         (
