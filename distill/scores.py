@@ -424,6 +424,10 @@ def read_scores(path: str | Path, data: Dataset) -> Scores:
     if dataset["num_items"] != data.num_items:
         raise DistillError(f"{path} scores {dataset['num_items']} items but {data.path} has {data.num_items}")
     k, total = manifest["k"], manifest["rows"]
+    if total == 0:
+        raise DistillError(
+            f"{path / MANIFEST}: no rows: the export scored no position, so it teaches nothing"
+        )
     if k > data.num_items:
         raise DistillError(f"{path / MANIFEST}: k {k} is more than the {data.num_items} items")
     if total > len(data.items):  # at most one row per training position

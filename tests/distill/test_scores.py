@@ -226,6 +226,7 @@ def test_mismatches_are_refused(synthetic_dataset, tmp_path):
         ({"tail": "yes"}, "field 'tail' must be true or false"),
         ({"tail": None}, "no field 'tail'"),
         ({"tail": False, "k": data.num_items}, "shape"),
+        ({"rows": 0, "shards": []}, "no rows: the export scored no position"),
     ]
     for change, message in cases:
         path.write_text(json.dumps({**original, **change}))
