@@ -133,13 +133,7 @@ def create_app(
 
     app = fastapi.FastAPI(title="distill student", version="1")
 
-    @app.middleware("http")
-    async def bounded_body(request: Any, call_next: Any) -> Any:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_body:
-            detail = f"the request body has {int(length):,} bytes; at most {max_body:,} are read"
-            return JSONResponse(status_code=413, content={"detail": detail})
-        return await call_next(request)
+    app.add_middleware(BoundedBody, limit=max_body, response=JSONResponse)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
@@ -178,6 +172,23 @@ def create_app(
         return await batcher.recommend(history, request.k, request.exclude_seen)
 
     return app
+
+
+class BoundedBody:
+    """Plain ASGI middleware (no per-request task, unlike ``@app.middleware``): a request whose
+    ``Content-Length`` passes ``limit`` is answered 413 before its body is read."""
+
+    def __init__(self, app: Any, limit: int, response: Any) -> None:
+        self.app, self.limit, self.response = app, limit, response
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                detail = f"the request body has {int(length):,} bytes; at most {self.limit:,} are read"
+                await self.response(status_code=413, content={"detail": detail})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def run(cfg: ServeConfig) -> None:
