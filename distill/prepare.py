@@ -82,8 +82,8 @@ def run(cfg: PrepareConfig) -> dict:
     if titles is not None and titles.height and not cfg.synthetic and items["title"].is_not_null().sum() == 0:
         raise DistillError(
             f"{items_file}: none of its {titles.height:,} item ids names an item of the interactions "
-            f"(its ids: {', '.join(titles['raw_item'].head(3).to_list())}, ...; the interactions': "
-            f"{', '.join(items['raw_item'].head(3).cast(pl.String).to_list())}, ...); is it this data's "
+            f"(its ids: {_first_ids(titles['raw_item'])}, ...; the interactions': "
+            f"{_first_ids(items['raw_item'])}, ...); is it this data's "
             "items file?"
         )
     return write(out, cfg, sequences, items, sources)
@@ -146,6 +146,11 @@ def detect_format(path: Path) -> tuple[str, str]:
             "header line (--format csv/tsv)"
         )
     return "lines", f"lines of {min(widths)} to {max(widths)} fields: 'user item item ...'"
+
+
+def _first_ids(ids: pl.Series) -> str:
+    """The first three ids of a column, as a message shows them."""
+    return ", ".join(_shown(str(i)) for i in ids.head(3).to_list())
 
 
 def _is_unix_time(token: str) -> bool:
