@@ -139,6 +139,12 @@ def check_folds(cfg: Any) -> None:
         raise ValueError(f"need --folds K >= 2 and 0 <= --fold F < K, got K {cfg.folds}, F {cfg.fold}")
 
 
+def check_resume(cfg: Any) -> None:
+    """A training run is either continued (``resume``) or replaced (``overwrite``), not both."""
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")
+
+
 FOLDS_HELP = (
     "Cross-fitting: split users into K folds by a stable hash of their raw id (with --fold).",
     "Cross-fitting: train and early-stop on every fold but this one (0..K-1); it is held out.",

@@ -111,7 +111,8 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     k_limit = min(max_k, recommender.num_items)
-    max_body = 4096 + max_history * (MAX_ID + 8)  # the longest history of the longest ids, quoted
+    # The longest history of the longest ids, each character JSON-escaped (\uXXXX: 6 bytes) and quoted.
+    max_body = 4096 + max_history * (6 * MAX_ID + 8)
     batcher = Batcher(recommender, max_batch)
 
     Id = Annotated[pydantic.StrictStr, pydantic.StringConstraints(max_length=MAX_ID)]
@@ -139,7 +140,9 @@ def create_app(
     async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body FastAPI could not even decode (not UTF-8): as any non-JSON
             return JSONResponse(status_code=422, content={"detail": "the body is not JSON (in UTF-8)"})
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": exc.detail}, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request: Any, exc: RequestValidationError) -> JSONResponse:

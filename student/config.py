@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import FOLDS_HELP, check, check_folds, option
+from distill.config import FOLDS_HELP, check, check_folds, check_resume, option
 
 # The KD temperatures a student accepts. Past 100 the float32 KL of T^2-scaled softened rows drifts (2% off
 # a float64 reference at T = 1000, of the wrong sign at 10^4); below 0.01 the rows are as good as one-hot.
@@ -175,8 +175,7 @@ class StudentTrainConfig:
                 "teacher_scores (--teacher-scores) is empty: give a score directory, or leave the option out"
             )
         check_folds(self)
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")
+        check_resume(self)
         if self.sampler is not None and self.loss != "sampled":
             raise ValueError(f"--sampler draws the negatives of --loss sampled; --loss {self.loss} has none")
         if self.item_updates == "rows" and self.loss != "sampled":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import FOLDS_HELP, check, check_folds, option
+from distill.config import FOLDS_HELP, check, check_folds, check_resume, option
 
 TEACHERS = ("moe-lora", "e4srec")
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -138,8 +138,7 @@ class TeacherTrainConfig:
 
     def __post_init__(self) -> None:
         check_folds(self)
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the run and --overwrite replaces it: give one of them")
+        check_resume(self)
         for name, value in TEACHER_DEFAULTS.get(self.teacher, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
