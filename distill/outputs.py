@@ -17,16 +17,21 @@ refused with one line naming the path and why; nothing is deleted. Writers build
 ``.NAME.tmp-PID`` and rename it into place; what a killed writer left (``.NAME.tmp-PID``,
 ``.NAME.old-PID`` of a process that no longer runs) is removed by the next writer of ``NAME``, and an
 ``.NAME.old-PID`` whose ``NAME`` is gone (killed between the two renames of a replacement) is put back.
-No torch here.
+
+Outputs written over time (a run, the pipeline's parts) cannot be renamed into place whole: what
+``--overwrite`` replaces there is :func:`set_aside` (renamed to ``.NAME.old-PID``) and kept until the
+command ends (:func:`replacing`): deleted when it succeeds, put back in place of what it wrote when it
+fails, unless what it wrote is a run with a checkpoint to resume. No torch here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,9 @@ TEACHER_KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 RUN_KINDS = (STUDENT, *TEACHER_KINDS.values())
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+
+# What this process's --overwrite moved aside and has not settled: (the output, where it waits).
+_SET_ASIDE: list[tuple[Path, Path]] = []
 
 
 def _json_object(path: Path) -> dict[str, Any] | None:
@@ -235,3 +243,52 @@ def remove_dir(path: Path) -> None:
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     path.rename(old)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside(path: Path) -> None:
+    """Move an output that ``--overwrite`` replaces out of the way (``.NAME.old-PID``) until the command
+    in :func:`replacing` ends; a kill leaves it to the next writer of ``NAME`` (:func:`clean_stale`).
+    A ``path`` that does not exist is only noted: a failed command deletes what it wrote there."""
+    aside = None
+    if path.exists() or path.is_symlink():
+        aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(aside)
+    _SET_ASIDE.append((path, aside))
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replacing(*, resumable: bool) -> Callable[[Callable], Callable]:
+    """Settle what a writing command sets aside (:func:`set_aside`): delete it when the command returns;
+    when it raises (an error, a bug, Ctrl-C), put it back in place of what the command wrote there,
+    unless the command is ``resumable`` and wrote a run holding a checkpoint to ``--resume`` (the old
+    output is then dropped, as on success)."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            mark = len(_SET_ASIDE)
+            failed = True
+            try:
+                result = fn(*args, **kwargs)
+                failed = False
+                return result
+            finally:
+                while len(_SET_ASIDE) > mark:
+                    path, aside = _SET_ASIDE.pop()
+                    if failed and not (resumable and (path / "last" / "state.pt").is_file()):
+                        if path.exists() or path.is_symlink():
+                            _delete(path)
+                        if aside is not None:
+                            aside.rename(path)
+                    elif aside is not None:
+                        _delete(aside)
+
+        return wrapper
+
+    return decorate

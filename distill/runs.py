@@ -49,7 +49,7 @@ from distill.io import (
     whole,
     write_failure,
 )
-from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir
+from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir, set_aside
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -103,12 +103,14 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False, 
     A directory an unfinished run left without a resumable checkpoint (killed or failed before its first
     epoch's ``RUN/last`` was written, perhaps after its ``RUN/best``) is started afresh without
     ``overwrite``; ``overwrite`` replaces only a run distill wrote (see
-    :func:`distill.outputs.claim`). Temporary directories a killed run left inside are removed.
+    :func:`distill.outputs.claim`), set aside until the command ends (its ``run`` is
+    :func:`distill.outputs.replacing`). Temporary directories a killed run left inside are removed.
     Every rank of a multi-process job checks, then rank 0 alone creates or clears the directory.
     """
     run = Path(path)
     if is_main_process():
         clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
+        clean_stale(run.parent, run.name)  # a run an --overwrite that was killed had set aside
     barrier()
     resumable = (run / "last" / STATE).is_file()
     if resume:
@@ -136,7 +138,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False, 
     barrier()  # every rank has looked before rank 0 changes anything
     if is_main_process():
         if clear:
-            remove_dir(run)
+            set_aside(run)
         run.mkdir(parents=True, exist_ok=True)
     barrier()
     return run

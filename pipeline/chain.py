@@ -37,7 +37,7 @@ from distill.data import Dataset
 from distill.errors import DistillError
 from distill.io import log, write_json
 from distill.metrics import MASKING_NOTE, format_table, per_user
-from distill.outputs import claim, remove_dir
+from distill.outputs import claim, replacing, set_aside
 from distill.prepare import run as prepare
 from pipeline.compare import paired_difference
 from pipeline.config import ExportConfig, PipelineConfig
@@ -65,6 +65,7 @@ SELECT_ON = "ndcg@10"
 SKIPPED = "distillation skipped: the teacher is weaker"
 
 
+@replacing(resumable=False)
 def run(cfg: PipelineConfig) -> dict:
     """Run every stage; returns what ``summary.json`` holds."""
     out = Path(cfg.output)
@@ -76,14 +77,14 @@ def run(cfg: PipelineConfig) -> dict:
             )
     if cfg.teacher in ("moe-lora", "e4srec") and cfg.llm != "tiny":
         locate_backbone(cfg.llm)  # a wrong --llm fails now, not after the SASRec has trained
-    if claim(out, kind="outputs", layout=STAGES, overwrite=cfg.overwrite, what="pipeline output"):
-        # Every stage there is one distill wrote (claim checked); other files and a dataset given with
-        # --data stay.
-        for name in STAGES:
-            if (out / name).exists() and not (name == "data" and cfg.data is not None):
-                remove_dir(out / name)
-        for path in summaries:
-            path.unlink(missing_ok=True)
+    claim(out, kind="outputs", layout=STAGES, overwrite=cfg.overwrite, what="pipeline output")
+    # Every stage there is one distill wrote (claim checked): each is set aside until the job ends, put
+    # back if it fails, as what it wrote goes; other files and a dataset given with --data stay.
+    for name in STAGES:
+        if not (name == "data" and cfg.data is not None):
+            set_aside(out / name)
+    for path in summaries:
+        set_aside(path)
     seconds: dict[str, float] = {}  # wall time of each stage
     data = cfg.data
     if data is None:

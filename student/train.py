@@ -22,7 +22,7 @@ from distill.data import Dataset, TrainBatch
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, record_path, write_json
-from distill.outputs import STUDENT
+from distill.outputs import STUDENT, replacing
 from distill.runs import prepare_run_dir
 from distill.scores import Scores, read_scores
 from distill.training import (
@@ -60,6 +60,7 @@ RECIPE = (
 )  # fmt: skip
 
 
+@replacing(resumable=True)
 def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)

@@ -37,7 +37,7 @@ from distill.data import Dataset, Windows
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, write_json
-from distill.outputs import TEACHER_KINDS
+from distill.outputs import TEACHER_KINDS, replacing
 from distill.runs import (
     copy_run,
     fold_runs,
@@ -95,6 +95,7 @@ RECIPE = (
 )  # fmt: skip
 
 
+@replacing(resumable=True)
 def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
     data = Dataset(cfg.data)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import main
@@ -452,3 +453,57 @@ def test_overwrite_never_deletes_a_users_file_inside_an_output(synthetic_dataset
         (output / "notes.txt").write_text("mine")
         one_line_error(invoke(*command), "distill did not write (notes.txt)")
         assert (output / "notes.txt").read_text() == "mine"
+
+
+def _files(path):
+    """Every file under ``path`` with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_overwrite_puts_the_old_run_back(synthetic_dataset, student_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    before = _files(run)
+    args = ("student-train", "--data", synthetic_dataset, "-o", run, *STUDENT, "--seed", "1", "--overwrite")
+    monkeypatch.setattr("distill.runs.save_file", _no_space)  # the new run's first checkpoint
+    one_line_error(invoke(*args), "cannot write checkpoint", "No space left on device")
+    assert _files(run) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+    monkeypatch.setattr("distill.runs.save_file", _interrupt)  # Ctrl-C: the same
+    result = invoke(*args)
+    assert result.exit_code == 1 and "Aborted" in result.output, result.output
+    assert _files(run) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+    monkeypatch.undo()
+    assert invoke(*args).exit_code == 0  # a run that succeeds replaces it, and nothing old stays aside
+    assert _files(run) != before and [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 1
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_an_overwrite_that_fails_after_a_checkpoint_keeps_the_new_run(
+    synthetic_dataset, student_run, tmp_path, monkeypatch
+):
+    from distill import runs
+
+    run = tmp_path / "run"
+    shutil.copytree(student_run, run)
+    save, calls = runs.save_file, []
+
+    def full_on_the_third(*args, **kwargs):  # epoch 1's best and last are written, epoch 2's are not
+        calls.append(1)
+        return _no_space() if len(calls) >= 3 else save(*args, **kwargs)
+
+    monkeypatch.setattr("distill.runs.save_file", full_on_the_third)
+    args = ("student-train", "--data", synthetic_dataset, "-o", run, *STUDENT, "--epochs", "2", "--seed", "1")
+    result = invoke(*args, "--overwrite")
+    assert result.exit_code == 1 and result.output.splitlines()[-1].startswith(
+        "Error: cannot write checkpoint"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the old run is gone: this one resumes
+    assert torch.load(run / "last" / "state.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    assert invoke(*args, "--resume").exit_code == 0

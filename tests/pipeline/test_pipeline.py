@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from cli import main
 from distill.data import Dataset
+from distill.errors import DistillError
 from distill.scores import ScoreWriter
 from pipeline.chain import SKIPPED, grid_points, pick, student_config, train_point
 from pipeline.config import PipelineConfig
@@ -133,3 +134,19 @@ def test_a_cross_fit_teacher_needs_two_folds(tmp_path):
         main, ["pipeline", "-o", str(tmp_path / "o"), "--teacher", "cross-fit", "--members", "1"]
     )
     assert result.exit_code != 0 and "needs --members (folds) >= 2" in result.output
+
+
+def test_a_failed_overwrite_puts_the_old_outputs_back(tmp_path, monkeypatch):
+    out = tmp_path / "qs"
+    args = ["pipeline", "--output", str(out), *SMALL, "--teacher", "sasrec", "--alphas", "0.5"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    def fail(*args, **kwargs):  # after the new job has trained its teacher's SASRec
+        raise DistillError("the disk went away")
+
+    monkeypatch.setattr("pipeline.chain.run_metrics", fail)
+    result = CliRunner().invoke(main, [*args, "--overwrite", "--seed", "1", "--teacher", "ensemble"])
+    assert result.exit_code == 1 and "the disk went away" in result.output
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and not (out / "members").exists()  # a stage the old job had not: gone
