@@ -87,13 +87,38 @@ def loop_state(
 def restore_loop_state(
     state: Mapping[str, Any], stopper: EarlyStopping, shuffle: torch.Generator, **stateful: Any
 ) -> tuple[int, list]:
-    """Undo :func:`loop_state` into live objects; returns ``(first epoch to run, history so far)``."""
-    for name, obj in stateful.items():
-        obj.load_state_dict(state[name])
-    stopper.load_state_dict(state["early_stopping"])
-    shuffle.set_state(state["shuffle"])
-    set_rng_state(state["rng"])
-    return int(state["epoch"]) + 1, list(state["history"])
+    """Undo :func:`loop_state` into live objects; returns ``(first epoch to run, history so far)``.
+
+    Raises:
+        ValueError: (one line) ``state`` is not one this trainer wrote: a key is missing, or an
+            optimizer's state does not fit its parameters (another run's ``state.pt``).
+    """
+    try:
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+            _check_moments(obj)
+        stopper.load_state_dict(state["early_stopping"])
+        shuffle.set_state(state["shuffle"])
+        set_rng_state(state["rng"])
+        return int(state["epoch"]) + 1, list(state["history"])
+    except KeyError as e:
+        raise ValueError(f"it has no {e}") from None
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(first_line(e)[:200]) from None
+
+
+def _check_moments(obj: Any) -> None:
+    """An optimizer's per-parameter moments have their parameter's shape (torch does not check it on
+    loading: another model's moments fail at the first step, or broadcast silently)."""
+    optimizers = getattr(obj, "optimizers", {"": obj})  # student.optim.Optimizers holds several
+    for optimizer in optimizers.values() if isinstance(optimizers, dict) else ():
+        for param, moments in getattr(optimizer, "state", {}).items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in moments and moments[key].shape != param.shape:
+                    raise ValueError(
+                        f"the optimizer's {key} of shape {tuple(moments[key].shape)} does not fit a "
+                        f"parameter of shape {tuple(param.shape)}"
+                    )
 
 
 def resume_run(
@@ -145,7 +170,12 @@ def resume_run(
         raise DistillError(
             f"cannot resume {run_dir}: {run_dir / 'last'} holds weights that do not fit its model ({why})"
         ) from None
-    first_epoch, history = restore_loop_state(state, stopper, shuffle, **stateful)
+    try:
+        first_epoch, history = restore_loop_state(state, stopper, shuffle, **stateful)
+    except ValueError as e:  # torch's own for a parameter group of another size, or the check above
+        raise DistillError(
+            f"cannot resume {run_dir}: {run_dir / 'last' / STATE} is not this run's trainer state ({e})"
+        ) from None
     log(f"resuming {run_dir} after epoch {first_epoch - 1}")
     return first_epoch, history
 

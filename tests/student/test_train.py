@@ -431,3 +431,38 @@ def test_a_resume_from_weights_of_another_shape_is_a_one_line_error(dataset, tmp
     result = runner.invoke(main, [*args, "--resume"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "holds weights that do not fit its model (size mismatch for item_emb.weight" in result.output
+
+
+@pytest.mark.parametrize(
+    "other, why",
+    [
+        (["--hidden", "8"], "exp_avg of shape (61, 8) does not fit a parameter of shape (61, 16)"),
+        (["--loss", "sampled", "--negatives", "8", "--item-updates", "rows"], "it has no 'param_groups'"),
+    ],
+)
+def test_a_resume_refuses_another_runs_trainer_state(dataset, tmp_path, other, why):
+    runner = CliRunner()
+    train(runner, dataset, tmp_path / "run", "--epochs", "1")
+    train(runner, dataset, tmp_path / "other", "--epochs", "1", *other)
+    shutil.copy(tmp_path / "other" / "last" / "state.pt", tmp_path / "run" / "last" / "state.pt")
+    result = runner.invoke(
+        main,
+        [
+            "student-train",
+            "--data",
+            str(dataset),
+            "-o",
+            str(tmp_path / "run"),
+            *TINY,
+            "--epochs",
+            "2",
+            "--resume",
+        ],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert (
+        line.startswith(f"Error: cannot resume {tmp_path / 'run'}: ")
+        and "not this run's trainer state" in line
+    )
+    assert why in line, line
