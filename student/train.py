@@ -71,6 +71,12 @@ def run(cfg: StudentTrainConfig) -> dict:
             f"note: {cfg.teacher_scores} keeps each row's tail at T = 1 only; at --temperature "
             f"{cfg.temperature} KD is the KL on the teacher's top {teacher.k} renormalised"
         )
+    if teacher is not None and not taught(teacher, data, cfg.max_len):
+        raise DistillError(
+            f"{cfg.teacher_scores} scores none of the training positions this student reads (each user's "
+            f"last {cfg.max_len} training targets{' outside fold ' + str(cfg.fold) if cfg.folds else ''}): "
+            "it teaches nothing"
+        )
     hinter = load_hint_run(cfg, data) if cfg.hint_run else None  # likewise
     if cfg.loss != "ce" and cfg.negatives >= data.num_items:  # likewise
         raise DistillError(
@@ -319,6 +325,16 @@ def negative_sampler(cfg: StudentTrainConfig, data: Dataset) -> NegativeSampler:
     train = (np.arange(len(data.items)) < ends[user_of]) & data.users[user_of]
     counts = np.bincount(data.items[train], minlength=data.num_items + 1)  # (num_items + 1,)
     return NegativeSampler.popularity(torch.from_numpy(counts), cfg.negatives)
+
+
+def taught(teacher: Scores, data: Dataset, max_len: int) -> bool:
+    """Whether ``teacher`` scores any of the targets :meth:`Dataset.train_batches` reads."""
+    _, ends = data.history_bounds("train")
+    lengths = data.train_lengths(max_len)
+    read = np.repeat(ends - lengths, lengths) + np.arange(lengths.sum()) - np.repeat(
+        np.cumsum(lengths) - lengths, lengths
+    )  # the flat index of every target read: ends - lengths .. ends - 1 of each user
+    return bool((teacher.row_of[torch.from_numpy(read)] >= 0).any())
 
 
 def batch_scores(

@@ -466,3 +466,27 @@ def test_a_resume_refuses_another_runs_trainer_state(dataset, tmp_path, other, w
         and "not this run's trainer state" in line
     )
     assert why in line, line
+
+
+def test_scores_that_teach_no_position_read_are_refused(dataset, tmp_path):
+    data = Dataset(dataset)
+    samples = data.prefix_samples(None, 20)
+    first = samples.position == 1  # each user's first training target only
+    out = tmp_path / "first"
+    with ScoreWriter(out, {"teacher": {"kind": "random"}, "dataset": data.identity(out), "k": 1}) as writer:
+        writer.write(
+            samples.users[first],
+            samples.position[first],
+            samples.targets[first, None],
+            np.zeros((first.sum(), 1)),
+        )
+    args = ["student-train", "--data", str(dataset), *TINY, "--epochs", "1", "--teacher-scores", str(out)]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "run"), "--max-len", "1"])
+    assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    assert result.output.strip() == (
+        f"Error: {out} scores none of the training positions this student reads (each user's last 1 "
+        "training targets): it teaches nothing"
+    )
+    assert (
+        CliRunner().invoke(main, [*args, "-o", str(tmp_path / "run")]).exit_code == 0
+    )  # max_len 20 reads them
