@@ -331,8 +331,10 @@ def taught(teacher: Scores, data: Dataset, max_len: int) -> bool:
     """Whether ``teacher`` scores any of the targets :meth:`Dataset.train_batches` reads."""
     _, ends = data.history_bounds("train")
     lengths = data.train_lengths(max_len)
-    read = np.repeat(ends - lengths, lengths) + np.arange(lengths.sum()) - np.repeat(
-        np.cumsum(lengths) - lengths, lengths
+    read = (
+        np.repeat(ends - lengths, lengths)
+        + np.arange(lengths.sum())
+        - np.repeat(np.cumsum(lengths) - lengths, lengths)
     )  # the flat index of every target read: ends - lengths .. ends - 1 of each user
     return bool((teacher.row_of[torch.from_numpy(read)] >= 0).any())
 
