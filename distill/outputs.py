@@ -44,8 +44,9 @@ RUN_KINDS = (STUDENT, *TEACHER_KINDS.values())
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
 
-# What this process's --overwrite moved aside and has not settled: (the output, where it waits).
-_SET_ASIDE: list[tuple[Path, Path]] = []
+# What this process's --overwrite moved aside and has not settled: (the output, where it waits; None:
+# there was none, and a failed command deletes what it wrote there).
+_SET_ASIDE: list[tuple[Path, Path | None]] = []
 
 
 def _json_object(path: Path) -> dict[str, Any] | None:
