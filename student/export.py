@@ -1,10 +1,10 @@
 """``distill export-model``: a student's scoring path as ONNX, usable without this package.
 
-The graph maps ``history`` (B, L) int64 item ids, left-padded with 0, any B and any L (only the last
-``max_len`` columns are read) to ``scores`` (B, num_items) float32, where column j scores item id j + 1.
-Beside ``model.onnx`` lies ``model.items.json``: the id convention, ``max_len``, the dataset
-fingerprint, and one row per item id (raw id, title). Masking seen items and taking the top k is the
-caller's (a few lines of numpy; see the README).
+The graph maps ``history`` (B, L) int64 item ids, left-padded with 0 (a negative id is read as 0), any
+B and any L (only the last ``max_len`` columns are read) to ``scores`` (B, num_items) float32, where
+column j scores item id j + 1. Beside ``model.onnx`` lies ``model.items.json``: the id convention,
+``max_len``, the dataset fingerprint, and one row per item id (raw id, title). Masking seen items and
+taking the top k is the caller's (a few lines of numpy; see the README).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Scorer(nn.Module):
         """``(B, L)`` item ids, left-padded with 0 → ``(B, num_items)`` scores of item ids 1..num_items,
         and the ``(B, d)`` query whose dot products with the item vectors are those scores."""
         history = history[:, -self.model.config.max_len :]  # right-aligned positions: the tail is enough
+        history = history.clamp(min=0)  # a negative id is padding (an ONNX Gather would wrap it around)
         query = self.model.user_embedding(history)
         return self.model.score(query)[:, 1:], query
 

@@ -37,6 +37,11 @@ def test_onnx_scores_equal_pytorch(ring_run, tmp_path):
         assert scores.shape == (shape[0], RING)
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
 
+    # A negative id is padding, not an item counted from the end (ONNX's Gather would wrap it).
+    plain = session.run(["scores"], {"history": np.array([[0, 0, 3, 4]], dtype=np.int64)})[0]
+    negative = session.run(["scores"], {"history": np.array([[-1, -7, 3, 4]], dtype=np.int64)})[0]
+    np.testing.assert_array_equal(negative, plain)
+
     vocab = json.loads(vocabulary_path(out).read_text())
     assert vocab["num_items"] == RING and vocab["max_len"] == model.config.max_len
     assert [row["id"] for row in vocab["items"]] == list(range(1, RING + 1))
