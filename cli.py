@@ -174,6 +174,9 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
                     raise
                 _remove_failed(output, fresh)
                 raise click.ClickException(message) from None
+            except KeyboardInterrupt:  # Ctrl-C: what this command began goes, as on an error
+                _remove_failed(output, fresh)
+                raise
 
         for field in reversed(dataclasses.fields(cls)):
             if "help" in field.metadata:

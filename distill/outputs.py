@@ -19,9 +19,11 @@ refused with one line naming the path and why; nothing is deleted. Writers build
 ``.NAME.old-PID`` whose ``NAME`` is gone (killed between the two renames of a replacement) is put back.
 
 Outputs written over time (a run, the pipeline's parts) cannot be renamed into place whole: what
-``--overwrite`` replaces there is :func:`set_aside` (renamed to ``.NAME.old-PID``) and kept until the
+``--overwrite`` replaces there is :func:`set_aside` (renamed to ``.NAME.aside-PID``) and kept until the
 command ends (:func:`replacing`): deleted when it succeeds, put back in place of what it wrote when it
-fails, unless what it wrote is a run with a checkpoint to resume. No torch here.
+fails, unless what it wrote is a run with a checkpoint to resume. When the command was killed, the next
+writer of ``NAME`` does the same (:func:`clean_stale`); the pipeline, which does not resume, puts all
+its parts back (``clean_stale(..., put_back_all=True)``). No torch here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ STUDENT = "student"
 TEACHER_KINDS = {"moe-lora": "teacher-moe-lora", "e4srec": "teacher-e4srec"}
 RUN_KINDS = (STUDENT, *TEACHER_KINDS.values())
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old|aside)-(?P<pid>\d+)$")
 
 # What this process's --overwrite moved aside and has not settled: (the output, where it waits; None:
 # there was none, and a failed command deletes what it wrote there).
@@ -112,6 +114,13 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(p for p in path.iterdir() if not _TEMP.match(p.name))
 
 
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -124,9 +133,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(directory: str | Path, name: str | None = None) -> None:
-    """Remove the ``.NAME.tmp-PID`` and ``.NAME.old-PID`` entries of ``directory`` (all names, or only
-    ``name``) whose process no longer runs; an old copy whose ``NAME`` is missing is renamed back."""
+def clean_stale(directory: str | Path, name: str | None = None, *, put_back_all: bool = False) -> None:
+    """Settle the ``.NAME.tmp-PID``, ``.NAME.old-PID`` and ``.NAME.aside-PID`` entries of ``directory``
+    (all names, or only ``name``) whose process no longer runs: a temporary one is removed; an old copy
+    is renamed back when its ``NAME`` is missing, else removed; an output ``--overwrite`` set aside is put
+    back unless its ``NAME`` became a run with a checkpoint to resume (then it is removed), or always
+    with ``put_back_all``."""
     directory = Path(directory)
     if not directory.is_dir():
         return
@@ -135,12 +147,20 @@ def clean_stale(directory: str | Path, name: str | None = None) -> None:
         if match is None or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
             continue
         target = directory / match["name"]
-        if match["what"] == "old" and not target.exists() and not target.is_symlink():
+        present = target.exists() or target.is_symlink()
+        if match["what"] == "aside" and (put_back_all or not _resumable(target)):
+            if present:
+                _delete(target)
             entry.rename(target)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+        elif match["what"] == "old" and not present:
+            entry.rename(target)
         else:
-            entry.unlink(missing_ok=True)
+            _delete(entry)
+
+
+def _resumable(path: Path) -> bool:
+    """Whether ``path`` is a run with a checkpoint that ``--resume`` continues."""
+    return (path / "last" / "state.pt").is_file()
 
 
 def _writable_ancestor(path: Path) -> None:
@@ -246,22 +266,27 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_outside(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse (one line) an input (``(option, path)`` pairs) that lies inside ``output``, which
+    ``--overwrite`` is about to replace."""
+    inside = Path(output).resolve()
+    for option, path in inputs:
+        if path and Path(path).resolve().is_relative_to(inside):
+            raise DistillError(
+                f"{option} {path} lies inside {output}, which --overwrite replaces: copy it elsewhere first"
+            )
+
+
 def set_aside(path: Path) -> None:
-    """Move an output that ``--overwrite`` replaces out of the way (``.NAME.old-PID``) until the command
-    in :func:`replacing` ends; a kill leaves it to the next writer of ``NAME`` (:func:`clean_stale`).
-    A ``path`` that does not exist is only noted: a failed command deletes what it wrote there."""
+    """Move an output that ``--overwrite`` replaces out of the way (``.NAME.aside-PID``) until the
+    command in :func:`replacing` ends; a kill leaves it to the next writer of ``NAME``
+    (:func:`clean_stale`). A ``path`` that does not exist is only noted: a failed command deletes what
+    it wrote there."""
     aside = None
     if path.exists() or path.is_symlink():
-        aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+        aside = path.with_name(f".{path.name}.aside-{os.getpid()}")
         path.rename(aside)
     _SET_ASIDE.append((path, aside))
-
-
-def _delete(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def replacing(*, resumable: bool) -> Callable[[Callable], Callable]:
@@ -282,10 +307,10 @@ def replacing(*, resumable: bool) -> Callable[[Callable], Callable]:
             finally:
                 while len(_SET_ASIDE) > mark:
                     path, aside = _SET_ASIDE.pop()
-                    if failed and not (resumable and (path / "last" / "state.pt").is_file()):
+                    if failed and not (resumable and _resumable(path)):
                         if path.exists() or path.is_symlink():
                             _delete(path)
-                        if aside is not None:
+                        if aside is not None and (aside.exists() or aside.is_symlink()):
                             aside.rename(path)
                     elif aside is not None:
                         _delete(aside)

@@ -63,8 +63,11 @@ RUN_FIELDS = {
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN/config.json``, with a one-line error when the directory holds no run."""
+    """``RUN/config.json``, with a one-line error when the directory holds no run (a run a killed
+    ``--overwrite`` set aside is put back first)."""
     run_dir = Path(run_dir)
+    if is_main_process():
+        clean_stale(run_dir.parent, run_dir.name)
     if not run_dir.is_dir():
         raise DistillError(
             f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"
@@ -81,6 +84,11 @@ def run_dataset(run_dir: str | Path, data: str | Path | None = None) -> Dataset:
     """The dataset ``data``, or by default the one the run in ``run_dir`` records it was trained on."""
     if data is None:
         data = recorded_path(run_dir, read_run_config(run_dir)["dataset"]["path"], "its dataset")
+        if not data.exists():
+            raise DistillError(
+                f"{run_dir} was trained on the dataset at {data}, which is not there now (moved?): "
+                "give it with --data DIR"
+            )
     return Dataset(data)
 
 
@@ -109,8 +117,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False, 
     """
     run = Path(path)
     if is_main_process():
-        clean_stale(run)  # first: it may put back a checkpoint a kill left renamed aside
-        clean_stale(run.parent, run.name)  # a run an --overwrite that was killed had set aside
+        clean_stale(run.parent, run.name)  # first: a run a killed --overwrite set aside may come back
+        clean_stale(run)  # then a checkpoint a kill left renamed aside
     barrier()
     resumable = (run / "last" / STATE).is_file()
     if resume:

@@ -103,7 +103,7 @@ def restore_loop_state(
         return int(state["epoch"]) + 1, list(state["history"])
     except KeyError as e:
         raise ValueError(f"it has no {e}") from None
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, RuntimeError, IndexError, AttributeError) as e:  # not even a dict of state
         raise ValueError(first_line(e)[:200]) from None
 
 
@@ -161,7 +161,18 @@ def resume_run(
                 )
         for key in matching:
             if _but_path(config.get(key)) != _but_path(run_config.get(key)):
-                raise DistillError(f"cannot resume {run_dir}: the {key} in {where} differs from this run's")
+                recorded = config.get(key)
+                was = (
+                    f" (it records {recorded['path']})"
+                    if isinstance(recorded, dict) and "path" in recorded
+                    else " (it records none)"
+                    if recorded is None
+                    else ""
+                )
+                raise DistillError(
+                    f"cannot resume {run_dir}: the {key} in {where} differs from this run's "
+                    f"({_OPTIONS.get(key, key)}){was}"
+                )
     try:
         load_weights(weights)
     except RuntimeError as e:  # torch's size or key mismatch: weights of another model put in `last`
@@ -178,6 +189,18 @@ def resume_run(
         ) from None
     log(f"resuming {run_dir} after epoch {first_epoch - 1}")
     return first_epoch, history
+
+
+# What a user changes to change each key resume_run may match: what its refusal names.
+_OPTIONS = {
+    "kind": "a run of another command or teacher",
+    "model": "--hidden, --blocks, --heads, --max-len or --dropout",
+    "hint_run": "--hint-run and its options",
+    "folds": "--folds / --fold",
+    "item_updates": "--item-updates",
+    "teacher_scores": "--teacher-scores and its KD options",
+    "sasrec_folds": "--sasrec-fold",
+}
 
 
 def _but_path(value: Any) -> Any:

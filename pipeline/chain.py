@@ -37,7 +37,7 @@ from distill.data import Dataset
 from distill.errors import DistillError
 from distill.io import log, write_json
 from distill.metrics import MASKING_NOTE, format_table, per_user
-from distill.outputs import claim, replacing, set_aside
+from distill.outputs import claim, clean_stale, replacing, set_aside
 from distill.prepare import run as prepare
 from pipeline.compare import paired_difference
 from pipeline.config import ExportConfig, PipelineConfig
@@ -69,6 +69,7 @@ SKIPPED = "distillation skipped: the teacher is weaker"
 def run(cfg: PipelineConfig) -> dict:
     """Run every stage; returns what ``summary.json`` holds."""
     out = Path(cfg.output)
+    clean_stale(out, put_back_all=True)  # a killed --overwrite's parts come back whole: it does not resume
     summaries = [out / SUMMARY_MD, out / SUMMARY_JSON]
     for path in summaries:  # the summaries are replaced at the end: refuse before any work if not ours
         if path.exists() and not _our_summary(path):

@@ -216,7 +216,7 @@ INDEX_HELP = (
 class RecommendConfig:
     """``distill recommend``: top-k items for one user of the dataset or for a history of raw item ids."""
 
-    run: str = option("", "A `distill student-train` run.")
+    run: str = option("", "A run of `distill student-train` or `teacher-train`.")
     data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
     user: str | None = option(None, "Raw id of a user in the dataset: recommend after their whole history.")
     history: str | None = option(None, "Raw item ids, oldest first, separated by spaces or commas.")
@@ -236,7 +236,7 @@ class RecommendConfig:
 class ServeConfig:
     """``distill serve``: a student behind HTTP (``POST /recommend``, ``GET /health``) under uvicorn."""
 
-    run: str = option("", "A `distill student-train` run.")
+    run: str = option("", "A run of `distill student-train` or `teacher-train`.")
     data: str | None = option(None, "Dataset directory (default: the one the run was trained on).")
     host: str = option("127.0.0.1", "Interface to listen on.")
     port: int = option(8000, "Port to listen on.")

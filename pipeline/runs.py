@@ -78,6 +78,8 @@ def open_runs(
     """
     if not run_dirs:
         raise DistillError("no run to open")
+    if any(not str(run_dir).strip() for run_dir in run_dirs):
+        raise DistillError(f"a run path is empty (in {', '.join(map(repr, map(str, run_dirs)))})")
     seen: dict[Path, Path] = {}
     for run_dir in map(Path, run_dirs):  # one directory spelled two ways (./r, r/, a link) is one run
         if (same := seen.setdefault(run_dir.resolve(), run_dir)) is not run_dir:

@@ -179,19 +179,46 @@ def create_app(
 
 class BoundedBody:
     """Plain ASGI middleware (no per-request task, unlike ``@app.middleware``): a request whose
-    ``Content-Length`` passes ``limit`` is answered 413 before its body is read."""
+    ``Content-Length`` passes ``limit`` is answered 413 before its body is read; a body sent without
+    one (chunked) is read up to ``limit`` bytes, answered 413 as soon as it passes, and otherwise handed
+    on whole."""
 
     def __init__(self, app: Any, limit: int, response: Any) -> None:
         self.app, self.limit, self.response = app, limit, response
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
                 detail = f"the request body has {int(length):,} bytes; at most {self.limit:,} are read"
                 await self.response(status_code=413, content={"detail": detail})(scope, receive, send)
                 return
+            if length is None:
+                messages, size = [], 0
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    if message["type"] != "http.request":  # the client left
+                        break
+                    size += len(message.get("body", b""))
+                    if size > self.limit:
+                        detail = f"the request body passes {self.limit:,} bytes, the most that are read"
+                        await self.response(status_code=413, content={"detail": detail})(scope, receive, send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+                receive = _replay(messages, receive)
         await self.app(scope, receive, send)
+
+
+def _replay(messages: list, receive: Any) -> Any:
+    """An ASGI ``receive`` that gives ``messages`` first, then what ``receive`` gives."""
+    pending = iter(messages)
+
+    async def replayed() -> dict:
+        return next(pending, None) or await receive()
+
+    return replayed
 
 
 def run(cfg: ServeConfig) -> None:

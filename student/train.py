@@ -22,7 +22,7 @@ from distill.data import Dataset, TrainBatch
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, record_path, write_json
-from distill.outputs import STUDENT, replacing
+from distill.outputs import STUDENT, check_outside, replacing
 from distill.runs import prepare_run_dir
 from distill.scores import Scores, read_scores
 from distill.training import (
@@ -63,6 +63,8 @@ RECIPE = (
 @replacing(resumable=True)
 def run(cfg: StudentTrainConfig) -> dict:
     """Train, select on validation, test the selected model; returns what ``metrics.json`` holds."""
+    if cfg.overwrite:
+        check_outside(cfg.output, [("--teacher-scores", cfg.teacher_scores), ("--hint-run", cfg.hint_run)])
     data = Dataset(cfg.data)
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing

@@ -37,7 +37,7 @@ from distill.data import Dataset, Windows
 from distill.dist import all_sum, barrier, setup_device, shard, world
 from distill.errors import DistillError
 from distill.io import log, progress, write_json
-from distill.outputs import TEACHER_KINDS, replacing
+from distill.outputs import TEACHER_KINDS, check_outside, replacing
 from distill.runs import (
     copy_run,
     fold_runs,
@@ -98,6 +98,9 @@ RECIPE = (
 @replacing(resumable=True)
 def run(cfg: TeacherTrainConfig) -> dict:
     """Train, select on validation, test the selected teacher; returns what ``metrics.json`` holds."""
+    if cfg.overwrite:
+        inputs = [("--sasrec", cfg.sasrec), *(("--sasrec-fold", fold) for fold in cfg.sasrec_folds)]
+        check_outside(cfg.output, inputs)
     data = Dataset(cfg.data)
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     own_sasrec = Path(cfg.output) / SASREC  # where the run keeps its copy of the --sasrec run

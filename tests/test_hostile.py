@@ -474,6 +474,10 @@ def test_a_failed_overwrite_puts_the_old_run_back(synthetic_dataset, student_run
     assert result.exit_code == 1 and "Aborted" in result.output, result.output
     assert _files(run) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
 
+    fresh = (*args[:4], tmp_path / "fresh", *args[5:-1])  # Ctrl-C on a new run: nothing of it stays
+    result = invoke(*fresh)
+    assert result.exit_code == 1 and "Aborted" in result.output and not (tmp_path / "fresh").exists()
+
     monkeypatch.undo()
     assert invoke(*args).exit_code == 0  # a run that succeeds replaces it, and nothing old stays aside
     assert _files(run) != before and [p.name for p in tmp_path.iterdir()] == ["run"]
@@ -507,3 +511,25 @@ def test_an_overwrite_that_fails_after_a_checkpoint_keeps_the_new_run(
     assert torch.load(run / "last" / "state.pt", weights_only=True)["epoch"] == 1
     monkeypatch.undo()
     assert invoke(*args, "--resume").exit_code == 0
+
+
+def test_an_empty_run_path_and_a_moved_dataset_are_named(synthetic_dataset, student_run, tmp_path):
+    one_line_error(
+        invoke("compare", f"{student_run},", student_run, "--data", synthetic_dataset), "a run path is empty"
+    )
+    run = tmp_path / "alone" / "run"
+    shutil.copytree(student_run, run)  # without its dataset: the path it records leads nowhere now
+    one_line_error(invoke("recommend", "--run", run, "--user", "1"), "which is not there now", "--data DIR")
+
+
+def test_an_input_inside_the_output_overwrite_replaces_is_refused(synthetic_dataset, student_run, tmp_path):
+    out = tmp_path / "t"
+    shutil.copytree(student_run, out)
+    (out / "sasrec").mkdir()
+    before = _files(out)
+    for command, option in (("teacher-train", "--sasrec"), ("student-train", "--hint-run")):
+        result = invoke(
+            command, "--data", synthetic_dataset, option, out / "sasrec", "-o", out, "--overwrite"
+        )
+        one_line_error(result, f"{option} {out / 'sasrec'} lies inside {out}, which --overwrite replaces")
+        assert _files(out) == before

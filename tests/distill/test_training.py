@@ -280,3 +280,44 @@ def test_a_bad_loss_on_another_rank_stops_this_one_too(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "all_sum", lambda t: t + 1)  # as if one other rank had a NaN
     with pytest.raises(DistillError, match="training loss is not finite on another rank at epoch 2, step 7"):
         training.check_loss(torch.tensor(1.5), 2, 7, tmp_path)
+
+
+def _finished_run(run):
+    save_checkpoint(run / "last", {"w": torch.zeros(1)}, {}, {"epoch": 3})
+    (run / "config.json").write_text('{"kind": "student"}')
+    (run / "metrics.json").write_text('{"best_epoch": 3}')
+
+
+@pytest.mark.parametrize("left", ["nothing", "empty", "config only"])
+def test_a_run_a_killed_overwrite_set_aside_comes_back(tmp_path, left):
+    """Killed after --overwrite set the old run aside and before the new one's first checkpoint: the
+    next command on the run (here a refused --resume, or a plain rerun) finds the old run whole."""
+    run, aside = tmp_path / "run", tmp_path / ".run.aside-999999999"
+    _finished_run(aside)
+    if left != "nothing":
+        run.mkdir()
+    if left == "config only":
+        (run / "config.json").write_text('{"kind": "student"}')
+    with pytest.raises(DistillError, match="already exists"):
+        prepare_run_dir(run, resume=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (run / "metrics.json").read_text() == '{"best_epoch": 3}'
+
+
+def test_a_killed_overwrite_that_reached_a_checkpoint_resumes(tmp_path):
+    run, aside = tmp_path / "run", tmp_path / ".run.aside-999999999"
+    _finished_run(aside)
+    save_checkpoint(run / "last", {"w": torch.ones(1)}, {}, {"epoch": 1})  # the new run's first epoch
+    assert prepare_run_dir(run, resume=True) == run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run / "metrics.json").exists()
+
+
+def test_a_run_a_killed_overwrite_set_aside_is_read_whole(tmp_path):
+    from distill.runs import read_run_config
+
+    run, aside = tmp_path / "run", tmp_path / ".run.aside-999999999"
+    _finished_run(aside)
+    run.mkdir()  # empty: the new run had not begun
+    with pytest.raises(DistillError, match="config.json"):  # read (this hand-made config lacks fields)
+        read_run_config(run)
+    assert (run / "metrics.json").is_file() and not aside.exists()

@@ -1,6 +1,7 @@
 """``distill pipeline``, the README's main job: end to end (shrunk, and once at its real size)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -136,17 +137,48 @@ def test_a_cross_fit_teacher_needs_two_folds(tmp_path):
     assert result.exit_code != 0 and "needs --members (folds) >= 2" in result.output
 
 
-def test_a_failed_overwrite_puts_the_old_outputs_back(tmp_path, monkeypatch):
+def _files(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stage", ["run_metrics", "summarise"])  # before the export, after the grid
+def test_a_failed_overwrite_puts_the_old_outputs_back(tmp_path, monkeypatch, stage):
+    from pipeline import chain
+
+    measured = chain.run_metrics
+
+    def strong(*args, **kwargs):  # a teacher never weaker than the student: the export always runs
+        metrics = measured(*args, **kwargs)
+        metrics["valid"][chain.SELECT_ON] = 1.0
+        return metrics
+
+    monkeypatch.setattr("pipeline.chain.run_metrics", strong)
     out = tmp_path / "qs"
     args = ["pipeline", "--output", str(out), *SMALL, "--teacher", "sasrec", "--alphas", "0.5"]
     assert CliRunner().invoke(main, args).exit_code == 0
-    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    before = _files(out)
+    assert "scores/manifest.json" in before
 
-    def fail(*args, **kwargs):  # after the new job has trained its teacher's SASRec
+    def fail(*args, **kwargs):
         raise DistillError("the disk went away")
 
-    monkeypatch.setattr("pipeline.chain.run_metrics", fail)
+    monkeypatch.setattr(f"pipeline.chain.{stage}", fail)
     result = CliRunner().invoke(main, [*args, "--overwrite", "--seed", "1", "--teacher", "ensemble"])
     assert result.exit_code == 1 and "the disk went away" in result.output
-    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert after == before and not (out / "members").exists()  # a stage the old job had not: gone
+    assert _files(out) == before and not (out / "members").exists()  # a stage the old job had not: gone
+    assert sorted(p.name for p in out.iterdir()) == sorted({name.split("/")[0] for name in before})
+
+
+def test_a_killed_overwrite_is_put_back_whole_by_the_next_job(tmp_path):
+    out = tmp_path / "qs"
+    args = ["pipeline", "--output", str(out), *SMALL, "--teacher", "sasrec", "--alphas", "0.5"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = _files(out)
+    dead = 999_999_999
+    for part in ("data", "sasrec", "grid", "summary.md"):  # a job killed after its new sasrec trained
+        (out / part).rename(out / f".{part}.aside-{dead}")
+    shutil.copytree(out / f".sasrec.aside-{dead}", out / "sasrec")  # a run with a checkpoint
+    (out / "data").mkdir()
+    result = CliRunner().invoke(main, args)  # without --overwrite: refused, and the old job is back
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert _files(out) == before and not [p for p in out.iterdir() if p.name.startswith(".")]

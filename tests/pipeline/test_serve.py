@@ -67,6 +67,17 @@ def test_bad_requests_are_4xx_with_a_message(client, body, status, message):
     assert isinstance(answer.json()["detail"], str) and message in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("size", [60_000, 100])
+def test_a_chunked_body_is_bounded_as_it_arrives(client, size):
+    """Without a Content-Length (chunked), the body is counted as it arrives: past the limit, a 413."""
+    chunks = [b'{"history": ["', *[b"m" * 1000] * (size // 1000), b"m2" if size < 1000 else b"", b'"]}']
+    answer = client.post("/recommend", content=iter(chunks), headers={"content-type": "application/json"})
+    if size > 1000:
+        assert answer.status_code == 413 and "the most that are read" in answer.json()["detail"]
+    else:
+        assert answer.status_code == 200, answer.text  # a small chunked body is answered
+
+
 def test_concurrent_requests_batched_answer_as_one_at_a_time(ring_run):
     import asyncio
 

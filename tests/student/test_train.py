@@ -355,7 +355,7 @@ def test_overwrite_and_restart_rules(dataset, tmp_path):
         (["--lr", "0.01"], "trained with --lr 0.001, not 0.01"),
         (["--alpha", "0.9"], "trained with --alpha 0.5, not 0.9"),
         (["--batch-size", "8"], "trained with --batch-size"),
-        (["--teacher-scores", None], "the teacher_scores in"),  # dropped: its epochs were distilled
+        (["--teacher-scores", None], "(--teacher-scores and its KD options) (it records "),  # dropped
         (["--teacher-scores", "other"], "the teacher_scores in"),  # another teacher's scores
     ],
 )
@@ -490,3 +490,15 @@ def test_scores_that_teach_no_position_read_are_refused(dataset, tmp_path):
     assert (
         CliRunner().invoke(main, [*args, "-o", str(tmp_path / "run")]).exit_code == 0
     )  # max_len 20 reads them
+
+
+def test_a_resume_refuses_a_state_file_that_is_not_a_trainer_state(dataset, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    train(runner, dataset, run, "--epochs", "1")
+    torch.save(torch.zeros(3), run / "last" / "state.pt")
+    result = runner.invoke(
+        main, ["student-train", "--data", str(dataset), "-o", str(run), *TINY, "--epochs", "2", "--resume"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not this run's trainer state" in result.output.strip().splitlines()[-1]
