@@ -147,9 +147,18 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def one_line(request: Any, exc: RequestValidationError) -> JSONResponse:
         error = exc.errors()[0]
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
-        return JSONResponse(status_code=422, content={"detail": f"{where}: {message}" if where else message})
+        kind, loc = error.get("type"), tuple(error.get("loc", ()))
+        if kind == "json_invalid":
+            message = "the body is not JSON (in UTF-8)"
+        elif loc == ("body",) and kind == "missing":
+            message = 'the body is empty: send a JSON object, {"history": [...]} or {"user": "..."}'
+        elif loc == ("body",) and "json" not in request.headers.get("content-type", ""):
+            message = "the body is not read as JSON: send it with content-type application/json"
+        else:
+            where = ".".join(str(part) for part in loc if part != "body")
+            message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
+            message = f"{where}: {message}" if where else message
+        return JSONResponse(status_code=422, content={"detail": message})
 
     @app.get("/health")
     async def health() -> dict:

@@ -67,6 +67,19 @@ def test_bad_requests_are_4xx_with_a_message(client, body, status, message):
     assert isinstance(answer.json()["detail"], str) and message in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("content", "content_type", "message"),
+    [
+        (b"", "application/json", "the body is empty"),
+        (b"recommend me something", "application/json", "the body is not JSON (in UTF-8)"),
+        (b'{"history": ["m1"]}', "text/plain", "send it with content-type application/json"),
+    ],
+)
+def test_a_body_that_is_not_a_json_request_says_why(client, content, content_type, message):
+    answer = client.post("/recommend", content=content, headers={"content-type": content_type})
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
 @pytest.mark.parametrize("size", [60_000, 100])
 def test_a_chunked_body_is_bounded_as_it_arrives(client, size):
     """Without a Content-Length (chunked), the body is counted as it arrives: past the limit, a 413."""
