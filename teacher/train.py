@@ -21,6 +21,7 @@ Checkpoints hold only what was trained (adapters, projector, gate or head, and S
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from distill.errors import DistillError
 from distill.io import log, progress, write_json
 from distill.outputs import TEACHER_KINDS, check_outside, replacing
 from distill.runs import (
+    WEIGHTS,
     copy_run,
     fold_runs,
     load_checkpoint,
@@ -105,6 +107,8 @@ def run(cfg: TeacherTrainConfig) -> dict:
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
     own_sasrec = Path(cfg.output) / SASREC  # where the run keeps its copy of the --sasrec run
     resuming_with_copy = cfg.resume and (own_sasrec / "best").is_dir()
+    if resuming_with_copy:
+        check_same_sasrec(Path(cfg.sasrec), own_sasrec)
     # Refuses a run from another dataset, and a prompt longer than SASRec's window, before writing.
     sasrec = load_run(own_sasrec if resuming_with_copy else cfg.sasrec, data)
     context = check_sasrec(cfg, sasrec)
@@ -340,6 +344,17 @@ def epoch_batches(
     grouped = [order[groups[order] == g] for g in np.unique(groups)]
     batches = [mine[i : i + batch_size] for mine in grouped for i in range(0, len(mine), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+
+
+def check_same_sasrec(given: Path, copy: Path) -> None:
+    """A resumed teacher keeps the SASRec it began with (its copy in ``RUN/sasrec``): a ``--sasrec``
+    that is still there and holds other weights is refused, as any other change of recipe."""
+    weights = given / "best" / WEIGHTS
+    if weights.is_file() and not filecmp.cmp(weights, copy / "best" / WEIGHTS, shallow=False):
+        raise DistillError(
+            f"cannot resume {copy.parent}: it was trained on another SASRec than --sasrec {given} (its copy "
+            f"{copy} holds other weights); resume with that run, or train a new teacher"
+        )
 
 
 def check_sasrec_holds_out(sasrec: Path, k: int, fold: int) -> None:

@@ -1,10 +1,12 @@
 """The two teachers and ``distill teacher-train`` with the tiny backbone on tiny synthetic data."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 
 from cli import main
 from distill.config import PrepareConfig, to_dict
@@ -224,6 +226,13 @@ def test_teacher_resume_continues_from_the_last_epoch(setup, tmp_path):
         *TINY_TEACHER,
     ]
     assert runner.invoke(main, base).exit_code == 0
+    other = tmp_path / "other"  # another SASRec: the same run with other weights
+    shutil.copytree(setup / "sasrec", other)
+    weights = load_file(other / "best" / "model.safetensors")
+    save_file({name: w + 0.01 for name, w in weights.items()}, str(other / "best" / "model.safetensors"))
+    changed = [*base[:3], "--sasrec", str(other), *base[5:]]
+    result = runner.invoke(main, [*changed, "--epochs", "2", "--resume"])
+    assert result.exit_code == 1 and f"trained on another SASRec than --sasrec {other}" in result.output
     result = runner.invoke(main, [*base, "--epochs", "2", "--resume"])
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
