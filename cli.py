@@ -235,7 +235,10 @@ def prepare(cfg: PrepareConfig) -> None:
     """Turn raw interactions (or --synthetic data) into a dataset directory.
 
     INPUTS are interaction files of one format: SASRec `user item` lines, one user per line
-    (`user i1 i2 ...`), RecBole `.inter`, MovieLens `ratings.dat` or `u.data`, or CSV/TSV/Parquet.
+    (`user i1 i2 ...`), RecBole `.inter`, MovieLens `ratings.dat` or `u.data`, CSV/TSV/Parquet with
+    named columns, or JSON Lines (Amazon reviews). Columns are found by name (user_id, item_id,
+    parent_asin, asin, business_id, timestamp, date, ... in any case) or given with --user-col,
+    --item-col, --time-col.
     """
     from distill import prepare as stage
 

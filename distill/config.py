@@ -288,14 +288,14 @@ class PrepareConfig:
 
     inputs: tuple[str, ...] = ()
     output: str = option("", "Dataset directory to write.", "--output", "-o")
-    format: typing.Literal["auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet"] = (
-        option("auto", "Input format; auto guesses from the extension and the first lines.")
-    )
+    format: typing.Literal[
+        "auto", "sasrec", "lines", "recbole", "movielens", "csv", "tsv", "parquet", "jsonl"
+    ] = option("auto", "Input format; auto guesses from the extension and the first lines.")
     items: str | None = option(
         None, "Item metadata with titles (TSV/CSV with a header, RecBole .item, MovieLens movies.dat)."
     )
-    user_col: str | None = option(None, "User column of a CSV/TSV/Parquet input.")
-    item_col: str | None = option(None, "Item column of a CSV/TSV/Parquet input.")
+    user_col: str | None = option(None, "User column of a CSV/TSV/Parquet/JSON Lines input.")
+    item_col: str | None = option(None, "Item column of a CSV/TSV/Parquet/JSON Lines input.")
     time_col: str | None = option(None, "Timestamp column (numbers or ISO dates); file order if none.")
     min_user_interactions: int = option(
         3, "Drop users with fewer interactions (iterated with the item bound)."

@@ -290,6 +290,15 @@ class Dataset:
                 index=torch.from_numpy(index),
             )
 
+    def require_training(self) -> None:
+        """Refuse (one line) data with no training target: leave-one-out holds each user's last two
+        interactions out, so a user needs four for one target (``items[:-2]`` of two or more)."""
+        if not self.train_lengths(1).any():
+            raise DistillError(
+                f"{self.path} has nothing to train on: no user has more than 3 interactions (the last two "
+                "are each user's validation and test targets)"
+            )
+
     def train_lengths(self, max_len: int) -> np.ndarray:
         """``(num_users,)`` positions each user contributes to a :meth:`train_batches` epoch (0: none)."""
         starts, ends = self.history_bounds("train")

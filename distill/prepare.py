@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,11 +25,20 @@ from distill.errors import DistillError
 from distill.io import first_line, log, record_path
 from distill.outputs import claim
 
-USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid")
-ITEM_COLUMNS = ("item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "product_id")
-TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "unixreviewtime")
+# Column names read without --user-col / --item-col / --time-col, in order of preference (Amazon 2023
+# files hold both parent_asin, the product, and asin, its variant: the product is the item).
+USER_COLUMNS = ("user_id", "userid", "user", "uid", "visitorid", "reviewerid", "customer_id")
+ITEM_COLUMNS = (
+    "item_id", "itemid", "item", "iid", "movieid", "movie_id", "parent_asin", "asin", "product_id",
+    "business_id", "book_id", "track_id", "song_id", "video_id", "article_id", "news_id", "poi_id",
+)  # fmt: skip
+TIME_COLUMNS = (
+    "timestamp", "time", "ts", "datetime", "date", "unixreviewtime", "unix_time", "unixtime", "time_stamp",
+    "event_time", "created_at", "date_time",
+)  # fmt: skip
 
 FORMAT_VERSION = 1  # of a dataset directory; distill.data reads it
+JSON_ROWS = 10_000  # rows of a JSON Lines file its column names are read from
 
 
 def run(cfg: PrepareConfig) -> dict:
@@ -67,16 +77,29 @@ def run(cfg: PrepareConfig) -> dict:
         sources = [{"path": record_path(out, p), "format": fmt, "sha256": _sha256(p)} for p in paths]
         items_file = Path(cfg.items) if cfg.items else _companion_items_file(paths[0], fmt)
         if items_file is not None:
-            titles = read_titles(items_file)
+            titles = read_titles(items_file, cfg.item_col)
             sources.append(
                 {"path": record_path(out, items_file), "role": "items", "sha256": _sha256(items_file)}
             )
 
+    read = frame
     frame = k_core(frame, cfg.min_user_interactions, cfg.min_item_interactions)
     if frame.height == 0:
         raise DistillError(
             f"no interactions left after filtering (min_user_interactions={cfg.min_user_interactions}, "
             f"min_item_interactions={cfg.min_item_interactions})"
+        )
+    if frame.height < read.height:
+        log(
+            f"filtered to users with at least {cfg.min_user_interactions} and items with at least "
+            f"{cfg.min_item_interactions} interactions: kept {_count(frame, read, 'user')} users, "
+            f"{_count(frame, read, 'item')} items, {frame.height:,} of {read.height:,} interactions"
+        )
+    trainable = frame.group_by("user").len()["len"].max()
+    if trainable < 4:
+        log(
+            "warning: no user has more than 3 interactions: leave-one-out keeps each user's last two for "
+            "validation and test, which leaves nothing to train on (students refuse this data)"
         )
     sequences, items = number_and_group(frame, titles)
     if titles is not None and titles.height and not cfg.synthetic and items["title"].is_not_null().sum() == 0:
@@ -103,7 +126,15 @@ def detect_format(path: Path) -> tuple[str, str]:
     """``(format, why)``: a guess from the extension, then from the first lines, and what it rests on
     (for the line ``prepare`` prints)."""
     suffix = path.suffix.lower()
-    by_suffix = {".inter": "recbole", ".dat": "movielens", ".csv": "csv", ".parquet": "parquet"}
+    by_suffix = {
+        ".inter": "recbole",
+        ".dat": "movielens",
+        ".csv": "csv",
+        ".parquet": "parquet",
+        ".jsonl": "jsonl",
+        ".ndjson": "jsonl",
+        ".json": "jsonl",
+    }
     if suffix in by_suffix:
         return by_suffix[suffix], f"the extension {suffix}"
     with open(path, "rb") as f:
@@ -115,6 +146,8 @@ def detect_format(path: Path) -> tuple[str, str]:
         raise DistillError(f"{path} is empty")
     if suffix == ".tsv":
         return "tsv", "the extension .tsv"
+    if lines[0].lstrip("\ufeff \t").startswith("{"):
+        return "jsonl", "a JSON object on the first line"
     if "\t" in lines[0] and not lines[0].split("\t")[0].strip().isdigit():
         return "tsv", "a tab-separated header line"
     if "::" in lines[0]:
@@ -184,6 +217,11 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
             columns = lf.collect_schema().names()
         except Exception as e:  # polars raises several types for a file that is not Parquet
             raise DistillError(f"{path} is not a readable Parquet file: {first_line(e)}") from None
+    elif fmt == "jsonl":
+        try:
+            columns = pl.scan_ndjson(path, infer_schema_length=JSON_ROWS).collect_schema().names()
+        except Exception as e:
+            raise DistillError(f"{path} is not readable as JSON Lines: {first_line(e)}") from None
     else:
         separator = "," if fmt == "csv" else "\t"
         quote_char = '"' if fmt == "csv" else None
@@ -195,28 +233,43 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
         # RecBole headers carry their type ('user_id:token'); the name is before the colon.
         lf = lf.rename({c: c.split(":")[0] for c in columns})
         columns = [c.split(":")[0] for c in columns]
+        looks_like_data = [c for c in columns if _is_number(c)]
+        if looks_like_data:
+            raise DistillError(
+                f"{path}: its first line is not a header (a column named {looks_like_data[0]!r} is a value, "
+                f"not a name; columns: {_columns(columns)}); add a first line naming the columns, e.g. "
+                "user_id,item_id,timestamp"
+            )
     user = _pick_column(path, columns, cfg.user_col, USER_COLUMNS, "user", "--user-col")
     item = _pick_column(path, columns, cfg.item_col, ITEM_COLUMNS, "item", "--item-col")
-    time = cfg.time_col or next((c for c in columns if c.lower() in TIME_COLUMNS), None)
-    if time is not None and time not in columns:
-        raise DistillError(f"{path}: no column '{time}' (columns: {_columns(columns)})")
+    time = _pick_column(path, columns, cfg.time_col, TIME_COLUMNS, "time", "--time-col", required=False)
+    if fmt == "jsonl":  # the columns read as text (a later row may give them another JSON type)
+        strings = {c: pl.String for c in (user, item, time) if c is not None}
+        lf = pl.scan_ndjson(path, infer_schema_length=JSON_ROWS, schema_overrides=strings)
+    if time is None:
+        timeish = [c for c in columns if c not in (user, item) and _TIMEISH.search(c.lower())]
+        log(
+            f"warning: {path}: no time column: each user's interactions are taken in file order"
+            + (f"; is '{timeish[0]}' the time? give --time-col {timeish[0]}" if timeish else "")
+        )
     lf = lf.select(
         user=pl.col(user).cast(pl.String),
         item=pl.col(item).cast(pl.String),
         time=_time_expr(pl.col(time), lf.collect_schema()[time]) if time else pl.lit(None, pl.Float64),
-    ).with_row_index("lineno", offset=2 if fmt != "parquet" else 1)
+    ).with_row_index("lineno", offset=1 if fmt in ("parquet", "jsonl") else 2)  # after a header line
     try:
         frame = lf.collect()
     except Exception as e:
         raise DistillError(f"{path}: {first_line(e)}") from None
     bad = frame.filter(pl.col("user").is_null() | pl.col("item").is_null() | (pl.col("item") == ""))
     if bad.height:
-        raise DistillError(f"{path}, line {bad['lineno'][0]}: missing user or item id")
+        raise DistillError(f"{path}, {_row(fmt)} {bad['lineno'][0]}: missing user or item id")
     if time is not None:
         bad = frame.filter(pl.col("time").is_null())
         if bad.height:
             raise DistillError(
-                f"{path}, line {bad['lineno'][0]}: timestamp in column '{time}' is not a number or date"
+                f"{path}, {_row(fmt)} {bad['lineno'][0]}: timestamp in column '{time}' is missing or not a "
+                "number or date"
             )
     return frame.drop("lineno")
 
@@ -230,7 +283,7 @@ def _time_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         return as_number
     # Date parsing is slow per value, so only the strings that are not numbers go through it.
     not_numbers = pl.when(as_number.is_null()).then(col)
-    as_date = not_numbers.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
+    as_date = not_numbers.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s").cast(pl.Float64)
     return pl.coalesce(as_number, as_date)
 
 
@@ -296,15 +349,45 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
     return frame.select("user", "item", time=time)
 
 
+_TIMEISH = re.compile(r"time|date|_at$|^ts_|_ts$")
+
+
+def _row(fmt: str) -> str:
+    """What an error calls a record of a file of ``fmt``."""
+    return "row" if fmt == "parquet" else "line"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _count(kept: pl.DataFrame, read: pl.DataFrame, column: str) -> str:
+    return f"{kept[column].n_unique():,} of {read[column].n_unique():,}"
+
+
 def _pick_column(
-    path: Path, columns: list[str], given: str | None, known: tuple[str, ...], what: str, flag: str
-) -> str:
+    path: Path,
+    columns: list[str],
+    given: str | None,
+    known: tuple[str, ...],
+    what: str,
+    flag: str,
+    required: bool = True,
+) -> str | None:
+    """The column ``given`` (its RecBole type, ``name:token``, dropped), else the first name of ``known``
+    (any case) among ``columns``; None when there is none and it is not ``required``."""
     if given is not None:
+        given = given.split(":")[0]
         if given not in columns:
             raise DistillError(f"{path}: no column '{given}' (columns: {_columns(columns)})")
         return given
-    found = next((c for c in columns if c.lower() in known), None)
-    if found is None:
+    lower = {c.lower(): c for c in reversed(columns)}
+    found = next((lower[name] for name in known if name in lower), None)
+    if found is None and required:
         raise DistillError(
             f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
             f"(columns: {_columns(columns)})"
@@ -320,8 +403,10 @@ def _companion_items_file(path: Path, fmt: str) -> Path | None:
     return None
 
 
-def read_titles(path: Path) -> pl.DataFrame:
-    """Item titles from a RecBole ``.item``, MovieLens ``movies.dat`` or a CSV/TSV with a header.
+def read_titles(path: Path, item_col: str | None = None) -> pl.DataFrame:
+    """Item titles from a RecBole ``.item``, MovieLens ``movies.dat`` or a CSV/TSV with a header, whose
+    id column is ``item_col`` when it has one (the interactions' ``--item-col``), else a known item
+    column name, ``id``, or its first column.
 
     Returns:
         A frame of string ``raw_item`` and ``title``.
@@ -355,7 +440,13 @@ def read_titles(path: Path) -> pl.DataFrame:
         raise DistillError(f"items file {path} is not readable: {first_line(e)}") from None
     frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
     columns = frame.columns
-    id_col = next((c for c in columns if c.lower() in ITEM_COLUMNS or c.lower() == "id"), columns[0])
+    lower = {c.lower(): c for c in reversed(columns)}
+    named = (item_col or "").split(":")[0]
+    id_col = (
+        named
+        if named in columns
+        else next((lower[name] for name in (*ITEM_COLUMNS, "id") if name in lower), columns[0])
+    )
     title_col = next((c for c in columns if "title" in c.lower()), None)
     if title_col is None:
         title_col = next((c for c in columns if "name" in c.lower()), None)

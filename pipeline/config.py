@@ -49,8 +49,8 @@ class PipelineConfig:
     teacher_hidden: int = option(64, "Width of the teacher's SASRec (the LLM teacher's ID encoder).")
     student_hidden: int = option(16, "Width of the students, plain and distilled.")
     seeds: int = option(1, "Paired seeds per student; the grid point is picked on their mean validation.")
-    student_epochs: int = option(30, "Maximum epochs of each student.")
-    teacher_epochs: int = option(1, "Maximum epochs of the teacher.")
+    student_epochs: int = option(30, "Maximum epochs of each student and of the teacher's SASRecs.")
+    teacher_epochs: int = option(1, "Maximum epochs of an LLM teacher (moe-lora, e4srec).")
     max_len: int = 50
     teacher_prompt_items: int = 10
     positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N

@@ -67,6 +67,7 @@ def run(cfg: StudentTrainConfig) -> dict:
         check_outside(cfg.output, [("--teacher-scores", cfg.teacher_scores), ("--hint-run", cfg.hint_run)])
     data = Dataset(cfg.data)
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
+    data.require_training()
     teacher = read_scores(cfg.teacher_scores, data) if cfg.teacher_scores else None  # checked before writing
     if teacher is not None and teacher.has_tail and cfg.kd == "kl" and cfg.temperature != 1.0:
         log(

@@ -105,6 +105,7 @@ def run(cfg: TeacherTrainConfig) -> dict:
         check_outside(cfg.output, inputs)
     data = Dataset(cfg.data)
     data, held_out = data.cross_fit(cfg.folds, cfg.fold)  # what it trains on, and the fold it must not see
+    data.require_training()
     own_sasrec = Path(cfg.output) / SASREC  # where the run keeps its copy of the --sasrec run
     resuming_with_copy = cfg.resume and (own_sasrec / "best").is_dir()
     if resuming_with_copy:

@@ -533,3 +533,57 @@ def test_an_input_inside_the_output_overwrite_replaces_is_refused(synthetic_data
         )
         one_line_error(result, f"{option} {out / 'sasrec'} lies inside {out}, which --overwrite replaces")
         assert _files(out) == before
+
+
+def test_data_with_nothing_to_train_on(tmp_path):
+    rows = "".join(f"u{u},i{(u * 3 + k) % 10},{k}\n" for u in range(30) for k in range(3))
+    (tmp_path / "three.csv").write_text("user_id,item_id,timestamp\n" + rows)  # 3 interactions a user
+    result = invoke("prepare", tmp_path / "three.csv", "-o", tmp_path / "d")
+    assert result.exit_code == 0 and "warning: no user has more than 3 interactions" in result.output
+    for command, extra in (("student-train", STUDENT), ("teacher-train", ("--sasrec", tmp_path / "d"))):
+        result = invoke(command, "--data", tmp_path / "d", "-o", tmp_path / "r", *extra)
+        one_line_error(result, "has nothing to train on: no user has more than 3 interactions")
+        assert not (tmp_path / "r").exists()
+
+
+def test_columns_real_files_name(tmp_path):
+    rows = [
+        (f"u{u}", f"B0{(u + k) % 7}", f"A{k}", 1_600_000_000 + 1000 * (5 - k))
+        for u in range(6)
+        for k in range(5)
+    ]
+    header = "user_id,parent_asin,asin,rated_date\n"
+    (tmp_path / "a.csv").write_text(header + "".join(f"{u},{p},{a},{t}\n" for u, p, a, t in rows))
+    result = invoke("prepare", tmp_path / "a.csv", "-o", tmp_path / "d")  # the product, not its variant
+    assert result.exit_code == 0 and "is 'rated_date' the time? give --time-col rated_date" in result.output
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["num_items"] == 7
+    result = invoke("prepare", tmp_path / "a.csv", "-o", tmp_path / "t", "--time-col", "rated_date:float")
+    assert result.exit_code == 0 and "warning" not in result.output
+    (tmp_path / "z.csv").write_text(
+        "user_id,item_id,date\n"
+        + "u1,i1,2016-03-03T00:44:15Z\nu1,i2,2016-03-02T00:44:15+00:00\nu1,i3,2016-03-01T10:00:00Z\n"
+    )
+    assert invoke("prepare", tmp_path / "z.csv", "-o", tmp_path / "z").exit_code == 0  # ISO with a zone
+    (tmp_path / "h.csv").write_text("B000033295,AE001,5.0,1609201600\nB000033296,AE001,4.0,1609201601\n")
+    one_line_error(
+        invoke("prepare", tmp_path / "h.csv", "-o", tmp_path / "h"), "its first line is not a header"
+    )
+
+
+def test_json_lines_reviews(tmp_path):
+    times = [1_600_000_000_300, 1_600_000_000_100, 1_600_000_000_200, "1600000000400", 1.7e12]  # a string too
+    lines = [
+        {"rating": 5.0, "title": "ok", "parent_asin": f"B{(u + k) % 6}", "user_id": f"A{u}", "timestamp": t}
+        for u in range(8)
+        for k, t in enumerate(times)
+    ]
+    (tmp_path / "Beauty.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = invoke("prepare", tmp_path / "Beauty.jsonl", "-o", tmp_path / "d")
+    assert result.exit_code == 0, result.output
+    import polars as pl
+
+    sequences = pl.read_parquet(tmp_path / "d" / "sequences.parquet")
+    items = pl.read_parquet(tmp_path / "d" / "items.parquet")
+    raw = dict(zip(items["item"], items["raw_item"], strict=True))
+    first = sequences.filter(pl.col("raw_user") == "A0").row(0, named=True)
+    assert [raw[i] for i in first["items"]] == ["B1", "B2", "B0", "B3", "B4"]  # in time order
