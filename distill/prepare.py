@@ -195,7 +195,11 @@ def _is_unix_time(token: str) -> bool:
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
-    """A file with NUL bytes in its first 64 KiB is not text (compressed, an archive, a spreadsheet)."""
+    """A file with NUL bytes in its first 64 KiB is not text (compressed, an archive, a spreadsheet),
+    unless it is UTF-16 text (a spreadsheet's "Unicode text"), which is refused as such; text that is
+    not UTF-8 is refused too."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DistillError(f"{path} is UTF-16 text; save it as UTF-8")
     at = head.find(b"\0", 0, 1 << 16)
     if at >= 0:
         raise DistillError(
@@ -208,7 +212,15 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
     """One file as a frame of string ``user``, ``item`` and float ``time`` (null without timestamps)."""
     if fmt != "parquet":
         with open(path, "rb") as f:
-            _refuse_binary(path, f.read(1 << 16))
+            head = f.read(1 << 16)
+        _refuse_binary(path, head)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 3:  # not a character cut by the 64 KiB
+                raise DistillError(
+                    f"{path} is not UTF-8 text (byte {e.start} is 0x{head[e.start]:02x}); save it as UTF-8"
+                ) from None
     if fmt in ("sasrec", "lines", "movielens"):
         return _read_token_lines(path, fmt)
     if fmt == "parquet":

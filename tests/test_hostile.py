@@ -587,3 +587,15 @@ def test_json_lines_reviews(tmp_path):
     raw = dict(zip(items["item"], items["raw_item"], strict=True))
     first = sequences.filter(pl.col("raw_user") == "A0").row(0, named=True)
     assert [raw[i] for i in first["items"]] == ["B1", "B2", "B0", "B3", "B4"]  # in time order
+
+
+def test_text_that_is_not_utf8_is_named(tmp_path):
+    text = "user_id,item_id,timestamp\n" + "".join(f"Zoë{u},i{k},{k}\n" for u in range(3) for k in range(4))
+    (tmp_path / "u16.csv").write_bytes(text.encode("utf-16"))
+    one_line_error(
+        invoke("prepare", tmp_path / "u16.csv", "-o", tmp_path / "a"), "is UTF-16 text; save it as UTF-8"
+    )
+    (tmp_path / "l1.csv").write_bytes(text.encode("latin-1"))
+    one_line_error(
+        invoke("prepare", tmp_path / "l1.csv", "-o", tmp_path / "b"), "is not UTF-8 text (byte 28 is 0xeb)"
+    )
