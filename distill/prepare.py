@@ -70,6 +70,12 @@ def run(cfg: PrepareConfig) -> dict:
             fmt, why = detect_format(paths[0])
             if not why.startswith("the extension"):  # a guess from the content: say what it rests on
                 log(f"{paths[0]}: read as --format {fmt} ({why}); set --format to choose another")
+            for other in paths[1:]:
+                if (guess := detect_format(other)[0]) != fmt:
+                    raise DistillError(
+                        f"the inputs are of different formats: {paths[0]} reads as {fmt}, {other} as "
+                        f"{guess}; prepare reads files of one format"
+                    )
         frames = [read_interactions(p, fmt, cfg) for p in paths]
         frame = pl.concat(frames, how="vertical_relaxed").with_row_index("row")
         if frame.height == 0:

@@ -599,3 +599,14 @@ def test_text_that_is_not_utf8_is_named(tmp_path):
     one_line_error(
         invoke("prepare", tmp_path / "l1.csv", "-o", tmp_path / "b"), "is not UTF-8 text (byte 28 is 0xeb)"
     )
+
+
+def test_inputs_of_different_formats_are_named(tmp_path):
+    (tmp_path / "a.csv").write_text(
+        "user_id,item_id\n" + "".join(f"u{u},i{k}\n" for u in range(3) for k in range(4))
+    )
+    (tmp_path / "b.tsv").write_text(
+        "user_id\titem_id\n" + "".join(f"v{u}\ti{k}\n" for u in range(3) for k in range(4))
+    )
+    result = invoke("prepare", tmp_path / "a.csv", tmp_path / "b.tsv", "-o", tmp_path / "d")
+    one_line_error(result, f"{tmp_path / 'a.csv'} reads as csv, {tmp_path / 'b.tsv'} as tsv")
