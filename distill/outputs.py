@@ -22,8 +22,8 @@ Outputs written over time (a run, the pipeline's parts) cannot be renamed into p
 ``--overwrite`` replaces there is :func:`set_aside` (renamed to ``.NAME.aside-PID``) and kept until the
 command ends (:func:`replacing`): deleted when it succeeds, put back in place of what it wrote when it
 fails, unless what it wrote is a run with a checkpoint to resume. When the command was killed, the next
-writer of ``NAME`` does the same (:func:`clean_stale`); the pipeline, which does not resume, puts all
-its parts back (``clean_stale(..., put_back_all=True)``). No torch here.
+writer of ``NAME`` does the same (:func:`clean_stale`; readers leave it alone); the pipeline, which
+does not resume, puts all its parts back (``clean_stale(..., put_back_all=True)``). No torch here.
 """
 
 from __future__ import annotations
@@ -275,6 +275,20 @@ def check_outside(output: str | Path, inputs: Iterable[tuple[str, str | Path | N
             raise DistillError(
                 f"{option} {path} lies inside {output}, which --overwrite replaces: copy it elsewhere first"
             )
+
+
+def set_aside_of(path: Path) -> Path | None:
+    """Where an ``--overwrite`` of ``path`` (alive or killed) set the old output aside, if it did."""
+    if not path.parent.is_dir():
+        return None
+    return next(
+        (
+            entry
+            for entry in sorted(path.parent.iterdir())
+            if (match := _TEMP.match(entry.name)) and match["what"] == "aside" and match["name"] == path.name
+        ),
+        None,
+    )
 
 
 def set_aside(path: Path) -> None:

@@ -236,6 +236,16 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
         except Exception as e:  # polars raises several types for a file that is not Parquet
             raise DistillError(f"{path} is not a readable Parquet file: {first_line(e)}") from None
     elif fmt == "jsonl":
+        with open(path, "rb") as f:
+            start = f.read(1 << 12)
+        if start.startswith(b"\xef\xbb\xbf"):
+            raise DistillError(
+                f"{path} starts with a byte-order mark, which JSON Lines does not allow; remove it"
+            )
+        if not start.strip():
+            raise DistillError(f"{path} is empty")
+        if start.lstrip().startswith(b"["):
+            raise DistillError(f"{path} is a JSON array; prepare reads JSON Lines, one object per line")
         try:
             columns = pl.scan_ndjson(path, infer_schema_length=JSON_ROWS).collect_schema().names()
         except Exception as e:
@@ -251,13 +261,6 @@ def read_interactions(path: Path, fmt: str, cfg: PrepareConfig) -> pl.DataFrame:
         # RecBole headers carry their type ('user_id:token'); the name is before the colon.
         lf = lf.rename({c: c.split(":")[0] for c in columns})
         columns = [c.split(":")[0] for c in columns]
-        looks_like_data = [c for c in columns if _is_number(c)]
-        if looks_like_data:
-            raise DistillError(
-                f"{path}: its first line is not a header (a column named {looks_like_data[0]!r} is a value, "
-                f"not a name; columns: {_columns(columns)}); add a first line naming the columns, e.g. "
-                "user_id,item_id,timestamp"
-            )
     user = _pick_column(path, columns, cfg.user_col, USER_COLUMNS, "user", "--user-col")
     item = _pick_column(path, columns, cfg.item_col, ITEM_COLUMNS, "item", "--item-col")
     time = _pick_column(path, columns, cfg.time_col, TIME_COLUMNS, "time", "--time-col", required=False)
@@ -368,19 +371,12 @@ def _read_token_lines(path: Path, fmt: str) -> pl.DataFrame:
 
 
 _TIMEISH = re.compile(r"time|date|_at$|^ts_|_ts$")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _row(fmt: str) -> str:
     """What an error calls a record of a file of ``fmt``."""
     return "row" if fmt == "parquet" else "line"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _count(kept: pl.DataFrame, read: pl.DataFrame, column: str) -> str:
@@ -399,13 +395,20 @@ def _pick_column(
     """The column ``given`` (its RecBole type, ``name:token``, dropped), else the first name of ``known``
     (any case) among ``columns``; None when there is none and it is not ``required``."""
     if given is not None:
-        given = given.split(":")[0]
-        if given not in columns:
-            raise DistillError(f"{path}: no column '{given}' (columns: {_columns(columns)})")
-        return given
+        for name in (given, given.split(":")[0]):
+            if name in columns:
+                return name
+        raise DistillError(f"{path}: no column '{given}' (columns: {_columns(columns)})")
     lower = {c.lower(): c for c in reversed(columns)}
     found = next((lower[name] for name in known if name in lower), None)
     if found is None and required:
+        values = [c for c in columns if _NUMBER.fullmatch(c.strip())]
+        if values:  # a header of numbers is the first row of a file without one
+            raise DistillError(
+                f"{path}: cannot tell which column holds the {what} id, and its first line looks like "
+                f"values, not a header ({_columns(columns)}); add a first line naming the columns (e.g. "
+                f"user_id,item_id,timestamp) or name them with {flag}"
+            )
         raise DistillError(
             f"{path}: cannot tell which column holds the {what} id; name it with {flag} "
             f"(columns: {_columns(columns)})"

@@ -49,7 +49,7 @@ from distill.io import (
     whole,
     write_failure,
 )
-from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir, set_aside
+from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir, set_aside, set_aside_of
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -63,11 +63,16 @@ RUN_FIELDS = {
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN/config.json``, with a one-line error when the directory holds no run (a run a killed
-    ``--overwrite`` set aside is put back first)."""
+    """``RUN/config.json``, with a one-line error when the directory holds no run (and, when an
+    ``--overwrite`` set the old run aside, where it is: a reader leaves it for a writer to settle)."""
     run_dir = Path(run_dir)
-    if is_main_process():
-        clean_stale(run_dir.parent, run_dir.name)
+    if not (run_dir / CONFIG).is_file():
+        aside = set_aside_of(run_dir)
+        if aside is not None:
+            raise DistillError(
+                f"{run_dir} holds no run: an --overwrite of it set the old one aside as {aside} (the next "
+                f"writing command on {run_dir} puts it back if that process is gone)"
+            )
     if not run_dir.is_dir():
         raise DistillError(
             f"run {run_dir} does not exist" if not run_dir.exists() else f"{run_dir} is not a run directory"

@@ -566,7 +566,8 @@ def test_columns_real_files_name(tmp_path):
     assert invoke("prepare", tmp_path / "z.csv", "-o", tmp_path / "z").exit_code == 0  # ISO with a zone
     (tmp_path / "h.csv").write_text("B000033295,AE001,5.0,1609201600\nB000033296,AE001,4.0,1609201601\n")
     one_line_error(
-        invoke("prepare", tmp_path / "h.csv", "-o", tmp_path / "h"), "its first line is not a header"
+        invoke("prepare", tmp_path / "h.csv", "-o", tmp_path / "h"),
+        "its first line looks like values, not a header",
     )
 
 
@@ -610,3 +611,47 @@ def test_inputs_of_different_formats_are_named(tmp_path):
     )
     result = invoke("prepare", tmp_path / "a.csv", tmp_path / "b.tsv", "-o", tmp_path / "d")
     one_line_error(result, f"{tmp_path / 'a.csv'} reads as csv, {tmp_path / 'b.tsv'} as tsv")
+
+
+def test_headers_that_look_like_numbers_and_json_lines_edges(tmp_path):
+    rows = "".join(f"u{u},i{k},{k},x\n" for u in range(4) for k in range(5))
+    (tmp_path / "y.csv").write_text("user_id,item_id,timestamp,2023\n" + rows)  # a real header, a year in it
+    assert invoke("prepare", tmp_path / "y.csv", "-o", tmp_path / "y").exit_code == 0
+    (tmp_path / "p.csv").write_text("0,1,2,3\n" + rows)  # pandas' default header, columns named
+    assert (
+        invoke(
+            "prepare", tmp_path / "p.csv", "-o", tmp_path / "p", "--user-col", "0", "--item-col", "1"
+        ).exit_code
+        == 0
+    )
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "user:id": [f"u{u}" for u in range(4) for _ in range(5)],
+            "item:id": [f"i{k}" for _ in range(4) for k in range(5)],
+        }
+    )
+    frame.write_parquet(tmp_path / "c.parquet")  # a colon in a Parquet column's name is its name
+    args = (
+        "prepare",
+        tmp_path / "c.parquet",
+        "-o",
+        tmp_path / "c",
+        "--user-col",
+        "user:id",
+        "--item-col",
+        "item:id",
+    )
+    assert invoke(*args).exit_code == 0
+    lines = "".join(
+        json.dumps({"user_id": f"u{u}", "item_id": f"i{k}"}) + "\n" for u in range(4) for k in range(5)
+    )
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    one_line_error(
+        invoke("prepare", tmp_path / "bom.jsonl", "-o", tmp_path / "b"), "starts with a byte-order mark"
+    )
+    (tmp_path / "array.json").write_text("[" + lines.strip().replace("\n", ",") + "]")
+    one_line_error(invoke("prepare", tmp_path / "array.json", "-o", tmp_path / "a"), "is a JSON array")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    one_line_error(invoke("prepare", tmp_path / "empty.jsonl", "-o", tmp_path / "e"), "is empty")

@@ -312,12 +312,14 @@ def test_a_killed_overwrite_that_reached_a_checkpoint_resumes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run / "metrics.json").exists()
 
 
-def test_a_run_a_killed_overwrite_set_aside_is_read_whole(tmp_path):
+def test_a_reader_names_a_run_set_aside_and_leaves_it(tmp_path):
     from distill.runs import read_run_config
 
     run, aside = tmp_path / "run", tmp_path / ".run.aside-999999999"
     _finished_run(aside)
     run.mkdir()  # empty: the new run had not begun
-    with pytest.raises(DistillError, match="config.json"):  # read (this hand-made config lacks fields)
-        read_run_config(run)
-    assert (run / "metrics.json").is_file() and not aside.exists()
+    with pytest.raises(
+        DistillError, match=f"holds no run: an --overwrite of it set the old one aside as {aside}"
+    ):
+        read_run_config(run)  # a reader says where the old run is, and leaves it for a writer
+    assert aside.is_dir() and not any(run.iterdir())
