@@ -76,10 +76,11 @@ def _remove_failed(output: str | None, fresh: bool) -> None:
     if not (fresh and output is not None) or os.path.islink(output):
         return
     from distill.io import is_main_process
+    from distill.outputs import holds_checkpoint
 
     if not is_main_process():  # rank 0 cleans, once every rank has stopped writing
         return
-    if os.path.isfile(os.path.join(output, "last", "state.pt")):
+    if holds_checkpoint(output):
         return
     if os.path.isdir(output):
         shutil.rmtree(output, ignore_errors=True)

@@ -148,7 +148,7 @@ def clean_stale(directory: str | Path, name: str | None = None, *, put_back_all:
             continue
         target = directory / match["name"]
         present = target.exists() or target.is_symlink()
-        if match["what"] == "aside" and (put_back_all or not _resumable(target)):
+        if match["what"] == "aside" and (put_back_all or not holds_checkpoint(target)):
             if present:
                 _delete(target)
             entry.rename(target)
@@ -158,8 +158,9 @@ def clean_stale(directory: str | Path, name: str | None = None, *, put_back_all:
             _delete(entry)
 
 
-def _resumable(path: Path) -> bool:
-    """Whether ``path`` is a run with a checkpoint that ``--resume`` continues."""
+def holds_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a run with a checkpoint that ``--resume`` continues (``RUN/last/state.pt``)."""
+    path = Path(path)
     return (path / "last" / "state.pt").is_file()
 
 
@@ -321,7 +322,7 @@ def replacing(*, resumable: bool) -> Callable[[Callable], Callable]:
             finally:
                 while len(_SET_ASIDE) > mark:
                     path, aside = _SET_ASIDE.pop()
-                    if failed and not (resumable and _resumable(path)):
+                    if failed and not (resumable and holds_checkpoint(path)):
                         if path.exists() or path.is_symlink():
                             _delete(path)
                         if aside is not None and (aside.exists() or aside.is_symlink()):

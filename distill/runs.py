@@ -49,7 +49,16 @@ from distill.io import (
     whole,
     write_failure,
 )
-from distill.outputs import RUN_KINDS, claim, clean_stale, kind_of, remove_dir, set_aside, set_aside_of
+from distill.outputs import (
+    RUN_KINDS,
+    claim,
+    clean_stale,
+    holds_checkpoint,
+    kind_of,
+    remove_dir,
+    set_aside,
+    set_aside_of,
+)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -125,18 +134,18 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool = False, 
         clean_stale(run.parent, run.name)  # first: a run a killed --overwrite set aside may come back
         clean_stale(run)  # then a checkpoint a kill left renamed aside
     barrier()
-    resumable = (run / "last" / STATE).is_file()
+    can_resume = holds_checkpoint(run)
     if resume:
         if not run.is_dir() or not any(run.iterdir()):
             state = "is empty" if run.is_dir() else "does not exist"
             raise DistillError(f"cannot resume: run directory {run} {state}")
-        if not resumable:
+        if not can_resume:
             raise DistillError(
                 f"cannot resume: {run} has no checkpoint at {run / 'last'} (run again without --resume "
                 "to start it afresh)"
             )
         return run
-    restart = not resumable and not (run / "metrics.json").exists() and kind_of(run) == "run"
+    restart = not can_resume and not (run / "metrics.json").exists() and kind_of(run) == "run"
     clear = claim(
         run,
         kind="run",

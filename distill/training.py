@@ -21,6 +21,7 @@ from distill.dist import all_sum
 from distill.errors import DistillError
 from distill.io import first_line, is_main_process, log, write_json
 from distill.metrics import MASKING_NOTE
+from distill.outputs import holds_checkpoint
 from distill.runs import STATE, load_checkpoint, read_run_config, save_checkpoint
 
 
@@ -46,7 +47,7 @@ def check_loss(loss: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None
         value = "not finite on another rank"
     kept = (
         f"{run_dir / 'last'} keeps epoch {epoch - 1} (--resume continues from it)"
-        if (run_dir / "last" / STATE).is_file()
+        if holds_checkpoint(run_dir)
         else "no epoch had finished, so there is no checkpoint"
     )
     raise DistillError(
@@ -110,8 +111,7 @@ def restore_loop_state(
 def _check_moments(obj: Any) -> None:
     """An optimizer's per-parameter moments have their parameter's shape (torch does not check it on
     loading: another model's moments fail at the first step, or broadcast silently)."""
-    optimizers = getattr(obj, "optimizers", {"": obj})  # student.optim.Optimizers holds several
-    for optimizer in optimizers.values() if isinstance(optimizers, dict) else ():
+    for optimizer in getattr(obj, "optimizers", {"": obj}).values():  # student.optim.Optimizers: several
         for param, moments in getattr(optimizer, "state", {}).items():
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in moments and moments[key].shape != param.shape:

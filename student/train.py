@@ -331,15 +331,13 @@ def negative_sampler(cfg: StudentTrainConfig, data: Dataset) -> NegativeSampler:
 
 
 def taught(teacher: Scores, data: Dataset, max_len: int) -> bool:
-    """Whether ``teacher`` scores any of the targets :meth:`Dataset.train_batches` reads."""
+    """Whether ``teacher`` scores any of the targets :meth:`Dataset.train_batches` reads: each user's
+    last ``train_lengths`` flat indices before the end of its training sequence."""
     _, ends = data.history_bounds("train")
     lengths = data.train_lengths(max_len)
-    read = (
-        np.repeat(ends - lengths, lengths)
-        + np.arange(lengths.sum())
-        - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    )  # the flat index of every target read: ends - lengths .. ends - 1 of each user
-    return bool((teacher.row_of[torch.from_numpy(read)] >= 0).any())
+    scored = np.flatnonzero(teacher.row_of.numpy() >= 0)
+    user = np.searchsorted(data.offsets, scored, side="right") - 1
+    return bool(((scored >= ends[user] - lengths[user]) & (scored < ends[user])).any())
 
 
 def batch_scores(
