@@ -266,6 +266,7 @@ def main() -> None:
     inter = Path(args.data)
     name = Path(args.prepared).resolve().parent.name if args.prepared else inter.stem
     out = ROOT / "bench" / "out" / f"teachers_of_runs_{name}"
+    out.mkdir(parents=True, exist_ok=True)  # with --prepared, nothing else makes it
     data = Path(args.prepared).resolve() if args.prepared else out / "data"
     prepare = ["prepare", str(inter.resolve()), "--output", str(data), "--overwrite"]
     if not (data / "meta.json").is_file():
