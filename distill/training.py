@@ -97,7 +97,7 @@ def restore_loop_state(
     try:
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])
-            _check_moments(obj)
+            _check_optimizer(obj)
         stopper.load_state_dict(state["early_stopping"])
         shuffle.set_state(state["shuffle"])
         set_rng_state(state["rng"])
@@ -108,10 +108,17 @@ def restore_loop_state(
         raise ValueError(first_line(e)[:200]) from None
 
 
-def _check_moments(obj: Any) -> None:
-    """An optimizer's per-parameter moments have their parameter's shape (torch does not check it on
-    loading: another model's moments fail at the first step, or broadcast silently)."""
+def _check_optimizer(obj: Any) -> None:
+    """An optimizer's per-parameter moments have their parameter's shape and its hyperparameters are
+    numbers (torch checks neither on loading: another model's moments fail at the first step, or
+    broadcast silently; a hand-edited ``"lr": "0.001"`` fails inside the step)."""
     for optimizer in getattr(obj, "optimizers", {"": obj}).values():  # student.optim.Optimizers: several
+        for group in getattr(optimizer, "param_groups", ()):
+            for key in ("lr", "eps", "weight_decay", "betas"):
+                values = group.get(key, ())
+                for value in values if isinstance(values, (tuple, list)) else (values,):
+                    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+                        raise ValueError(f"the optimizer's {key} is {values!r}, not a number")
         for param, moments in getattr(optimizer, "state", {}).items():
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in moments and moments[key].shape != param.shape:
@@ -119,6 +126,9 @@ def _check_moments(obj: Any) -> None:
                         f"the optimizer's {key} of shape {tuple(moments[key].shape)} does not fit a "
                         f"parameter of shape {tuple(param.shape)}"
                     )
+            step = moments.get("step", 0)
+            if isinstance(step, torch.Tensor) and step.numel() != 1:
+                raise ValueError(f"the optimizer's step has shape {tuple(step.shape)}, not one number")
 
 
 def resume_run(

@@ -502,3 +502,26 @@ def test_a_resume_refuses_a_state_file_that_is_not_a_trainer_state(dataset, tmp_
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "not this run's trainer state" in result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda o: o["param_groups"][0].update(lr="0.001"), "the optimizer's lr is '0.001', not a number"),
+        (lambda o: o["param_groups"][0].update(betas=(0.9, None)), "the optimizer's betas is (0.9, None)"),
+        (lambda o: next(iter(o["state"].values())).update(step=torch.zeros(2)), "step has shape (2,)"),
+    ],
+)
+def test_a_resume_refuses_a_hand_edited_optimizer_state(dataset, tmp_path, edit, why):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    train(runner, dataset, run, "--epochs", "1")
+    state = torch.load(run / "last" / "state.pt", weights_only=True)
+    edit(state["optimizer"])
+    torch.save(state, run / "last" / "state.pt")
+    result = runner.invoke(
+        main, ["student-train", "--data", str(dataset), "-o", str(run), *TINY, "--epochs", "2", "--resume"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "not this run's trainer state" in line and why in line, line
