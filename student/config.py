@@ -133,6 +133,12 @@ class StudentTrainConfig:
         0.5, "Per position the teacher scored: (1 - alpha) * CE(label) + alpha * KD; CE alone elsewhere."
     )
     temperature: float = option(1.0, "Distillation temperature, 0.01 to 100.")
+    kd_label: Literal["keep", "drop"] = option(
+        "keep",
+        "drop: KD on the teacher's distribution over the items other than each position's own next "
+        "item, renormalised (decoupled KD's non-target part); the label is left to CE. For teachers "
+        "that trained on these positions and peak on their labels.",
+    )
     hint_run: str | None = option(
         None,
         "A `distill student-train` run (max_len at least --max-len) whose hidden states the student "

@@ -248,3 +248,53 @@ def test_kl_with_a_tail_has_gradient_softmax_minus_the_completed_target():
     expected = torch.zeros(5, N + 1)
     expected[:, 1:] = q - completed
     torch.testing.assert_close(student.grad, expected / 5)
+
+
+# ------------------------------------------------------------------------------------ KD without the label
+def test_kl_without_the_label_is_the_kl_of_the_teachers_other_items_by_hand():
+    # Four items; the teacher keeps items 1, 2 and 3, the tail holds item 4; the label is item 2.
+    t = [2.0, 1.0, 0.0, -1.0]
+    s = [0.5, 0.0, 1.0, -0.5]
+    p = [math.exp(x) / sum(map(math.exp, t)) for x in t]
+    q = [math.exp(x) / sum(map(math.exp, s)) for x in s]
+    others = 1 - p[1]
+    coarse_p = [p[0] / others, p[2] / others, p[3] / others]  # conditioned on "not item 2"
+    coarse_q = [q[0], q[2], q[3]]  # the student's own: item 2 keeps its mass, outside every bucket
+    cross = -sum(a * math.log(b) for a, b in zip(coarse_p, coarse_q, strict=True))
+    by_hand = cross + sum(a * math.log(a) for a in coarse_p)
+    student = torch.tensor([[-100.0, *s]])
+    items, teacher = torch.tensor([[1, 2, 3]]), torch.tensor([[0.0, -1.0, -2.0]])
+    tail, label = torch.tensor([math.log(p[3])]), torch.tensor([2])
+    assert kd_loss("kl", student, items, teacher, 1.0, tail, label).item() == pytest.approx(by_hand, rel=1e-5)
+    # at T != 1 (no tail): the top 3 without the label, renormalised
+    t2 = [x / 2 for x in t[:3]]
+    p2 = [math.exp(t2[0]), math.exp(t2[2])]
+    p2 = [a / sum(p2) for a in p2]
+    q2 = [math.exp(x / 2) for x in s]
+    q2 = [q2[0] / sum(q2), q2[2] / sum(q2)]
+    by_hand = 4 * sum(a * math.log(a / b) for a, b in zip(p2, q2, strict=True))
+    assert kd_loss("kl", student, items, teacher, 2.0, None, label).item() == pytest.approx(by_hand, rel=1e-5)
+    # a label outside the teacher's items changes nothing
+    outside = torch.tensor([4])
+    torch.testing.assert_close(
+        kd_loss("kl", student, items, teacher, 1.0, tail, outside),
+        kd_loss("kl", student, items, teacher, 1.0, tail),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(KD))
+def test_without_the_label_the_target_is_a_distribution_that_leaves_it_out(name):
+    items, values = top_k_teacher(6, 4)
+    label = torch.zeros(6, 4, dtype=torch.bool)
+    label[:3, 0] = True  # rows 0-2: the label is the teacher's first item; rows 3-5: not among them
+    tail = torch.log(torch.full((6,), 0.2))
+    target = KD[name](values, 1.0, tail, label)
+    total = target.p.sum(-1) + (0 if target.rest is None else target.rest)
+    torch.testing.assert_close(total, torch.ones(6))
+    assert (target.p[:3, 0] == 0).all() and (target.p[3:, 0] > 0).all()
+
+
+def test_a_kl_row_whose_label_holds_all_the_mass_keeps_it():
+    sure = torch.tensor([[0.0, -1e4, -1e4, -1e4]])  # the teacher says nothing but its first item
+    kept = KD["kl"](sure, 1.0, None, torch.tensor([[True, False, False, False]]))
+    torch.testing.assert_close(kept.p, KD["kl"](sure, 1.0).p)
