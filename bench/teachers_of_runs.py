@@ -16,12 +16,16 @@ that file is kept when it is regenerated.
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
         [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
-        [--prepared DATASET_DIR] [--member LABEL=RUN]
+        [--prepared DATASET_DIR] [--member LABEL=RUN] [--kd-labels keep,drop]
 
 ``--member LABEL=RUN`` brings a run trained elsewhere on the same prepared dataset (``--prepared``: an LLM
 teacher's, say) and adds two arms: ``member``, that run alone, and ``member-ensemble``, that run with the
 three d=128 SASRecs, weights fitted on validation (``--weights fit``: an equal share would give the one
 run a quarter whatever it knows).
+
+``--kd-labels keep,drop`` also distils every teacher with ``--kd-label drop`` (arms ``<teacher>-nolabel``:
+the teacher's distribution over the items other than each position's label) and sets those students
+against the ones that kept the label, seed by seed and pooled.
 
 Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
 --teacher-patience 10``: the recipe of ``bench.sampled_vs_full --kd``, whose plain students, teacher,
@@ -64,6 +68,8 @@ FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
 ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
 MEMBER_ARMS = ("member", "member-ensemble")  # with --member
+NOLABEL = "-nolabel"  # the arm-name suffix of students trained with --kd-label drop
+LABEL_KEPT = "label kept"  # what a -nolabel arm is compared against: the same teacher's students
 PRINT = threading.Lock()
 
 
@@ -248,6 +254,11 @@ def main() -> None:
         "--member",
         help="LABEL=RUN: a run trained on the --prepared dataset, distilled alone and with the SASRecs",
     )
+    parser.add_argument(
+        "--kd-labels",
+        default="keep",
+        help="keep, drop or keep,drop: the KD students' --kd-label (drop: arms named -nolabel)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
@@ -256,6 +267,9 @@ def main() -> None:
     known = ARMS + (MEMBER_ARMS if args.member else ())
     if not set(chosen) <= set(known):
         parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(known)}")
+    labels = args.kd_labels.split(",")
+    if not labels or not set(labels) <= {"keep", "drop"}:
+        parser.error(f"--kd-labels {args.kd_labels!r}: give keep, drop or keep,drop")
     if args.member and "=" not in args.member:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
@@ -333,12 +347,16 @@ def main() -> None:
     kd = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
 
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
+    variants = {"keep": ("", []), "drop": (NOLABEL, ["--kd-label", "drop"])}
+    variants = dict(variants[label] for label in labels)  # arm-name suffix -> extra options
 
     def distilled(seed: int, arm: str) -> list[Job]:
-        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked."""
+        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked, with each
+        --kd-label asked for."""
         return [
-            train(f"kd-{arm}{tag}-s{seed}", size, seed,
-                  ["--teacher-scores", str(out / f"scores-{arm}"), *kd], (f"scores-{arm}",))
+            train(f"kd-{arm}{variant}{tag}-s{seed}", size, seed,
+                  ["--teacher-scores", str(out / f"scores-{arm}"), *kd, *extra], (f"scores-{arm}",))
+            for variant, extra in variants.items()
             for tag, size in sizes.items()
         ]  # fmt: skip
 
@@ -370,8 +388,11 @@ def main() -> None:
         )
         teacher_rows.append((arm, what, dirs, metrics, member, train_s, export_t, extra))
     arms = {"plain": "plain (labels only)"} | {
-        f"{arm}{tag}": f"KD from the {what}" + (f" into d={tag[2:]}" if tag else "")
+        f"{arm}{variant}{tag}": f"KD from the {what}"
+        + (", label dropped" if variant else "")
+        + (f" into d={tag[2:]}" if tag else "")
         for arm, (what, *_) in teachers.items()
+        for variant in variants
         for tag in sizes
     }
     results = {
@@ -387,8 +408,11 @@ def main() -> None:
         bases = ["plain"]
         bases += ["single"] if arm in teachers and arm != "single" and "single" in teachers else []
         bases += ["ensemble"] if arm == "member-ensemble" and "ensemble" in teachers else []
+        kept = arm.replace(NOLABEL, "")  # a -nolabel arm's students against those that kept the label
+        bases += [kept] if kept != arm and kept in arms else []
         for base in bases:
             first = "plain" if base == "plain" else f"kd-{base}"
+            against = LABEL_KEPT if base == kept != arm else base
             paired = [s for s in seeds if results[base][s] is not None and results[arm][s] is not None]
             for seed in paired:
                 one, other = out / f"{first}-s{seed}", out / f"kd-{arm}-s{seed}"
@@ -399,7 +423,7 @@ def main() -> None:
                     [one, other],
                     lambda compare=compare: last_result(distill_output(compare)),
                 )
-                compares.append((arm, base, seed, line, command_line(compare)))
+                compares.append((arm, against, seed, line, command_line(compare)))
             if len(paired) > 1:
                 pairs = [(out / f"{first}-s{s}", out / f"kd-{arm}-s{s}") for s in paired]
                 d = cached(
@@ -410,7 +434,7 @@ def main() -> None:
                 )
                 zero = "excludes" if d["low"] > 0 or d["high"] < 0 else "contains"
                 line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0)"
-                compares.append((arm, base, "pooled", f"{line}, seeds {paired} pooled", None))
+                compares.append((arm, against, "pooled", f"{line}, seeds {paired} pooled", None))
     write_report(args, name, seeds, out, data, prepare, jobs, teacher_rows, arms, results, compares,
                  load_before, time.perf_counter() - started)  # fmt: skip
 
@@ -468,7 +492,13 @@ def write_report(
         + f"at most {args.epochs} "
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
         "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
-        "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)",
+        "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)"
+        + (
+            "; arms named 'label dropped' add `--kd-label drop` (the teacher's distribution over the "
+            "items other than the position's label)"
+            if "drop" in args.kd_labels.split(",")
+            else ""
+        ),
         f"- teachers: d=128 SASRecs, max_len {args.teacher_max_len}, lr {args.teacher_lr}, at most "
         f"{args.epochs} epochs, patience {args.teacher_patience}; soft labels: `export-logits "
         "--all-positions "
@@ -536,7 +566,7 @@ def write_report(
             f"| {statistics.mean(runs[s]['test']['ndcg@10'] for s in done):.4f} "
             f"| {statistics.mean(runs[s]['valid']['ndcg@10'] for s in done):.4f} | {epochs} | {gains} "
             f"| {'; '.join(cost(out, f'{key}-s{s}', runs[s]) for s in done)} "
-            f"| {teacher_cost.get(arm.split('-d')[0], '—')} |"
+            f"| {teacher_cost.get(arm.split('-d')[0].replace(NOLABEL, ''), '—')} |"
         )
     capped = [s for s in seeds if plain[s] and plain[s]["best_epoch"] >= args.epochs]
     lines += [
@@ -569,6 +599,14 @@ def write_report(
             "the one d=128 SASRec, same seed",
             "",
             *against_single,
+        ]
+    if against_kept := paired_lines(LABEL_KEPT):
+        lines += [
+            "",
+            "## Does leaving the label out teach more? KD with `--kd-label drop` minus KD from the same "
+            "teacher with the label kept, same seed",
+            "",
+            *against_kept,
         ]
     if against_ensemble := paired_lines("ensemble"):
         lines += [
