@@ -204,7 +204,37 @@ def _print_results(results: dict) -> None:
     click.echo(format_table({"valid": results["valid"], "test": results["test"]}))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _OnceCommand(click.Command):
+    """A command whose single-valued options may each be given once: click keeps the last of repeated
+    values, so ``recommend --run A --run B`` silently dropped A (``evaluate``, ``export-logits`` and
+    ``compare`` take several runs; ``recommend`` and ``serve`` one)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        once = {
+            opt: param
+            for param in self.params
+            if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
+            for opt in param.opts
+        }
+        seen: dict[str, int] = {}
+        for arg in args:
+            if arg == "--":
+                break
+            param = once.get(arg.split("=", 1)[0])
+            if param is not None:
+                name = max(param.opts, key=len)  # --output, not -o
+                seen[name] = seen.get(name, 0) + 1
+        for name, times in seen.items():
+            if times > 1:
+                raise click.UsageError(f"{name} given {times} times: it takes one value", ctx)
+        return super().parse_args(ctx, args)
+
+
+class _Group(click.Group):
+    command_class = _OnceCommand
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="distill")
 def main() -> None:
     """Distill an LLM-based sequential recommender into a small SASRec student.

@@ -8,13 +8,15 @@ an interval that contains 0 means the runs are not told apart on this split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from distill.data import Dataset
 from distill.errors import DistillError
 from distill.metrics import MASKING_NOTE, RankingMetrics, format_table, per_user
 from pipeline.config import CompareConfig
-from pipeline.runs import open_runs
+from pipeline.runs import group_runs, open_runs
 
 BLOCK = 500  # bootstrap resamples drawn at a time: BLOCK x users indices in memory
 
@@ -23,9 +25,10 @@ def run(cfg: CompareConfig) -> dict:
     """``{"metrics": {run: {metric: value}}, "paired": {run: {"mean", "low", "high", "wins", "losses"}}}``,
     the paired entries against ``cfg.runs[0]``."""
     data = Dataset(cfg.data)
+    weights = _weights(cfg)
     metrics, values, users = {}, {}, None
     for run_dir in cfg.runs:
-        scorer = open_runs(run_dir.split(","), data, cfg.device, cfg.weights, cfg.batch_size)
+        scorer = open_runs(run_dir.split(","), data, cfg.device, weights[run_dir], cfg.batch_size)
         who, ranks = scorer.ranks(data, cfg.split, cfg.batch_size, cfg.item_block)
         summary = RankingMetrics()
         summary.update(ranks)  # the metrics from the same ranks: each run scores once
@@ -39,6 +42,25 @@ def run(cfg: CompareConfig) -> dict:
         run_dir: paired_difference(values[run_dir] - base, cfg.samples, cfg.seed) for run_dir in cfg.runs[1:]
     }
     return {"metrics": metrics, "paired": paired}
+
+
+def _weights(cfg: CompareConfig) -> dict[str, str]:
+    """Each compared set's ``--weights``, checked before any is scored: ``fit`` weighs the sets that have
+    several members (a single run or a cross-fit alone is compared as it is); a set given twice (the
+    same runs, in any order or spelling) is refused, its results would overwrite the other's."""
+    seen, weights = {}, {}
+    for run_dir in cfg.runs:
+        runs = run_dir.split(",")
+        key = frozenset(Path(r).resolve() for r in runs if r.strip())
+        if key in seen:
+            same = "is given twice" if seen[key] == run_dir else f"and {seen[key]} are the same runs"
+            raise DistillError(f"{run_dir} {same}: compare each set once")
+        seen[key] = run_dir
+        singles, folds = group_runs(runs) if all(r.strip() for r in runs) else (runs, {})
+        weights[run_dir] = cfg.weights if len(singles) + len(folds) > 1 else "equal"
+    if cfg.weights == "fit" and "fit" not in weights.values():
+        raise DistillError("--weights fit weighs the members of an ensemble; no compared set has several")
+    return weights
 
 
 def paired_difference(diffs: np.ndarray, samples: int, seed: int) -> dict[str, float]:

@@ -199,14 +199,14 @@ class ExportConfig:
     overwrite: bool = option(False)
 
     def __post_init__(self) -> None:
-        for flag, key in (("full", "top_k"), ("all_positions", "positions")):
-            if getattr(self, flag):
-                object.__setattr__(self, key, None)
-        check(
+        check(  # before the flags override them: --full --top-k -5 is still nonsense
             self,
             required={"runs": "--run RUN", "data": "--data DIR", "output": "--output SCORES"},
             at_least_one=("top_k", "positions", "batch_size"),
         )
+        for flag, key in (("full", "top_k"), ("all_positions", "positions")):
+            if getattr(self, flag):
+                object.__setattr__(self, key, None)
         check_item_block(self)
 
 

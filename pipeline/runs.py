@@ -86,13 +86,7 @@ def open_runs(
             also = f" and {run_dir} are the same directory" if str(same) != str(run_dir) else ""
             raise DistillError(f"a run is given twice: {same}{also}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    singles, folds = [], {}
-    for run_dir in map(Path, run_dirs):
-        record = read_run_config(run_dir).get("folds")
-        if record is None:
-            singles.append(run_dir)
-            continue
-        folds.setdefault(record["k"], []).append((record["fold"], run_dir))
+    singles, folds = group_runs(run_dirs)
     members = [open_run(run_dir, data, device) for run_dir in singles]
     members += [cross_fit(k, runs, data, device) for k, runs in sorted(folds.items())]
     if len(members) == 1:
@@ -102,6 +96,20 @@ def open_runs(
             )
         return members[0]
     return ensemble(members, data, weights, batch_size)
+
+
+def group_runs(run_dirs: Sequence[str | Path]) -> tuple[list[Path], dict[int, list[tuple[int, Path]]]]:
+    """``(singles, folds)``: the runs that are members of their own, and the cross-fits' runs by K as
+    ``(fold, run)`` pairs, from the runs' records (nothing is loaded); ``len(singles) + len(folds)``
+    members."""
+    singles, folds = [], {}
+    for run_dir in map(Path, run_dirs):
+        record = read_run_config(run_dir).get("folds")
+        if record is None:
+            singles.append(run_dir)
+            continue
+        folds.setdefault(record["k"], []).append((record["fold"], run_dir))
+    return singles, folds
 
 
 def _name(source: dict) -> str:

@@ -150,3 +150,29 @@ def test_preparing_data_does_not_import_torch(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["recommend", "--run", "a", "--run", "b", "--history", "1"], "--run given 2 times"),
+        (["serve", "--run=a", "--run", "b"], "--run given 2 times"),
+        (["student-train", "--data", "d", "-o", "x", "--output", "y"], "--output given 2 times"),
+    ],
+)
+def test_an_option_that_takes_one_value_is_refused_when_repeated(args, name):
+    """click keeps the last of repeated values: ``recommend --run A --run B`` silently dropped A."""
+    result = invoke(*args)
+    assert result.exit_code == 2 and f"Error: {name}: it takes one value" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_export_refuses_nonsense_counts_that_a_flag_overrides(tmp_path, synthetic_dataset):
+    for args, message in (
+        (["--full", "--top-k", "-5"], "top_k must be at least 1, got -5"),
+        (["--all-positions", "--positions", "-3"], "positions must be at least 1, got -3"),
+    ):
+        out = tmp_path / "scores"
+        result = invoke("export-logits", "--run", tmp_path, "--data", synthetic_dataset, "-o", out, *args)
+        assert_one_line_error(result, message)
+        assert not out.exists()

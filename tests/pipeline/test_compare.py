@@ -65,8 +65,25 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users():
     [
         (["only-one"], "at least two runs"),
         (["a", "b", "--metric", "auc"], "metric must be"),
+        (["a", "b", "a"], "a is given twice: compare each set once"),
+        (["a", "./a/"], "./a/ and a are the same runs: compare each set once"),
+        (["a,b", "b,a"], "b,a and a,b are the same runs"),
+        (["a", "b", "--weights", "fit"], "--weights fit weighs the members of an ensemble; no compared set"),
     ],
 )
-def test_bad_compare_input_is_a_one_line_error(runs, args, message):
-    result = CliRunner().invoke(main, ["compare", *args, "--data", str(runs / "data")])
+def test_bad_compare_input_is_a_one_line_error(runs, args, message, monkeypatch):
+    monkeypatch.chdir(runs)
+    result = CliRunner().invoke(main, ["compare", *args, "--data", str(runs / "data"), "--device", "cpu"])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_fitted_weights_weigh_the_ensembles_and_leave_single_runs_as_they_are(runs, monkeypatch):
+    monkeypatch.chdir(runs)
+    fitted = run(CompareConfig(runs=("a", "a,b"), data="data", device="cpu", weights="fit", samples=200))
+    plain = run(CompareConfig(runs=("a", "b"), data="data", device="cpu", samples=200))
+    assert fitted["metrics"]["a"] == plain["metrics"]["a"]  # one run: no weights to fit
+    result = CliRunner().invoke(
+        main, ["compare", "a,b", "b", "--data", "data", "--weights", "fit", "--device", "cpu"]
+    )
+    assert result.exit_code == 0 and "ensemble weights fitted on validation" in result.output, result.output
