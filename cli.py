@@ -205,28 +205,22 @@ def _print_results(results: dict) -> None:
 
 
 class _OnceCommand(click.Command):
-    """A command whose single-valued options may each be given once: click keeps the last of repeated
-    values, so ``recommend --run A --run B`` silently dropped A (``evaluate``, ``export-logits`` and
-    ``compare`` take several runs; ``recommend`` and ``serve`` one)."""
+    """A command whose single ``--run`` may be given once. click keeps the last of repeated values (the
+    override idiom, ``$COMMON --hidden 32``, which stays), but ``recommend --run A --run B`` silently
+    dropped A where ``evaluate``, ``compare`` and ``export-logits`` score several runs as one."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        once = {
-            opt: param
-            for param in self.params
-            if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
-            for opt in param.opts
-        }
-        seen: dict[str, int] = {}
-        for arg in args:
-            if arg == "--":
-                break
-            param = once.get(arg.split("=", 1)[0])
-            if param is not None:
-                name = max(param.opts, key=len)  # --output, not -o
-                seen[name] = seen.get(name, 0) + 1
-        for name, times in seen.items():
-            if times > 1:
-                raise click.UsageError(f"{name} given {times} times: it takes one value", ctx)
+        single = any(
+            isinstance(p, click.Option) and "--run" in p.opts and not p.multiple for p in self.params
+        )
+        given = args[: args.index("--")] if "--" in args else args
+        times = sum(a == "--run" or a.startswith("--run=") for a in given)
+        if single and times > 1:
+            raise click.UsageError(
+                f"--run given {times} times: {ctx.info_name} takes one run (evaluate, compare and "
+                "export-logits score several as one)",
+                ctx,
+            )
         return super().parse_args(ctx, args)
 
 
