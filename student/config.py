@@ -49,11 +49,11 @@ class StudentTrainConfig:
 
     With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss per position is
     ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did not,
-    averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the chunked full-
-    softmax CE pass (``loss = "ce"``) or, with ``loss = "sampled"``, estimated over the teacher's top-k
-    plus the sampled items (:func:`student.losses.sampled_loss`); ``loss = "bce"`` has no normaliser to
-    distil against and takes no teacher. ``alpha = 0`` trains exactly as without a teacher. ``kd_label =
-    "drop"`` leaves each position's label out of the teacher's distribution (:mod:`distill.losses`).
+    averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the chunked
+    full-softmax CE pass (``loss = "ce"``) or, with ``loss = "sampled"``, estimated over the teacher's
+    top-k plus the sampled items (:func:`student.losses.sampled_loss`); ``loss = "bce"`` has no normaliser
+    to distil against and takes no teacher. ``alpha = 0`` trains exactly as without a teacher. ``kd_label
+    = "drop"`` leaves each position's label out of the teacher's distribution (:mod:`distill.losses`).
     ``loss = "sampled"`` is the sampled softmax for catalogues too large for a full softmax: the batch's
     own targets plus ``negatives`` draws per batch from ``sampler`` (uniform unless set; ``popularity``:
     the training split's item counts), logQ-corrected; ``negatives`` must be below the catalogue size,
