@@ -51,7 +51,7 @@ def _weights(cfg: CompareConfig) -> dict[str, str]:
     seen, weights = {}, {}
     for run_dir in cfg.runs:
         runs = run_dir.split(",")
-        key = frozenset(Path(r).resolve() for r in runs if r.strip())
+        key = frozenset(Path(r).resolve() if r.strip() else r for r in runs)  # open_runs names an empty one
         if key in seen:
             same = "is given twice" if seen[key] == run_dir else f"and {seen[key]} are the same runs"
             raise DistillError(f"{run_dir} {same}: compare each set once")

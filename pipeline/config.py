@@ -108,8 +108,10 @@ class PipelineConfig:
                 + (f" and --members {self.members}" if self.teacher == "ensemble" else "")
                 + f" runs seeds up to {last}, past the largest seed, {2**32 - 1}"
             )
-        if not self.kd or not self.alphas or not self.kd_labels:
-            raise ValueError("the grid needs at least one --kd loss, one --alphas and one --kd-labels value")
+        if not self.kd or not self.alphas:
+            raise ValueError("the grid needs at least one --kd loss and one --alphas value")
+        if not self.kd_labels:
+            raise ValueError("kd_labels (--kd-labels) needs at least one of keep, drop")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
         low, high = TEMPERATURES
