@@ -16,7 +16,7 @@ that file is kept when it is regenerated.
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
         [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
-        [--prepared DATASET_DIR] [--member LABEL=RUN] [--kd-labels keep,drop]
+        [--prepared DATASET_DIR] [--member LABEL=RUN] [--kd-labels keep,drop] [--alphas 0.5,0.9]
 
 ``--member LABEL=RUN`` brings a run trained elsewhere on the same prepared dataset (``--prepared``: an LLM
 teacher's, say) and adds two arms: ``member``, that run alone, and ``member-ensemble``, that run with the
@@ -25,7 +25,8 @@ run a quarter whatever it knows).
 
 ``--kd-labels keep,drop`` also distils every teacher with ``--kd-label drop`` (arms ``<teacher>-nolabel``:
 the teacher's distribution over the items other than each position's label) and sets those students
-against the ones that kept the label, seed by seed and pooled.
+against the ones that kept the label, seed by seed and pooled; ``--alphas 0.5,0.9`` likewise adds arms
+``<teacher>-a0.9`` at that KD weight (label kept).
 
 Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
 --teacher-patience 10``: the recipe of ``bench.sampled_vs_full --kd``, whose plain students, teacher,
@@ -69,7 +70,8 @@ ENSEMBLE_SEEDS = (0, 1, 2)
 ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
 MEMBER_ARMS = ("member", "member-ensemble")  # with --member
 NOLABEL = "-nolabel"  # the arm-name suffix of students trained with --kd-label drop
-LABEL_KEPT = "label kept"  # what a -nolabel arm is compared against: the same teacher's students
+RECIPE = "the recipe"  # what a variant arm (-nolabel, -aA) is compared against: the same teacher's
+# students of the fixed recipe (α 0.5, the label kept)
 PRINT = threading.Lock()
 
 
@@ -259,6 +261,11 @@ def main() -> None:
         default="keep",
         help="keep, drop or keep,drop: the KD students' --kd-label (drop: arms named -nolabel)",
     )
+    parser.add_argument(
+        "--alphas",
+        default="0.5",
+        help="KD weights, comma-separated: 0.5 is the recipe; each other A adds arms named -aA (label kept)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
@@ -270,6 +277,12 @@ def main() -> None:
     labels = args.kd_labels.split(",")
     if not labels or not set(labels) <= {"keep", "drop"}:
         parser.error(f"--kd-labels {args.kd_labels!r}: give keep, drop or keep,drop")
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+    except ValueError:
+        parser.error(f"--alphas {args.alphas!r}: give numbers in (0, 1], comma-separated")
+    if not all(0 < a <= 1 for a in alphas):
+        parser.error(f"--alphas {args.alphas!r}: each must be in (0, 1]")
     if args.member and "=" not in args.member:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
@@ -344,11 +357,18 @@ def main() -> None:
         ]  # fmt: skip
         needs = tuple(r for r in runs if r in trained)
         exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", needs)
-    kd = ["--kd", "kl", "--alpha", "0.5", "--temperature", "1"]
+    kd = ["--kd", "kl", "--temperature", "1"]
 
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
-    variants = {"keep": ("", []), "drop": (NOLABEL, ["--kd-label", "drop"])}
-    variants = dict(variants[label] for label in labels)  # arm-name suffix -> extra options
+    # arm-name suffix -> extra options: the recipe (α 0.5, label kept), the label dropped, other αs
+    variants = {"": ["--alpha", "0.5"]} if "keep" in labels else {}
+    variants |= {NOLABEL: ["--alpha", "0.5", "--kd-label", "drop"]} if "drop" in labels else {}
+    variants |= {f"-a{a:g}": ["--alpha", str(a)] for a in alphas if a != 0.5}
+
+    def teacher_of(arm: str) -> str:
+        """The teacher arm a student arm distils (its name without size or variant)."""
+        arm = arm.split("-d")[0]
+        return next((arm[: -len(v)] for v in variants if v and arm.endswith(v)), arm)
 
     def distilled(seed: int, arm: str) -> list[Job]:
         """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked, with each
@@ -389,7 +409,7 @@ def main() -> None:
         teacher_rows.append((arm, what, dirs, metrics, member, train_s, export_t, extra))
     arms = {"plain": "plain (labels only)"} | {
         f"{arm}{variant}{tag}": f"KD from the {what}"
-        + (", label dropped" if variant else "")
+        + (", label dropped" if variant == NOLABEL else f", α {variant[2:]}" if variant else "")
         + (f" into d={tag[2:]}" if tag else "")
         for arm, (what, *_) in teachers.items()
         for variant in variants
@@ -408,11 +428,12 @@ def main() -> None:
         bases = ["plain"]
         bases += ["single"] if arm in teachers and arm != "single" and "single" in teachers else []
         bases += ["ensemble"] if arm == "member-ensemble" and "ensemble" in teachers else []
-        kept = arm.replace(NOLABEL, "")  # a -nolabel arm's students against those that kept the label
-        bases += [kept] if kept != arm and kept in arms else []
+        tag = arm[len(arm.split("-d")[0]) :]  # the size's suffix, if any
+        recipe = teacher_of(arm) + tag  # a variant's students against the recipe's, same teacher and size
+        bases += [recipe] if recipe != arm and recipe in arms else []
         for base in bases:
             first = "plain" if base == "plain" else f"kd-{base}"
-            against = LABEL_KEPT if base == kept != arm else base
+            against = RECIPE if base == recipe != arm else base
             paired = [s for s in seeds if results[base][s] is not None and results[arm][s] is not None]
             for seed in paired:
                 one, other = out / f"{first}-s{seed}", out / f"kd-{arm}-s{seed}"
@@ -436,7 +457,7 @@ def main() -> None:
                 line = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({zero} 0)"
                 compares.append((arm, against, "pooled", f"{line}, seeds {paired} pooled", None))
     write_report(args, name, seeds, out, data, prepare, jobs, teacher_rows, arms, results, compares,
-                 load_before, time.perf_counter() - started)  # fmt: skip
+                 load_before, time.perf_counter() - started, teacher_of)  # fmt: skip
 
 
 def paired_runs(data_dir: Path, pairs: list[tuple[Path, Path]]) -> dict:
@@ -463,7 +484,20 @@ def cost(out: Path, key: str, metrics: dict | None) -> str:
 
 
 def write_report(
-    args, name, seeds, out, data, prepare, jobs, teacher_rows, arms, results, compares, load_before, total
+    args,
+    name,
+    seeds,
+    out,
+    data,
+    prepare,
+    jobs,
+    teacher_rows,
+    arms,
+    results,
+    compares,
+    load_before,
+    total,
+    teacher_of,
 ):
     plain, flag = results["plain"], "--report-only"
     lines = [
@@ -498,7 +532,8 @@ def write_report(
             "items other than the position's label)"
             if "drop" in args.kd_labels.split(",")
             else ""
-        ),
+        )
+        + ("; arms named with another α use it instead of 0.5" if args.alphas != "0.5" else ""),
         f"- teachers: d=128 SASRecs, max_len {args.teacher_max_len}, lr {args.teacher_lr}, at most "
         f"{args.epochs} epochs, patience {args.teacher_patience}; soft labels: `export-logits "
         "--all-positions "
@@ -566,7 +601,7 @@ def write_report(
             f"| {statistics.mean(runs[s]['test']['ndcg@10'] for s in done):.4f} "
             f"| {statistics.mean(runs[s]['valid']['ndcg@10'] for s in done):.4f} | {epochs} | {gains} "
             f"| {'; '.join(cost(out, f'{key}-s{s}', runs[s]) for s in done)} "
-            f"| {teacher_cost.get(arm.split('-d')[0].replace(NOLABEL, ''), '—')} |"
+            f"| {teacher_cost.get(teacher_of(arm), '—')} |"
         )
     capped = [s for s in seeds if plain[s] and plain[s]["best_epoch"] >= args.epochs]
     lines += [
@@ -600,13 +635,13 @@ def write_report(
             "",
             *against_single,
         ]
-    if against_kept := paired_lines(LABEL_KEPT):
+    if against_recipe := paired_lines(RECIPE):
         lines += [
             "",
-            "## Does leaving the label out teach more? KD with `--kd-label drop` minus KD from the same "
-            "teacher with the label kept, same seed",
+            "## Does a variant teach more than the recipe? KD with the label dropped or another α minus KD "
+            "from the same teacher at α 0.5 with the label kept, same seed",
             "",
-            *against_kept,
+            *against_recipe,
         ]
     if against_ensemble := paired_lines("ensemble"):
         lines += [
