@@ -362,8 +362,8 @@ def main() -> None:
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
     # arm-name suffix -> extra options: the recipe (α 0.5, label kept), the label dropped, other αs
     variants = {"": ["--alpha", "0.5"]} if "keep" in labels else {}
-    variants |= {NOLABEL: ["--alpha", "0.5", "--kd-label", "drop"]} if "drop" in labels else {}
     variants |= {f"-a{a:g}": ["--alpha", str(a)] for a in alphas if a != 0.5}
+    variants |= {NOLABEL: ["--alpha", "0.5", "--kd-label", "drop"]} if "drop" in labels else {}
 
     def teacher_of(arm: str) -> str:
         """The teacher arm a student arm distils (its name without size or variant)."""
