@@ -205,9 +205,10 @@ def _print_results(results: dict) -> None:
 
 
 class _OnceCommand(click.Command):
-    """A command whose single ``--run`` may be given once. click keeps the last of repeated values (the
-    override idiom, ``$COMMON --hidden 32``, which stays), but ``recommend --run A --run B`` silently
-    dropped A where ``evaluate``, ``compare`` and ``export-logits`` score several runs as one."""
+    """A command whose single ``--run`` (``recommend``, ``serve``, ``export-model``) may be given once.
+    click keeps the last of repeated values (the override idiom, ``$COMMON --hidden 32``, which stays),
+    but ``recommend --run A --run B`` silently dropped A where ``evaluate``, ``compare`` and
+    ``export-logits`` score several runs as one."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         single = any(
@@ -313,7 +314,7 @@ def pipeline(cfg: PipelineConfig) -> None:
     """Run every stage: prepare, the teacher's SASRec, teacher, export-logits, students; print a summary.
 
     Students are --student-hidden wide (the teacher's SASRec --teacher-hidden): the plain one and one per
-    point of --kd x --alphas x --temperatures x --kd-labels, each over --seeds paired seeds. The distilled
+    point of --kd x --alphas x --temperatures, each over --seeds paired seeds. The distilled
     student is picked on their mean validation NDCG@10 with alpha 0 (the plain student) a candidate, so it
     is never worse than the plain one on validation; a teacher that ranks below the plain student on
     validation is not distilled at all. The summary gives the paired test interval of distilled minus
@@ -383,7 +384,9 @@ def compare(cfg: CompareConfig) -> None:
     """Compare RUNS (students or teachers) on one split of --data: metrics side by side, and the per-user
     paired difference of --metric against the first run with a bootstrap 95% interval.
 
-    A RUN that joins several with commas (A,B,C) scores as one: a cross-fit or an ensemble.
+    A RUN that joins several with commas (A,B,C) scores as one: a cross-fit or an ensemble. --weights fit
+    weighs each such ensemble on validation; a single run or a cross-fit alone is compared as it is. A RUN
+    given twice (in any order or spelling) is refused.
     """
     from pipeline.compare import report, run
 

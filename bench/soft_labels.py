@@ -7,8 +7,10 @@ directory and reports, over the rows a student reads (each user's last ``--max-l
 targets, or every row), how the teacher ranks each row's own target there, seen items masked as
 evaluation masks them: HR@10 and NDCG@10 (from the stored top k; a target outside it counts as a
 miss), the share of rows whose target is the teacher's first item, the teacher's mean probability of
-the target (T = 1, from the stored scores and the tail) and the mass it puts elsewhere, and the
-entropy of the rows (the top k and the tail as one bucket). Set beside the same teacher's validation
+the target (T = 1, from the stored scores and the tail; a target outside the top k counts 0, so with
+k below the catalogue it is a lower bound) and the mass it puts elsewhere, and the entropy of the
+rows over the top k and the tail as one bucket (at most log(k + 1); the full rows' entropy needs a
+``--full`` directory). Set beside the same teacher's validation
 NDCG@10 (``distill evaluate``), the gap between the two is how much of the teacher's ranking at
 training positions is memory of them rather than knowledge it would pass on.
 
@@ -118,6 +120,9 @@ def main() -> None:
     command = f"python -m bench.soft_labels {rel(args.scores)} --data {rel(args.data)}"
     command += "" if args.max_len is None else f" --max-len {args.max_len}"
     command += "" if args.name is None else f" --name {args.name}"
+    top_k = fit["k"] < data.num_items
+    bound = " (at least)" if top_k else ""  # a target outside the stored top k counts 0
+    ceiling = math.log(fit["k"] + 1 if top_k else fit["k"])  # k items and the bucket
     lines = [
         f"# Soft labels at the positions they teach: {rel(args.scores)}",
         "",
@@ -127,10 +132,10 @@ def main() -> None:
         f"- rows: {fit['rows']:,} ({reads}), top {fit['k']} each; the target's rank with the user's "
         "earlier items masked, as evaluation masks seen items",
         "",
-        "| HR@10 | NDCG@10 | target first | p(target) | mass elsewhere | entropy (nats) |",
+        "| HR@10 | NDCG@10 | target first | p(target) | mass elsewhere | entropy, top k + bucket (nats) |",
         "|---:|---:|---:|---:|---:|---:|",
-        f"| {fit['hr10']:.4f} | {fit['ndcg10']:.4f} | {fit['top1']:.4f} | {fit['p_target']:.4f} "
-        f"| {fit['mass_elsewhere']:.4f} | {fit['entropy']:.3f} (uniform: {math.log(data.num_items):.2f}) |",
+        f"| {fit['hr10']:.4f} | {fit['ndcg10']:.4f} | {fit['top1']:.4f} | {fit['p_target']:.4f}{bound} "
+        f"| {fit['mass_elsewhere']:.4f}{bound} | {fit['entropy']:.3f} (at most {ceiling:.2f}) |",
     ]
     print(write_results(ROOT / "bench" / "results" / f"soft_labels_{name}.md", lines))
 

@@ -16,17 +16,15 @@ that file is kept when it is regenerated.
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
         [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
-        [--prepared DATASET_DIR] [--member LABEL=RUN] [--kd-labels keep,drop] [--alphas 0.5,0.9]
+        [--prepared DATASET_DIR] [--member LABEL=RUN] [--alphas 0.5,0.9]
 
 ``--member LABEL=RUN`` brings a run trained elsewhere on the same prepared dataset (``--prepared``: an LLM
 teacher's, say) and adds two arms: ``member``, that run alone, and ``member-ensemble``, that run with the
 three d=128 SASRecs, weights fitted on validation (``--weights fit``: an equal share would give the one
 run a quarter whatever it knows).
 
-``--kd-labels keep,drop`` also distils every teacher with ``--kd-label drop`` (arms ``<teacher>-nolabel``:
-the teacher's distribution over the items other than each position's label) and sets those students
-against the ones that kept the label, seed by seed and pooled; ``--alphas 0.5,0.9`` likewise adds arms
-``<teacher>-a0.9`` at that KD weight (label kept).
+``--alphas 0.5,0.9`` also distils every teacher at each other KD weight (arms ``<teacher>-a0.9``) and
+sets those students against the recipe's (α 0.5), seed by seed and pooled.
 
 Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
 --teacher-patience 10``: the recipe of ``bench.sampled_vs_full --kd``, whose plain students, teacher,
@@ -69,9 +67,8 @@ FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
 ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
 MEMBER_ARMS = ("member", "member-ensemble")  # with --member
-NOLABEL = "-nolabel"  # the arm-name suffix of students trained with --kd-label drop
-RECIPE = "the recipe"  # what a variant arm (-nolabel, -aA) is compared against: the same teacher's
-# students of the fixed recipe (α 0.5, the label kept)
+RECIPE = "the recipe"  # what an arm at another α (-aA) is compared against: the same teacher's
+# students of the fixed recipe (α 0.5)
 PRINT = threading.Lock()
 
 
@@ -257,14 +254,9 @@ def main() -> None:
         help="LABEL=RUN: a run trained on the --prepared dataset, distilled alone and with the SASRecs",
     )
     parser.add_argument(
-        "--kd-labels",
-        default="keep",
-        help="keep, drop or keep,drop: the KD students' --kd-label (drop: arms named -nolabel)",
-    )
-    parser.add_argument(
         "--alphas",
         default="0.5",
-        help="KD weights, comma-separated: 0.5 is the recipe; each other A adds arms named -aA (label kept)",
+        help="KD weights, comma-separated: 0.5 is the recipe; each other A adds arms named -aA",
     )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
@@ -274,9 +266,6 @@ def main() -> None:
     known = ARMS + (MEMBER_ARMS if args.member else ())
     if not set(chosen) <= set(known):
         parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(known)}")
-    labels = args.kd_labels.split(",")
-    if not labels or not set(labels) <= {"keep", "drop"}:
-        parser.error(f"--kd-labels {args.kd_labels!r}: give keep, drop or keep,drop")
     try:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
@@ -360,10 +349,8 @@ def main() -> None:
     kd = ["--kd", "kl", "--temperature", "1"]
 
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
-    # arm-name suffix -> extra options: the recipe (α 0.5, label kept), the label dropped, other αs
-    variants = {"": ["--alpha", "0.5"]} if "keep" in labels else {}
-    variants |= {f"-a{a:g}": ["--alpha", str(a)] for a in alphas if a != 0.5}
-    variants |= {NOLABEL: ["--alpha", "0.5", "--kd-label", "drop"]} if "drop" in labels else {}
+    # arm-name suffix -> KD weight: the recipe's 0.5, then each other α asked for
+    variants = {"": ["--alpha", "0.5"]} | {f"-a{a:g}": ["--alpha", str(a)] for a in alphas if a != 0.5}
 
     def teacher_of(arm: str) -> str:
         """The teacher arm a student arm distils (its name without size or variant)."""
@@ -371,8 +358,8 @@ def main() -> None:
         return next((arm[: -len(v)] for v in variants if v and arm.endswith(v)), arm)
 
     def distilled(seed: int, arm: str) -> list[Job]:
-        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked, with each
-        --kd-label asked for."""
+        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked, at each
+        KD weight asked for."""
         return [
             train(f"kd-{arm}{variant}{tag}-s{seed}", size, seed,
                   ["--teacher-scores", str(out / f"scores-{arm}"), *kd, *extra], (f"scores-{arm}",))
@@ -409,7 +396,7 @@ def main() -> None:
         teacher_rows.append((arm, what, dirs, metrics, member, train_s, export_t, extra))
     arms = {"plain": "plain (labels only)"} | {
         f"{arm}{variant}{tag}": f"KD from the {what}"
-        + (", label dropped" if variant == NOLABEL else f", α {variant[2:]}" if variant else "")
+        + (f", α {variant[2:]}" if variant else "")
         + (f" into d={tag[2:]}" if tag else "")
         for arm, (what, *_) in teachers.items()
         for variant in variants
@@ -527,12 +514,6 @@ def write_report(
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
         "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
         "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)"
-        + (
-            "; arms named 'label dropped' add `--kd-label drop` (the teacher's distribution over the "
-            "items other than the position's label)"
-            if "drop" in args.kd_labels.split(",")
-            else ""
-        )
         + ("; arms named with another α use it instead of 0.5" if args.alphas != "0.5" else ""),
         f"- teachers: d=128 SASRecs, max_len {args.teacher_max_len}, lr {args.teacher_lr}, at most "
         f"{args.epochs} epochs, patience {args.teacher_patience}; soft labels: `export-logits "
@@ -638,8 +619,8 @@ def write_report(
     if against_recipe := paired_lines(RECIPE):
         lines += [
             "",
-            "## Does a variant teach more than the recipe? KD with the label dropped or another α minus KD "
-            "from the same teacher at α 0.5 with the label kept, same seed",
+            "## Does another α teach more than the recipe's? KD at that α minus KD from the same teacher "
+            "at α 0.5, same seed",
             "",
             *against_recipe,
         ]

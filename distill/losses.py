@@ -28,15 +28,6 @@ constant per row, which no loss here sees (a softmax or an order). ``tail`` is t
 ``(M,)`` log of the teacher's probability at T = 1 outside its k items, or None. The student's loss,
 per position, is ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored the position and
 CE alone where it did not, averaged over positions.
-
-**Without the label** (``student-train --kd-label drop``) a loss is given ``label``, ``(M, k)`` True
-at the row's own next item among the teacher's items, and teaches the teacher's distribution over the
-*other* items: conditioned on "not the label" (``p_j / (1 - p_label)``, the bucket likewise), the
-non-target part of decoupled KD (Zhao et al., CVPR'22). A teacher that trained on the very positions
-it labels puts most of its mass on the label there, which the student's CE term already teaches; its
-ranking of the rest is what it knows beyond it, and conditioning gives that part the whole of KD's
-weight instead of the ``1 - p_label`` it keeps in the plain target. A row whose teacher puts all its
-mass on the label (nothing left) keeps it: there the teacher says nothing but the label.
 """
 
 from __future__ import annotations
@@ -107,9 +98,7 @@ def log_mass_outside(log_q: Tensor, items: Tensor) -> Tensor:
     return torch.logsumexp(torch.cat([outside, floor], dim=1), dim=1)
 
 
-def kl(
-    teacher_logits: Tensor, temperature: float, tail: Tensor | None = None, label: Tensor | None = None
-) -> SoftTarget:
+def kl(teacher_logits: Tensor, temperature: float, tail: Tensor | None = None) -> SoftTarget:
     """Hinton distillation: ``KD = T² · KL(p ‖ q)``, ``p = softmax(t / T)``, ``q = softmax(s / T)``.
 
     Without a tail the teacher's distribution lives on its k items (a top-k teacher is renormalised on
@@ -136,37 +125,18 @@ def kl(
         teacher_logits: ``(M, k)`` float32 teacher scores (up to a constant per row).
         temperature: T, softens both distributions.
         tail: ``(M,)`` float32 log of the teacher's probability outside its k items at T = 1, or None.
-        label: ``(M, k)`` True at each row's own next item: KD on the teacher's other items (module
-            docstring), or None.
     """
     if tail is not None and temperature == 1.0:
         rest = tail.exp()  # (M,) p_rest; 0 where tail is -inf
         log_p = torch.log_softmax(teacher_logits, dim=-1) + torch.log(-torch.expm1(tail))[:, None]  # (M, k)
-        p, scale = log_p.exp(), 1.0
-    else:
-        log_p = torch.log_softmax(teacher_logits / temperature, dim=-1)  # (M, k)
-        p, rest, scale = log_p.exp(), None, temperature**2
-    if label is not None:
-        p, rest = without_label(p, rest, label)
-    entropy = torch.special.xlogy(p, p).sum(-1) + (0 if rest is None else torch.special.xlogy(rest, rest))
-    return SoftTarget(p, scale, scale * entropy, rest)
+        p = log_p.exp()
+        return SoftTarget(p, 1.0, (p * log_p).sum(-1) + torch.special.xlogy(rest, rest), rest)
+    log_p = torch.log_softmax(teacher_logits / temperature, dim=-1)  # (M, k)
+    p = log_p.exp()
+    return SoftTarget(p, temperature**2, temperature**2 * (p * log_p).sum(-1))
 
 
-def without_label(p: Tensor, rest: Tensor | None, label: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The distribution ``p`` ``(M, k)`` (and its bucket ``rest`` ``(M,)``) conditioned on "not the
-    label": the label's mass removed and the rest scaled up to sum to 1. A row where the label held all
-    of it is kept as it was: the teacher says nothing but the label there."""
-    others = p.masked_fill(label, 0.0)
-    left = others.sum(-1) if rest is None else others.sum(-1) + rest  # (M,)
-    some = left > 0
-    scale = 1 / torch.where(some, left, 1.0)
-    p = torch.where(some[:, None], others * scale[:, None], p)
-    return p, None if rest is None else torch.where(some, rest * scale, rest)
-
-
-def rank(
-    teacher_logits: Tensor, temperature: float, tail: Tensor | None = None, label: Tensor | None = None
-) -> SoftTarget:
+def rank(teacher_logits: Tensor, temperature: float, tail: Tensor | None = None) -> SoftTarget:
     """Ranking distillation on the teacher's top-k: ``KD = -Σ_r w_r · log q[item_r]``, ``q = softmax(s / T)``.
 
     In the family of Ranking Distillation (Tang & Wang, 2018) and DLLM2Rec's importance weights:
@@ -179,21 +149,17 @@ def rank(
         teacher_logits: ``(M, k)`` float32 raw teacher scores, descending.
         temperature: T of the student's softmax (unused here).
         tail: the teacher's mass outside its k items (unused: the loss is about the top k's order).
-        label: ``(M, k)`` True at each row's own next item, whose weight then goes to the others in
-            proportion, or None.
     """
     del temperature, tail
     ranks = torch.arange(teacher_logits.shape[1], device=teacher_logits.device, dtype=torch.float32)
     weights = torch.exp(-ranks / RANK_DECAY)  # (k,)
     p = (weights / weights.sum()).expand_as(teacher_logits)  # (M, k)
-    if label is not None:
-        p, _ = without_label(p, None, label)
     return SoftTarget(p, 1.0, teacher_logits.new_zeros(teacher_logits.shape[0]))
 
 
-# Each takes (teacher_logits (M, k), temperature, tail (M,) or None, label (M, k) or None); a loss that
-# has no use for the tail takes it all the same.
-LossFn = Callable[[Tensor, float, "Tensor | None", "Tensor | None"], SoftTarget]
+# Each takes (teacher_logits (M, k), temperature, tail (M,) or None); a loss that has no use for the
+# tail takes it all the same.
+LossFn = Callable[[Tensor, float, "Tensor | None"], SoftTarget]
 KD: dict[str, LossFn] = {"kl": kl, "rank": rank}
 
 
@@ -211,7 +177,6 @@ def kd_loss(
     teacher_logits: Tensor,
     temperature: float = 1.0,
     tail: Tensor | None = None,
-    labels: Tensor | None = None,
 ) -> Tensor:
     """The loss ``name`` of :data:`KD` on whole logit matrices: the reference the chunked pass matches.
 
@@ -222,8 +187,6 @@ def kd_loss(
         teacher_logits: ``(M, k)`` teacher scores, descending (up to a constant per row).
         temperature: T.
         tail: ``(M,)`` log of the teacher's probability outside its k items (T = 1), or None.
-        labels: ``(M,)`` each row's own next item, to leave out of the teacher's distribution (KD on
-            the other items, as ``student-train --kd-label drop``), or None.
 
     Returns:
         Scalar float32, the mean of :class:`SoftTarget`'s per-row KD (0 for M = 0).
@@ -231,8 +194,7 @@ def kd_loss(
     loss = kd_by_name(name)
     if len(student_logits) == 0:
         return student_logits.new_zeros((), dtype=torch.float32)
-    label = None if labels is None else teacher_items == labels[:, None]  # (M, k)
-    target = loss(teacher_logits.float(), temperature, None if tail is None else tail.float(), label)
+    target = loss(teacher_logits.float(), temperature, None if tail is None else tail.float())
     log_q = _log_softmax_items(student_logits, temperature)  # (M, N + 1), -inf at padding
     log_q_rest = None if target.rest is None else log_mass_outside(log_q, teacher_items)
     return target.rows(log_q.gather(1, teacher_items), log_q_rest).mean()

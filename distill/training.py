@@ -96,6 +96,7 @@ def restore_loop_state(
     """
     try:
         for name, obj in stateful.items():
+            _check_steps(state[name])
             obj.load_state_dict(state[name])
             _check_optimizer(obj)
         stopper.load_state_dict(state["early_stopping"])
@@ -108,17 +109,41 @@ def restore_loop_state(
         raise ValueError(first_line(e)[:200]) from None
 
 
+def _number(value: Any) -> bool:
+    """A real number as an optimizer holds one: an int or float (not a bool), or a one-element tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_steps(state: Any) -> None:
+    """Every ``step`` in a saved optimizer state is one number (torch's loader would cast a string
+    through a generator and fail with a message about the generator)."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key == "step" and not _number(value):
+                raise ValueError(f"the optimizer's step is {value!r:.40}, not one number")
+            _check_steps(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            _check_steps(value)
+
+
 def _check_optimizer(obj: Any) -> None:
     """An optimizer's per-parameter moments have their parameter's shape and its hyperparameters are
-    numbers (torch checks neither on loading: another model's moments fail at the first step, or
-    broadcast silently; a hand-edited ``"lr": "0.001"`` fails inside the step)."""
+    what Adam reads (torch checks neither on loading: another model's moments fail at the first step,
+    or broadcast silently; a hand-edited ``"lr": "0.001"`` or ``"betas": 0.9`` fails inside the step)."""
     for optimizer in getattr(obj, "optimizers", {"": obj}).values():  # student.optim.Optimizers: several
         for group in getattr(optimizer, "param_groups", ()):
-            for key in ("lr", "eps", "weight_decay", "betas"):
-                values = group.get(key, ())
-                for value in values if isinstance(values, (tuple, list)) else (values,):
-                    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-                        raise ValueError(f"the optimizer's {key} is {values!r}, not a number")
+            for key in ("lr", "eps", "weight_decay"):
+                if key in group and not _number(group[key]):
+                    raise ValueError(f"the optimizer's {key} is {group[key]!r:.40}, not a number")
+            betas = group.get("betas", (0.9, 0.999))
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_number, betas))):
+                raise ValueError(f"the optimizer's betas is {betas!r:.40}, not a pair of numbers")
+            for key in ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused"):
+                if group.get(key) is not None and not isinstance(group[key], bool):
+                    raise ValueError(f"the optimizer's {key} is {group[key]!r:.40}, not true or false")
         for param, moments in getattr(optimizer, "state", {}).items():
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in moments and moments[key].shape != param.shape:
@@ -126,9 +151,6 @@ def _check_optimizer(obj: Any) -> None:
                         f"the optimizer's {key} of shape {tuple(moments[key].shape)} does not fit a "
                         f"parameter of shape {tuple(param.shape)}"
                     )
-            step = moments.get("step", 0)
-            if isinstance(step, torch.Tensor) and step.numel() != 1:
-                raise ValueError(f"the optimizer's step has shape {tuple(step.shape)}, not one number")
 
 
 def resume_run(

@@ -10,8 +10,7 @@ OUT/sasrec             the teacher's SASRec (--teacher-hidden wide): the LLM tea
 OUT/teacher            the LLM teacher
 OUT/scores             the teacher's soft labels
 OUT/grid/plain-sS      the plain student (--student-hidden wide, alpha 0) at seed S
-OUT/grid/KD-aA[-tT][-nolabel]-sS  a distilled student per grid point (loss KD, alpha A, temperature T,
-                       --kd-label drop) and seed
+OUT/grid/KD-aA[-tT]-sS a distilled student per grid point (loss KD, alpha A, temperature T) and seed
 OUT/distilled          the student picked on validation (a copy of its first seed's run)
 OUT/summary.md         test metrics of the three models side by side, what was picked and why, and the
                        paired test difference of distilled minus plain
@@ -194,15 +193,13 @@ def student_config(cfg: PipelineConfig, data: str) -> dict:
 
 def grid_points(cfg: PipelineConfig) -> list[dict]:
     """The distilled students to try: ``kl`` at every alpha × temperature, ``rank`` at every alpha
-    (it has no temperature), each with every ``--kd-labels`` value; alpha 0 is the plain student,
-    trained once."""
+    (it has no temperature); alpha 0 is the plain student, trained once."""
     alphas = sorted(a for a in set(cfg.alphas) if a > 0)
     points = []
     for kd in dict.fromkeys(cfg.kd):
         for alpha in alphas:
             for temperature in dict.fromkeys(cfg.temperatures) if kd == "kl" else (1.0,):
-                for label in dict.fromkeys(cfg.kd_labels):
-                    points.append({"kd": kd, "alpha": alpha, "temperature": temperature, "kd_label": label})
+                points.append({"kd": kd, "alpha": alpha, "temperature": temperature})
     return points
 
 
@@ -254,8 +251,7 @@ def describe(point: dict) -> str:
     if point["alpha"] == 0:
         return "alpha 0"
     temperature = f" T {point['temperature']:g}" if point["kd"] == "kl" else ""
-    label = ", label dropped" if point.get("kd_label") == "drop" else ""
-    return f"{point['kd']} alpha {point['alpha']:g}{temperature}{label}"
+    return f"{point['kd']} alpha {point['alpha']:g}{temperature}"
 
 
 def point_name(point: dict, seed: int) -> str:
@@ -263,8 +259,7 @@ def point_name(point: dict, seed: int) -> str:
     if point["alpha"] == 0:
         return f"plain-s{seed}"
     temperature = f"-t{point['temperature']:g}" if point["kd"] == "kl" else ""
-    label = "-nolabel" if point.get("kd_label") == "drop" else ""
-    return f"{point['kd']}-a{point['alpha']:g}{temperature}{label}-s{seed}"
+    return f"{point['kd']}-a{point['alpha']:g}{temperature}-s{seed}"
 
 
 def why_skipped(teacher: dict, plain: dict) -> str:

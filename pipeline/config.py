@@ -29,7 +29,7 @@ class PipelineConfig:
     prepare (the synthetic data unless ``data`` names a prepared directory) → the teacher's SASRec
     (``teacher_hidden`` wide) → the teacher (an LLM teacher on it, or that SASRec itself with ``teacher =
     "sasrec"``) → export-logits → students ``student_hidden`` wide: the plain one (α = 0) and one per
-    point of ``kd`` × ``alphas`` × ``temperatures`` × ``kd_labels`` (``rank`` has no temperature), each
+    point of ``kd`` × ``alphas`` × ``temperatures`` (``rank`` has no temperature), each
     over ``seeds`` paired seeds, one point picked on the mean validation NDCG@10; none when the teacher
     ranks below the plain student on validation. Each stage's full config is written to its own run
     directory; run the stages one by one for every option.
@@ -63,10 +63,6 @@ class PipelineConfig:
     )
     temperatures: tuple[float, ...] = option(
         (0.5, 1.0, 2.0), "KD temperatures to try with kl (comma-separated)."
-    )
-    kd_labels: tuple[Literal["keep", "drop"], ...] = option(
-        ("keep",),
-        "student-train --kd-label values to try at every point (comma-separated): keep, drop or both.",
     )
     seed: int = option(0, "Random seed of every stage.")
     device: str = option("auto")
@@ -110,8 +106,6 @@ class PipelineConfig:
             )
         if not self.kd or not self.alphas:
             raise ValueError("the grid needs at least one --kd loss and one --alphas value")
-        if not self.kd_labels:
-            raise ValueError("kd_labels (--kd-labels) needs at least one of keep, drop")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
         low, high = TEMPERATURES

@@ -48,23 +48,23 @@ class StudentTrainConfig:
     """``distill student-train``: SASRec on next-item labels, and on a teacher's soft labels when given.
 
     With ``teacher_scores`` (a score directory from ``distill export-logits``) the loss per position is
-    ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did not,
-    averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the chunked
-    full-softmax CE pass (``loss = "ce"``) or, with ``loss = "sampled"``, estimated over the teacher's
-    top-k plus the sampled items (:func:`student.losses.sampled_loss`); ``loss = "bce"`` has no normaliser
-    to distil against and takes no teacher. ``alpha = 0`` trains exactly as without a teacher. ``kd_label
-    = "drop"`` leaves each position's label out of the teacher's distribution (:mod:`distill.losses`).
-    ``loss = "sampled"`` is the sampled softmax for catalogues too large for a full softmax: the batch's
-    own targets plus ``negatives`` draws per batch from ``sampler`` (uniform unless set; ``popularity``:
-    the training split's item counts), logQ-corrected; ``negatives`` must be below the catalogue size,
-    checked by ``student-train`` once the data is read. ``hint_run`` (a wider SASRec run) adds
-    ``hint_weight`` times the representation loss of :mod:`student.hint` at every position, with or
-    without soft labels. ``item_updates`` says how the item table learns: densely (Adam on every row, the
-    default) or, with ``loss = "sampled"`` in one process, by rows (Adam on the rows a batch reads, each
-    row's missed steps replayed before it is read: the same model; :mod:`student.optim`). ``length_group``
-    > 1 batches users of similar length together (see :meth:`distill.data.Dataset.train_batches`): less
-    padding per epoch, but on ML-1M slower progress per epoch too, so the default is the plain shuffle
-    (1).
+    ``(1 - alpha) * CE(label) + alpha * KD`` where the teacher scored it and CE alone where it did
+    not, averaged over positions; KD (``kl`` or ``rank``, at ``temperature``) is fused into the
+    chunked full-softmax CE pass (``loss = "ce"``) or, with ``loss = "sampled"``, estimated over the
+    teacher's top-k plus the sampled items (:func:`student.losses.sampled_loss`); ``loss = "bce"`` has
+    no normaliser to distil against and takes no teacher. ``alpha = 0`` trains exactly as without a
+    teacher. ``loss = "sampled"`` is the sampled softmax for catalogues too large for a full softmax:
+    the batch's own targets plus ``negatives`` draws per batch from ``sampler`` (uniform unless set;
+    ``popularity``: the training split's item counts), logQ-corrected; ``negatives`` must be below the
+    catalogue size, checked by ``student-train`` once the data is read. ``hint_run`` (a wider SASRec
+    run) adds ``hint_weight`` times the representation loss of :mod:`student.hint` at every position,
+    with or without soft labels.
+    ``item_updates`` says how the item table learns: densely (Adam on every row, the default) or, with
+    ``loss = "sampled"`` in one process, by rows (Adam on the rows a batch reads, each row's missed
+    steps replayed before it is read: the same model; :mod:`student.optim`).
+    ``length_group`` > 1 batches users of similar length together (see
+    :meth:`distill.data.Dataset.train_batches`): less padding per epoch, but on ML-1M slower progress
+    per epoch too, so the default is the plain shuffle (1).
 
     The architecture fields mirror :class:`SASRecConfig` (whose checks they go through);
     ``num_items`` comes from the data.
@@ -133,12 +133,6 @@ class StudentTrainConfig:
         0.5, "Per position the teacher scored: (1 - alpha) * CE(label) + alpha * KD; CE alone elsewhere."
     )
     temperature: float = option(1.0, "Distillation temperature, 0.01 to 100.")
-    kd_label: Literal["keep", "drop"] = option(
-        "keep",
-        "drop: KD on the teacher's distribution over the items other than each position's own next "
-        "item, renormalised (decoupled KD's non-target part); the label is left to CE. For teachers "
-        "that trained on these positions and peak on their labels.",
-    )
     hint_run: str | None = option(
         None,
         "A `distill student-train` run (max_len at least --max-len) whose hidden states the student "

@@ -81,8 +81,6 @@ class BatchScores:
         temperature: KD temperature T.
         tail: teacher rows ``(m,)`` -> their tails ``(m,)`` float32 (log of the teacher's probability
             outside its k items at T = 1), for a score directory that has them; None otherwise.
-        drop_label: KD on the teacher's items other than each position's own next item (``--kd-label
-            drop``; :mod:`distill.losses`).
     """
 
     rows: Tensor
@@ -91,7 +89,6 @@ class BatchScores:
     alpha: float
     temperature: float
     tail: Callable[[Tensor], Tensor] | None = None
-    drop_label: bool = False
 
     def __post_init__(self) -> None:
         kd_by_name(self.kd)  # a clear ValueError now rather than deep inside the pass
@@ -154,7 +151,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 scored = (rows >= 0).nonzero().squeeze(1)  # (m,) rows of the chunk
                 if scored.numel() == 0:
                     scored = None
-            target = None if scored is None else _soft_target(soft, rows[scored], t_c[scored], logits.device)
+            target = None if scored is None else _soft_target(soft, rows[scored], logits.device)
             if scored is None or (soft.temperature == 1.0 and target[1].scale == 1.0):
                 # d(sum CE)/d(logits) = softmax - onehot (mixed with KD's at T = 1, whose softmax is the
                 # same), over the softmax's own storage: one pass over the chunk, where log_softmax then
@@ -203,17 +200,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         )
 
 
-def _soft_target(
-    soft: BatchScores, teacher_rows: Tensor, labels: Tensor, device: torch.device
-) -> tuple[Tensor, SoftTarget]:
-    """The teacher's side of a chunk whose scored rows have ``teacher_rows`` ``(m,)`` and labels
-    ``labels`` ``(m,)`` (columns of the item table): the column of each teacher item in the table
-    ``(m, k)`` long, and the KD loss as a soft target."""
+def _soft_target(soft: BatchScores, teacher_rows: Tensor, device: torch.device) -> tuple[Tensor, SoftTarget]:
+    """The teacher's side of a chunk whose scored rows have ``teacher_rows`` ``(m,)``: the column of each
+    teacher item in the item table ``(m, k)`` long, and the KD loss as a soft target."""
     items, t_logits = soft.fetch(teacher_rows)
     items = items.to(device).long() - 1  # (m, k): column of each teacher item in E
     tail = None if soft.tail is None else soft.tail(teacher_rows).to(device, torch.float32)
-    label = items == labels[:, None] if soft.drop_label else None
-    return items, KD[soft.kd](t_logits.to(device, torch.float32), soft.temperature, tail, label)
+    return items, KD[soft.kd](t_logits.to(device, torch.float32), soft.temperature, tail)
 
 
 def _add_losses(
@@ -708,9 +701,7 @@ def sampled_loss(
     )  # (M,) added to each shared column's logit: 0 on U, -log(n·Q) on draws, -inf on hits
     positive = torch.searchsorted(in_batch, labels)  # (N,) each row's positive among the shared columns
 
-    teacher = (
-        _TeacherRows.of(soft, negatives, in_batch, labels) if soft is not None and soft.alpha > 0 else None
-    )
+    teacher = _TeacherRows.of(soft, negatives, in_batch) if soft is not None and soft.alpha > 0 else None
     # The batch's own table: every item a column refers to, gathered once.
     vocab = torch.unique(torch.cat([in_batch, negatives, *([teacher.items.flatten()] if teacher else [])]))
     shared = torch.searchsorted(vocab, torch.cat([in_batch, negatives]))  # (M,)
@@ -764,11 +755,9 @@ class _TeacherRows:
     inside: Tensor | None = None
 
     @classmethod
-    def of(
-        cls, soft: BatchScores, negatives: Tensor, in_batch: Tensor, labels: Tensor
-    ) -> _TeacherRows | None:
-        """The rows ``soft`` scored, against the batch's targets ``in_batch`` (each position's:
-        ``labels``) and draws ``negatives``; None if it scored none."""
+    def of(cls, soft: BatchScores, negatives: Tensor, in_batch: Tensor) -> _TeacherRows | None:
+        """The rows ``soft`` scored, against the batch's targets ``in_batch`` and draws ``negatives``;
+        None if it scored none."""
         scored = (soft.rows >= 0).nonzero().squeeze(1)  # (S,)
         if scored.numel() == 0:
             return None
@@ -784,8 +773,7 @@ class _TeacherRows:
         found = drawn[:, draw_of]  # (S, n) True where the draw is one of the row's teacher items
         counted = torch.isin(items, in_batch)  # (S, k)
         hidden = torch.cat([found.new_zeros(len(items), len(in_batch)), found], dim=1)  # (S, |U| + n)
-        label = items == labels[scored].to(items.device)[:, None] if soft.drop_label else None
-        target = KD[soft.kd](t_logits.float(), soft.temperature, tail, label)
+        target = KD[soft.kd](t_logits.float(), soft.temperature, tail)
         inside = None
         if target.rest is not None:  # U's columns that hold a teacher item, and the draws of them
             column = torch.where(counted, torch.searchsorted(in_batch, items), len(in_batch))  # (S, k)

@@ -56,7 +56,7 @@ SELECT_ON = "ndcg@10"
 # change.
 RECIPE = (
     "batch_size", "lr", "weight_decay", "loss", "negatives", "sampler", "length_group", "precision", "seed",
-    "kd", "alpha", "temperature", "kd_label",
+    "kd", "alpha", "temperature",
 )  # fmt: skip
 
 
@@ -129,7 +129,6 @@ def run(cfg: StudentTrainConfig) -> dict:
             "kd": cfg.kd,
             "alpha": cfg.alpha,
             "temperature": cfg.temperature,
-            **({"kd_label": "drop"} if cfg.kd_label == "drop" else {}),  # older runs record no key
         }
     if held_out is not None:
         run_config["folds"] = fold_record(cfg.folds, cfg.fold, held_out)
@@ -353,4 +352,4 @@ def batch_scores(
     """
     rows = teacher.lookup(index)[targets != 0]  # (N,), -1 where the teacher has no score
     tail = teacher.fetch_tail if teacher.has_tail else None
-    return BatchScores(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature, tail, cfg.kd_label == "drop")
+    return BatchScores(rows, teacher.fetch, cfg.kd, cfg.alpha, cfg.temperature, tail)

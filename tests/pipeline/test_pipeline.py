@@ -11,7 +11,7 @@ from cli import main
 from distill.data import Dataset
 from distill.errors import DistillError
 from distill.scores import ScoreWriter
-from pipeline.chain import SKIPPED, grid_points, pick, point_name, student_config, train_point
+from pipeline.chain import SKIPPED, grid_points, pick, student_config, train_point
 from pipeline.config import PipelineConfig
 
 SMALL = ["--num-users", "60", "--num-items", "40", "--student-epochs", "2", "--device", "cpu"]
@@ -60,17 +60,13 @@ def test_pipeline_refuses_to_clobber_unless_told(tmp_path):
     assert "teacher (sasrec)" in result.output and not (out / "teacher").exists()
 
 
-def test_the_grid_spans_losses_alphas_temperatures_and_labels():
+def test_the_grid_spans_losses_alphas_and_temperatures():
     cfg = PipelineConfig(output="o", kd=("kl", "rank"), alphas=(0.0, 0.5, 0.8), temperatures=(0.5, 2.0))
     points = [(p["kd"], p["alpha"], p["temperature"]) for p in grid_points(cfg)]
     kl = [("kl", a, t) for a in (0.5, 0.8) for t in (0.5, 2.0)]
     assert points == [*kl, ("rank", 0.5, 1.0), ("rank", 0.8, 1.0)]
     repeated = PipelineConfig(output="o", kd=("kl", "kl"), alphas=(0.5, 0.5), temperatures=(1.0, 1.0, 2.0))
     assert [(p["alpha"], p["temperature"]) for p in grid_points(repeated)] == [(0.5, 1.0), (0.5, 2.0)]
-    assert {p["kd_label"] for p in grid_points(cfg)} == {"keep"}  # the default
-    both = PipelineConfig(output="o", kd=("rank",), alphas=(0.5,), kd_labels=("keep", "drop"))
-    assert [(p["kd"], p["kd_label"]) for p in grid_points(both)] == [("rank", "keep"), ("rank", "drop")]
-    assert [point_name(p, 0) for p in grid_points(both)] == ["rank-a0.5-s0", "rank-a0.5-nolabel-s0"]
 
 
 def test_the_grid_picks_alpha_zero_when_the_teacher_is_random(tmp_path):

@@ -232,20 +232,11 @@ def teacher_table(k: int, rows: int = 30, seed: int = 1) -> tuple[torch.Tensor, 
     return items, logits
 
 
-def batch_scores(targets, k, kd, alpha, temperature, every=True, tail=False, drop_label=False):
-    """A batch's teacher rows; with ``tail``, each row's mass outside its k items (0 where k = N). With
-    ``drop_label`` each row is its position's own (KD without the label): every other row has the label
-    among its items, at rank 0 or 1, and the first ``k`` rows a label that holds every bit of the mass."""
+def batch_scores(targets, k, kd, alpha, temperature, every=True, tail=False):
+    """A batch's teacher rows; with ``tail``, each row's mass outside its k items (0 where k = N)."""
     items, logits = teacher_table(k)
     count = int((targets != 0).sum())
     rows = torch.arange(count) % len(items)
-    if drop_label:
-        labels = targets[targets != 0]
-        items, logits, rows = items[rows].clone(), logits[rows].clone(), torch.arange(count)
-        for row, label in enumerate(labels.tolist()):
-            if row % 2 == 0 and label not in items[row]:
-                items[row, row % 4 // 2] = label
-        logits[0, 1:] = -1e4  # row 0: the label (its first item) takes everything
     if not every:
         rows[::3] = -1  # the teacher did not score every third position
     tails = None
@@ -254,10 +245,8 @@ def batch_scores(targets, k, kd, alpha, temperature, every=True, tail=False, dro
         tails = torch.log(0.05 + 0.9 * torch.rand(len(items), generator=gen))  # (rows,) 5% to 95% outside
         if k == NUM_ITEMS:
             tails = torch.full((len(items),), float("-inf"))
-    if tails is not None and drop_label:
-        tails = torch.cat([tails.new_full((1,), float("-inf")), tails[1:]])[torch.arange(count) % len(tails)]
     fetch_tail = None if tails is None else (lambda r: tails[r])
-    return BatchScores(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature, fetch_tail, drop_label)
+    return BatchScores(rows, lambda r: (items[r], logits[r]), kd, alpha, temperature, fetch_tail)
 
 
 def unfused(model, h, targets, soft):
@@ -271,8 +260,7 @@ def unfused(model, h, targets, soft):
     scored = soft.rows >= 0
     items, t_logits = soft.fetch(soft.rows[scored])
     tail = None if soft.tail is None else soft.tail(soft.rows[scored])
-    own = labels[scored] if soft.drop_label else None
-    kd = kd_loss(soft.kd, logits[scored], items, t_logits, soft.temperature, tail, own) * int(scored.sum())
+    kd = kd_loss(soft.kd, logits[scored], items, t_logits, soft.temperature, tail) * int(scored.sum())
     weights = torch.where(scored, 1 - soft.alpha, 1.0)
     return ((weights * ce).sum() + soft.alpha * kd) / len(labels)
 
@@ -293,11 +281,9 @@ def assert_fused_matches_unfused(soft: BatchScores, chunk_size: int) -> torch.Te
     scored = soft.rows >= 0
     items, t_logits = soft.fetch(soft.rows[scored])
     tail = None if soft.tail is None else soft.tail(soft.rows[scored])
-    own = targets[targets != 0][scored] if soft.drop_label else None
     with torch.no_grad():
         logits = model.score(h)[targets != 0][scored]  # (m, V + 1)
-        reference = kd_loss(soft.kd, logits, items, t_logits, soft.temperature, tail, own)
-        torch.testing.assert_close(kd_mean, reference)
+        torch.testing.assert_close(kd_mean, kd_loss(soft.kd, logits, items, t_logits, soft.temperature, tail))
     assert not kd_mean.requires_grad
     actual_h, actual_E = torch.autograd.grad(loss, (h, model.item_emb.weight))
     torch.testing.assert_close(actual_h, expected_h)
@@ -321,21 +307,6 @@ def test_fused_ce_kd_matches_the_unfused_reference(kd, temperature, k, every, ch
     assert assert_fused_matches_unfused(soft, chunk_size) > 0
 
 
-@pytest.mark.parametrize("kd", sorted(KD))
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
-@pytest.mark.parametrize("k", [4, NUM_ITEMS])
-@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
-@pytest.mark.parametrize("tail", [False, True])
-def test_fused_kd_without_the_label_matches_the_reference(kd, temperature, k, chunk_size, tail) -> None:
-    _, targets = make_batch()
-    soft = batch_scores(targets, k, kd, 0.7, temperature, True, tail, drop_label=True)
-    assert assert_fused_matches_unfused(soft, chunk_size) > 0
-    kept = assert_fused_matches_unfused(
-        batch_scores(targets, k, kd, 0.7, temperature, True, tail), chunk_size
-    )
-    assert not torch.isclose(kept, assert_fused_matches_unfused(soft, chunk_size))  # the label went
-
-
 def test_fused_kl_with_a_zero_tail_is_exactly_the_full_kl() -> None:
     """k = N with every tail -inf (nothing outside): the bucket's path gives the no-tail pass's numbers."""
     model = make_model()
@@ -357,7 +328,7 @@ def test_fused_kl_with_a_zero_tail_is_exactly_the_full_kl() -> None:
 def test_a_newly_registered_loss_is_fused_with_no_other_change(
     monkeypatch, scale, temperature, every
 ) -> None:
-    def toy(teacher_logits: torch.Tensor, temperature: float, tail, label) -> SoftTarget:
+    def toy(teacher_logits: torch.Tensor, temperature: float, tail: torch.Tensor | None) -> SoftTarget:
         """Cross-entropy against the teacher's reversed preferences, plus its mean logit."""
         return SoftTarget(torch.softmax(-teacher_logits, dim=-1), scale, teacher_logits.mean(-1))
 
@@ -413,7 +384,7 @@ def test_a_registered_loss_with_a_bucket_is_fused_at_any_temperature(monkeypatch
     """kl puts mass on the bucket at T = 1 only; a loss may at any T, with any scale: the fused pass's
     general path (its own softmax at T) against the reference."""
 
-    def halves(teacher_logits: torch.Tensor, temperature: float, tail, label) -> SoftTarget:
+    def halves(teacher_logits: torch.Tensor, temperature: float, tail: torch.Tensor | None) -> SoftTarget:
         """Half the mass on the teacher's softmax, half on every other item."""
         p = 0.5 * torch.softmax(teacher_logits, dim=-1)
         rest = torch.full_like(teacher_logits[:, 0], 0.5)
