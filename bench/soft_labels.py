@@ -121,7 +121,7 @@ def main() -> None:
     command += "" if args.max_len is None else f" --max-len {args.max_len}"
     command += "" if args.name is None else f" --name {args.name}"
     top_k = fit["k"] < data.num_items
-    bound = " (at least)" if top_k else ""  # a target outside the stored top k counts 0
+    bound, above = (" (at least)", " (at most)") if top_k else ("", "")  # a target outside the top k: 0
     ceiling = math.log(fit["k"] + 1 if top_k else fit["k"])  # k items and the bucket
     lines = [
         f"# Soft labels at the positions they teach: {rel(args.scores)}",
@@ -135,7 +135,7 @@ def main() -> None:
         "| HR@10 | NDCG@10 | target first | p(target) | mass elsewhere | entropy, top k + bucket (nats) |",
         "|---:|---:|---:|---:|---:|---:|",
         f"| {fit['hr10']:.4f} | {fit['ndcg10']:.4f} | {fit['top1']:.4f} | {fit['p_target']:.4f}{bound} "
-        f"| {fit['mass_elsewhere']:.4f}{bound.replace('least', 'most')} | {fit['entropy']:.3f} (at most {ceiling:.2f}) |",
+        f"| {fit['mass_elsewhere']:.4f}{above} | {fit['entropy']:.3f} (at most {ceiling:.2f}) |",
     ]
     print(write_results(ROOT / "bench" / "results" / f"soft_labels_{name}.md", lines))
 
