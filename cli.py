@@ -313,10 +313,10 @@ def export_logits(cfg: ExportConfig) -> None:
 def pipeline(cfg: PipelineConfig) -> None:
     """Run every stage: prepare, the teacher's SASRec, teacher, export-logits, students; print a summary.
 
-    Students are --student-hidden wide (the teacher's SASRec --teacher-hidden): the plain one and one per
-    point of --kd x --alphas x --temperatures, each over --seeds paired seeds. The distilled
-    student is picked on their mean validation NDCG@10 with alpha 0 (the plain student) a candidate, so it
-    is never worse than the plain one on validation; a teacher that ranks below the plain student on
+    Students are --student-hidden wide (the teacher's SASRec --teacher-hidden): the plain one and one
+    per point of --kd x --alphas x --temperatures, each over --seeds paired seeds. The distilled student
+    is picked on their mean validation NDCG@10 with alpha 0 (the plain student) a candidate, so it is
+    never worse than the plain one on validation; a teacher that ranks below the plain student on
     validation is not distilled at all. The summary gives the paired test interval of distilled minus
     plain. The main job of the quickstart; other knobs (max_len, teacher_prompt_items, top_k) through
     --set or --config. For every option of a stage, run the stages one by one.

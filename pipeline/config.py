@@ -27,9 +27,9 @@ class PipelineConfig:
     """``distill pipeline``: every stage in order, with the knobs that matter for a first run.
 
     prepare (the synthetic data unless ``data`` names a prepared directory) → the teacher's SASRec
-    (``teacher_hidden`` wide) → the teacher (an LLM teacher on it, or that SASRec itself with ``teacher =
-    "sasrec"``) → export-logits → students ``student_hidden`` wide: the plain one (α = 0) and one per
-    point of ``kd`` × ``alphas`` × ``temperatures`` (``rank`` has no temperature), each
+    (``teacher_hidden`` wide) → the teacher (an LLM teacher on it, or that SASRec itself with
+    ``teacher = "sasrec"``) → export-logits → students ``student_hidden`` wide: the plain one (α = 0)
+    and one per point of ``kd`` × ``alphas`` × ``temperatures`` (``rank`` has no temperature), each
     over ``seeds`` paired seeds, one point picked on the mean validation NDCG@10; none when the teacher
     ranks below the plain student on validation. Each stage's full config is written to its own run
     directory; run the stages one by one for every option.
