@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from bench import write_results
+from bench.teachers_of_runs import rel
 from distill.data import Dataset
 from distill.scores import read_scores
 
@@ -40,20 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1 << 16  # rows read at a time
 
 
-def rel(path: Path | str) -> str:
-    return str(Path(path).resolve()).replace(f"{ROOT}/", "")
-
-
 def fit_at_training_positions(scores_dir: Path, data: Dataset, max_len: int | None) -> dict[str, float]:
     """The teacher's ranking of each read row's own target (seen items masked) and its soft labels'
     shape; averages over rows."""
     scores = read_scores(scores_dir, data)
-    starts, ends = data.history_bounds("train")  # training targets: items[starts + 1 : ends]
-    flat = []  # flat target indices of the rows a student reads
-    for u in range(data.num_users):
-        first = starts[u] + 1 if max_len is None else max(starts[u] + 1, ends[u] - max_len)
-        flat.append(np.arange(first, ends[u]))
-    flat = torch.from_numpy(np.concatenate(flat))
+    _, ends = data.history_bounds("train")
+    # the flat target indices a student reads: each user's last train_lengths training targets
+    lengths = data.train_lengths(max_len if max_len is not None else len(data.items))
+    flat = torch.from_numpy(np.concatenate([np.arange(e - n, e) for e, n in zip(ends, lengths, strict=True)]))
     rows = scores.row_of[flat]
     taught = rows >= 0
     flat, rows = flat[taught], rows[taught]
@@ -117,14 +112,15 @@ def main() -> None:
     fit = fit_at_training_positions(Path(args.scores), data, args.max_len)
     name = args.name or f"{Path(args.scores).resolve().parent.name}_{Path(args.scores).name}"
     reads = "every row" if args.max_len is None else f"each user's last {args.max_len} training targets"
-    command = f"python -m bench.soft_labels {rel(args.scores)} --data {rel(args.data)}"
+    scores_dir, data_dir = (rel(Path(a).resolve()) for a in (args.scores, args.data))
+    command = f"python -m bench.soft_labels {scores_dir} --data {data_dir}"
     command += "" if args.max_len is None else f" --max-len {args.max_len}"
     command += "" if args.name is None else f" --name {args.name}"
     top_k = fit["k"] < data.num_items
     bound, above = (" (at least)", " (at most)") if top_k else ("", "")  # a target outside the top k: 0
     ceiling = math.log(fit["k"] + 1 if top_k else fit["k"])  # k items and the bucket
     lines = [
-        f"# Soft labels at the positions they teach: {rel(args.scores)}",
+        f"# Soft labels at the positions they teach: {scores_dir}",
         "",
         f"- command: `{command}`",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "

@@ -67,8 +67,7 @@ FOLDS = 5
 ENSEMBLE_SEEDS = (0, 1, 2)
 ARMS = ("single", "ensemble", "crossfit", "both")  # the teachers, cheapest first
 MEMBER_ARMS = ("member", "member-ensemble")  # with --member
-RECIPE = "the recipe"  # what an arm at another α (-aA) is compared against: the same teacher's
-# students of the fixed recipe (α 0.5)
+RECIPE = "the recipe"  # an arm at another α (-aA) is compared with the same teacher's α 0.5 students
 PRINT = threading.Lock()
 
 
