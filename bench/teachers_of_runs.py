@@ -16,14 +16,15 @@ that file is kept when it is regenerated.
     python -m bench.teachers_of_runs --data ../shared/data/ml-100k/ml-100k.inter [--seeds 0,1,2]
         [--top-k 100] [--epochs 200] [--patience 10] [--jobs 2] [--report-only]
         [--student-max-len 200] [--length-group N] [--teacher-lr 0.002] [--teacher-patience 5]
-        [--prepared DATASET_DIR] [--member LABEL=RUN] [--alphas 0.5,0.9]
+        [--prepared DATASET_DIR] [--member LABEL=RUN] [--alphas 0.5,0.9] [--temperatures 1,0.5]
 
 ``--member LABEL=RUN`` brings a run trained elsewhere on the same prepared dataset (``--prepared``: an LLM
 teacher's, say) and adds two arms: ``member``, that run alone, and ``member-ensemble``, that run with the
 three d=128 SASRecs, weights fitted on validation (``--weights fit``: an equal share would give the one
 run a quarter whatever it knows).
 
-``--alphas 0.5,0.9`` also distils every teacher at each other KD weight (arms ``<teacher>-a0.9``) and
+``--alphas 0.5,0.9`` also distils every teacher at each other KD weight (arms ``<teacher>-a0.9``, at T 1),
+``--temperatures 1,0.5`` at each other temperature (arms ``<teacher>-t0.5``, at α 0.5), and
 sets those students against the recipe's (α 0.5), seed by seed and pooled.
 
 Beauty (8.9 interactions a user) ran with ``--student-max-len 50 --length-group 8 --teacher-lr 0.001
@@ -239,7 +240,9 @@ def main() -> None:
         "--arms", default=",".join(ARMS), help=f"teachers to distil, comma-separated, of {', '.join(ARMS)}"
     )
     parser.add_argument(
-        "--small-hidden", type=int, help="also distil each teacher into students this wide (vs plain d=64)"
+        "--small-hidden",
+        type=int,
+        help="also distil each teacher into students this wide, at α 0.5 and T 1 (vs plain d=64)",
     )
     parser.add_argument(
         "--precision", choices=("float32", "bfloat16"), help="student-train --precision of every run"
@@ -257,6 +260,11 @@ def main() -> None:
         default="0.5",
         help="KD weights, comma-separated: 0.5 is the recipe; each other A adds arms named -aA",
     )
+    parser.add_argument(
+        "--temperatures",
+        default="1",
+        help="KD temperatures, comma-separated: 1 is the recipe; each other T adds arms named -tT",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--report-only", action="store_true", help="train and export nothing")
     args = parser.parse_args()
@@ -271,6 +279,12 @@ def main() -> None:
         parser.error(f"--alphas {args.alphas!r}: give numbers in (0, 1], comma-separated")
     if not all(0 < a <= 1 for a in alphas):
         parser.error(f"--alphas {args.alphas!r}: each must be in (0, 1]")
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        parser.error(f"--temperatures {args.temperatures!r}: give positive numbers, comma-separated")
+    if not all(t > 0 for t in temperatures):
+        parser.error(f"--temperatures {args.temperatures!r}: each must be positive")
     if args.member and "=" not in args.member:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
@@ -345,11 +359,16 @@ def main() -> None:
         ]  # fmt: skip
         needs = tuple(r for r in runs if r in trained)
         exports[arm] = Job(f"scores-{arm}", command, scores / "manifest.json", needs)
-    kd = ["--kd", "kl", "--temperature", "1"]
+    kd = ["--kd", "kl"]
 
     sizes = {"": student_size} | ({} if small_size is None else {f"-d{small}": small_size})
-    # arm-name suffix -> KD weight: the recipe's 0.5, then each other α asked for
-    variants = {"": ["--alpha", "0.5"]} | {f"-a{a:g}": ["--alpha", str(a)] for a in alphas if a != 0.5}
+    # arm-name suffix -> KD weight and temperature: the recipe's (0.5, 1), then each other α asked for at
+    # T 1 and each other T at α 0.5
+    variants = (
+        {"": ["--alpha", "0.5", "--temperature", "1"]}
+        | {f"-a{a:g}": ["--alpha", str(a), "--temperature", "1"] for a in alphas if a != 0.5}
+        | {f"-t{t:g}": ["--alpha", "0.5", "--temperature", str(t)] for t in temperatures if t != 1}
+    )
 
     def teacher_of(arm: str) -> str:
         """The teacher arm a student arm distils (its name without size or variant)."""
@@ -357,13 +376,14 @@ def main() -> None:
         return next((arm[: -len(v)] for v in variants if v and arm.endswith(v)), arm)
 
     def distilled(seed: int, arm: str) -> list[Job]:
-        """The students of ``arm``'s teacher at ``seed``: d=64, and the small width if asked, at each
-        KD weight asked for."""
+        """The students of ``arm``'s teacher at ``seed``: d=64 at each KD weight and temperature asked
+        for, and the small width if asked at the recipe's."""
         return [
             train(f"kd-{arm}{variant}{tag}-s{seed}", size, seed,
                   ["--teacher-scores", str(out / f"scores-{arm}"), *kd, *extra], (f"scores-{arm}",))
             for variant, extra in variants.items()
             for tag, size in sizes.items()
+            if not (variant and tag)  # the small width at the recipe's α and T only
         ]  # fmt: skip
 
     # the first seed first, arm by arm (the runs its teacher still needs, its export, its students), so
@@ -395,11 +415,12 @@ def main() -> None:
         teacher_rows.append((arm, what, dirs, metrics, member, train_s, export_t, extra))
     arms = {"plain": "plain (labels only)"} | {
         f"{arm}{variant}{tag}": f"KD from the {what}"
-        + (f", α {variant[2:]}" if variant else "")
+        + (f", {'α' if variant.startswith('-a') else 'T'} {variant[2:]}" if variant else "")
         + (f" into d={tag[2:]}" if tag else "")
         for arm, (what, *_) in teachers.items()
         for variant in variants
         for tag in sizes
+        if not (variant and tag)
     }
     results = {
         arm: {s: finished(out / f"{arm if arm == 'plain' else 'kd-' + arm}-s{s}") for s in seeds}
@@ -513,7 +534,13 @@ def write_report(
         f"epochs, patience {args.patience} on validation NDCG@10, test at the best validation epoch; full "
         "ranking over the whole catalogue, history items masked. KD: kl, α 0.5, T 1 at every training "
         "position the teacher scored, fixed beforehand (nothing here is tuned, on test or on validation)"
-        + ("; arms named with another α use it instead of 0.5" if args.alphas != "0.5" else ""),
+        + ("; arms named with another α use it instead of 0.5" if args.alphas != "0.5" else "")
+        + (
+            "; arms named with another T use it instead of 1 (at T ≠ 1 the KL is over the teacher's top "
+            "k renormalised: a score directory keeps each row's tail at T = 1 only)"
+            if args.temperatures != "1"
+            else ""
+        ),
         f"- teachers: d=128 SASRecs, max_len {args.teacher_max_len}, lr {args.teacher_lr}, at most "
         f"{args.epochs} epochs, patience {args.teacher_patience}; soft labels: `export-logits "
         "--all-positions "
@@ -618,8 +645,8 @@ def write_report(
     if against_recipe := paired_lines(RECIPE):
         lines += [
             "",
-            "## Does another α teach more than the recipe's? KD at that α minus KD from the same teacher "
-            "at α 0.5, same seed",
+            "## Does another α or T teach more than the recipe's? KD at that α or T minus KD from the same "
+            "teacher at α 0.5, T 1, same seed",
             "",
             *against_recipe,
         ]

@@ -9,6 +9,7 @@ and only rank 0 writes (:func:`distill.io.is_main_process`). In a single process
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from typing import Any
 
@@ -49,8 +50,21 @@ def setup_device(spec: str) -> torch.device:
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            atexit.register(dist.destroy_process_group)
+            atexit.register(_leave)
     return device
+
+
+def _leave() -> None:
+    """Leave the process group at exit. On gloo the ranks first meet at a barrier: a rank that tore its
+    group down while another still held a connection to it aborted that one ("terminate called without
+    an active exception") once under load. The barrier times out, so a rank whose peer died (an error on
+    one rank only) still exits, with its own status."""
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+        except RuntimeError:
+            pass  # a peer is gone; nothing is left to wait for
+    dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

@@ -212,9 +212,16 @@ class Scorer:
     ) -> dict[str, float]:
         """Full-ranking metrics on the ``split`` targets of ``users`` (default all; each rank of a
         multi-process job scores its share, every rank gets the metrics of all). ``block`` is the
-        ``--item-block`` option of :func:`item_block`: the metrics are the same either way."""
+        ``--item-block`` option of :func:`item_block`: the metrics are the same either way.
+
+        The users are scored shortest history first (metrics are means over users, so the order does
+        not change them): a batch of similar lengths needs little padding, which a model that drops
+        all-padding columns (SASRec's :meth:`~student.sasrec.SASRec.user_embedding`) does not compute.
+        """
         self.eval()
-        users = shard(data.eval_users() if users is None else users)
+        users = shard(data.eval_users() if users is None else np.asarray(users, dtype=np.int64))
+        starts, ends = data.history_bounds(split)
+        users = users[np.argsort(ends[users] - starts[users], kind="stable")]
         batches = data.eval_batches(split, batch_size, self.context, users)
         return evaluate_ranks(self._ranker(data.num_items, batch_size, block), batches)
 

@@ -264,8 +264,14 @@ class SASRec(nn.Module):
 
         Returns:
             ``(B, d)``: the representation that predicts each user's next item.
+
+        Columns that are padding in every row are dropped first: positions are right-aligned and padding
+        keys are masked, so the states are the same, and a batch of short histories costs its own width
+        (:meth:`distill.scoring.Scorer.evaluate` batches users of similar length together).
         """
-        return self.forward(seq, last_only=True)[:, 0]
+        filled = (seq != 0).any(dim=0)  # (L,) columns holding an item in some row
+        first = int(filled.int().argmax()) if bool(filled.any()) else seq.shape[1] - 1
+        return self.forward(seq[:, first:], last_only=True)[:, 0]
 
     def item_embeddings(self) -> Tensor:
         """The tied item table, ``(num_items + 1, d)``; row 0 is padding."""

@@ -79,6 +79,19 @@ def test_user_embedding_is_the_last_state_of_the_full_forward() -> None:
     assert (last[2] == 0).all()  # an all-padding row stays zero
 
 
+def test_user_embedding_encodes_a_batch_at_the_width_of_its_longest_history() -> None:
+    model = make_model()
+    widths = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    seq = torch.tensor([left_pad([1, 2, 3], 12), left_pad([4, 5], 12)])
+    with torch.no_grad():
+        last = model.user_embedding(seq)
+        torch.testing.assert_close(last, model(seq)[:, -1])  # the same states as the full width
+        assert widths == [3, 12]
+        assert (model.user_embedding(torch.zeros(2, 12, dtype=torch.long)) == 0).all()
+    assert widths[-1] == 1  # all padding: one column
+
+
 def test_training_attention_matches_the_fused_kernel_when_dropout_keeps_everything() -> None:
     # In training with dropout the attention is spelled out by hand; a drop probability that rounds to 0
     # (below 1/65536) keeps every weight, so the result must equal the SDPA path used in eval.
