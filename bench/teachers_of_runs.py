@@ -125,7 +125,8 @@ def run_all(jobs: list[Job], out: Path, workers: int, report_only: bool) -> None
     OpenMP threads spin while the other job holds the core). An ``OMP_NUM_THREADS`` set by the caller wins
     (for harnesses sharing the machine with other jobs)."""
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers))
-    pending, done, failed = list(jobs), set(), []
+    done = {job.key for job in jobs if job.done.is_file()}  # finished by an earlier invocation
+    pending, failed = [job for job in jobs if job.key not in done], []
     running: dict[Future, Job] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending or running:
@@ -387,16 +388,18 @@ def main() -> None:
         ]  # fmt: skip
 
     # the first seed first, arm by arm (the runs its teacher still needs, its export, its students), so
-    # that the cheaper arms finish first; then the other seeds
-    jobs, listed = [train(f"plain-s{seeds[0]}", student_size, seeds[0])], set()
+    # that the cheaper arms finish first; then the other seeds. A teacher run whose soft labels are already
+    # exported (and whose own directory is gone) is needed only for the report's teacher row: it goes last.
+    jobs, listed, last = [train(f"plain-s{seeds[0]}", student_size, seeds[0])], set(), []
     for arm, (_, runs, _) in teachers.items():
-        jobs += [trained[r] for r in runs if r in trained and r not in listed]
+        missing = [trained[r] for r in runs if r in trained and r not in listed]
+        (last if exports[arm].done.is_file() else jobs).extend(missing)
         listed.update(runs)
         jobs += [exports[arm], *distilled(seeds[0], arm)]
     for seed in seeds[1:]:
         jobs += [train(f"plain-s{seed}", student_size, seed)]
         jobs += [job for arm in teachers for job in distilled(seed, arm)]
-    run_all(jobs, out, args.jobs, args.report_only)
+    run_all(jobs + last, out, args.jobs, args.report_only)
 
     # the report
     teacher_rows = []
