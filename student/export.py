@@ -44,7 +44,9 @@ class Scorer(nn.Module):
         and the ``(B, d)`` query whose dot products with the item vectors are those scores."""
         history = history[:, -self.model.config.max_len :]  # right-aligned positions: the tail is enough
         history = history.clamp(min=0)  # a negative id is padding (an ONNX Gather would wrap it around)
-        query = self.model.user_embedding(history)
+        # not user_embedding: its trim of all-padding columns reads the data, which a traced graph would
+        # freeze at the example's width
+        query = self.model(history, last_only=True)[:, 0]
         return self.model.score(query)[:, 1:], query
 
 
