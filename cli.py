@@ -165,7 +165,12 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
                 cfg = resolve(cls, file=config_file, sets=sets, options=options)
                 output = getattr(cfg, "output", None) or None
                 fresh = output is not None and not os.path.lexists(output)
-                return fn(cfg, **extra)
+                result = fn(cfg, **extra)
+                if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # this rank meets the others at exit
+                    from distill.dist import succeeded
+
+                    succeeded()
+                return result
             except DistillError as e:
                 _remove_failed(output, fresh)
                 raise click.ClickException(str(e)) from None

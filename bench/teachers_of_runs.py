@@ -62,6 +62,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from bench import write_results
+from student.config import TEMPERATURES
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
@@ -280,12 +281,20 @@ def main() -> None:
         parser.error(f"--alphas {args.alphas!r}: give numbers in (0, 1], comma-separated")
     if not all(0 < a <= 1 for a in alphas):
         parser.error(f"--alphas {args.alphas!r}: each must be in (0, 1]")
+    low, high = TEMPERATURES
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
     except ValueError:
-        parser.error(f"--temperatures {args.temperatures!r}: give positive numbers, comma-separated")
-    if not all(t > 0 for t in temperatures):
-        parser.error(f"--temperatures {args.temperatures!r}: each must be positive")
+        parser.error(
+            f"--temperatures {args.temperatures!r}: give numbers in [{low:g}, {high:g}], comma-separated"
+        )
+    if not all(low <= t <= high for t in temperatures):
+        parser.error(f"--temperatures {args.temperatures!r}: each must be in [{low:g}, {high:g}]")
+    for option, values in (("--alphas", alphas), ("--temperatures", temperatures)):
+        if any(float(f"{v:g}") != v for v in values):  # arms are named by f"{v:g}": it must say v
+            parser.error(
+                f"{option} {getattr(args, option[2:])!r}: give each with at most 6 significant digits"
+            )
     if args.member and "=" not in args.member:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
@@ -388,18 +397,21 @@ def main() -> None:
         ]  # fmt: skip
 
     # the first seed first, arm by arm (the runs its teacher still needs, its export, its students), so
-    # that the cheaper arms finish first; then the other seeds. A teacher run whose soft labels are already
-    # exported (and whose own directory is gone) is needed only for the report's teacher row: it goes last.
+    # that the cheaper arms finish first; then the other seeds. A run only exports already made need (its
+    # directory gone) serves the report's teacher row alone: it goes last.
+    exporting = {r for arm, (_, runs, _) in teachers.items() if not exports[arm].done.is_file() for r in runs}
     jobs, listed, last = [train(f"plain-s{seeds[0]}", student_size, seeds[0])], set(), []
     for arm, (_, runs, _) in teachers.items():
-        missing = [trained[r] for r in runs if r in trained and r not in listed]
-        (last if exports[arm].done.is_file() else jobs).extend(missing)
+        for r in runs:
+            if r in trained and r not in listed:
+                (jobs if r in exporting else last).append(trained[r])
         listed.update(runs)
         jobs += [exports[arm], *distilled(seeds[0], arm)]
     for seed in seeds[1:]:
         jobs += [train(f"plain-s{seed}", student_size, seed)]
         jobs += [job for arm in teachers for job in distilled(seed, arm)]
-    run_all(jobs + last, out, args.jobs, args.report_only)
+    jobs += last
+    run_all(jobs, out, args.jobs, args.report_only)
 
     # the report
     teacher_rows = []

@@ -54,16 +54,28 @@ def setup_device(spec: str) -> torch.device:
     return device
 
 
+# Set by :func:`succeeded` once this process's command has finished without an error.
+_SUCCEEDED = False
+
+
+def succeeded() -> None:
+    """Mark this process's command as finished without an error: at exit its ranks meet before leaving
+    the process group (:func:`_leave`). The CLI calls it after a command returns."""
+    global _SUCCEEDED
+    _SUCCEEDED = True
+
+
 def _leave() -> None:
-    """Leave the process group at exit. On gloo the ranks first meet at a barrier: a rank that tore its
-    group down while another still held a connection to it aborted that one ("terminate called without
-    an active exception") once under load. The barrier times out, so a rank whose peer died (an error on
-    one rank only) still exits, with its own status."""
-    if dist.get_backend() == "gloo":
+    """Leave the process group at exit. After a command that succeeded, gloo ranks first meet at a
+    barrier: a rank that tore its group down while another still held a connection to it aborted that one
+    ("terminate called without an active exception") once under load. A rank that failed leaves at once,
+    so that a peer waiting on it in a collective fails too instead of hanging; the barrier's timeout
+    bounds the wait of a rank whose peer failed after it finished."""
+    if _SUCCEEDED and dist.get_backend() == "gloo":
         try:
-            dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
         except RuntimeError:
-            pass  # a peer is gone; nothing is left to wait for
+            pass  # a peer failed; nothing is left to wait for
     dist.destroy_process_group()
 
 
