@@ -61,9 +61,7 @@ class PipelineConfig:
     alphas: tuple[float, ...] = option(
         (0.5,), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
     )
-    temperatures: tuple[float, ...] = option(
-        (0.5, 1.0, 2.0), "KD temperatures to try with kl (comma-separated)."
-    )
+    temperatures: tuple[float, ...] = option((0.5, 1.0), "KD temperatures to try with kl (comma-separated).")
     seed: int = option(0, "Random seed of every stage.")
     device: str = option("auto")
     overwrite: bool = option(False, "Replace the runs of an earlier pipeline.")
