@@ -252,14 +252,14 @@ class Scorer:
 
     @torch.no_grad()
     def ms_per_user(
-        self, data: Dataset, split: str, batch_size: int, repeats: int = 5, users: int | None = None
+        self, data: Dataset, split: str, batch_size: int, repeats: int = 5, max_users: int | None = None
     ) -> float:
         """Wall milliseconds to score the whole catalogue for one user, in batches of ``batch_size``: the
-        median of ``repeats`` passes over the first ``users`` evaluation users (default every one) after
-        one warm-up pass (the first pass pays for allocation and kernel selection, which serving does
-        once)."""
+        median of ``repeats`` passes over the first ``max_users`` evaluation users (default every one)
+        after one warm-up pass (the first pass pays for allocation and kernel selection, which serving
+        does once)."""
         self.eval()
-        batches = list(data.eval_batches(split, batch_size, self.context, data.eval_users()[:users]))
+        batches = list(data.eval_batches(split, batch_size, self.context, data.eval_users()[:max_users]))
         users = max(sum(len(b.users) for b in batches), 1)
         times = []
         for _ in range(repeats + 1):

@@ -313,7 +313,7 @@ def summarise(out: Path, data: str, cfg: PipelineConfig, picked: dict, teacher_r
             "test": metrics["test"],
             "valid": metrics["valid"],
             "parameters": scorer.parameters,
-            "ms_per_user": scorer.ms_per_user(dataset, "test", 256, users=256),  # one full batch
+            "ms_per_user": scorer.ms_per_user(dataset, "test", 256, max_users=256),  # one full batch
         }
     models["teacher"]["kind"] = cfg.teacher
     diffs = (per_user(ranks["distilled"], SELECT_ON) - per_user(ranks["student"], SELECT_ON)).numpy()
