@@ -97,6 +97,20 @@ class Job:
         self.key, self.args, self.done, self.needs, self.resume = key, args, done, needs, resume
 
 
+def numbers(parser: argparse.ArgumentParser, option: str, text: str, fits, where: str) -> list[float]:
+    """The comma-separated numbers of ``option``, each in ``where`` (``fits``) and said exactly by
+    ``f"{v:g}"``, which names its arms; otherwise a one-line usage error."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"{option} {text!r}: give numbers in {where}, comma-separated")
+    if not all(map(fits, values)):
+        parser.error(f"{option} {text!r}: each must be in {where}")
+    if any(float(f"{v:g}") != v for v in values):
+        parser.error(f"{option} {text!r}: give each with at most 6 significant digits")
+    return values
+
+
 def execute(job: Job, out: Path, report_only: bool, threads: int) -> None:
     """Run ``job`` on ``threads`` torch threads unless an earlier invocation finished it; its log and
     times go under ``out``."""
@@ -275,26 +289,10 @@ def main() -> None:
     known = ARMS + (MEMBER_ARMS if args.member else ())
     if not set(chosen) <= set(known):
         parser.error(f"--arms {args.arms!r}: each arm must be one of {', '.join(known)}")
-    try:
-        alphas = [float(a) for a in args.alphas.split(",")]
-    except ValueError:
-        parser.error(f"--alphas {args.alphas!r}: give numbers in (0, 1], comma-separated")
-    if not all(0 < a <= 1 for a in alphas):
-        parser.error(f"--alphas {args.alphas!r}: each must be in (0, 1]")
     low, high = TEMPERATURES
-    try:
-        temperatures = [float(t) for t in args.temperatures.split(",")]
-    except ValueError:
-        parser.error(
-            f"--temperatures {args.temperatures!r}: give numbers in [{low:g}, {high:g}], comma-separated"
-        )
-    if not all(low <= t <= high for t in temperatures):
-        parser.error(f"--temperatures {args.temperatures!r}: each must be in [{low:g}, {high:g}]")
-    for option, values in (("--alphas", alphas), ("--temperatures", temperatures)):
-        if any(float(f"{v:g}") != v for v in values):  # arms are named by f"{v:g}": it must say v
-            parser.error(
-                f"{option} {getattr(args, option[2:])!r}: give each with at most 6 significant digits"
-            )
+    alphas = numbers(parser, "--alphas", args.alphas, lambda a: 0 < a <= 1, "(0, 1]")
+    temperatures = numbers(parser, "--temperatures", args.temperatures, lambda t: low <= t <= high,
+                           f"[{low:g}, {high:g}]")  # fmt: skip
     if args.member and "=" not in args.member:
         parser.error(f"--member {args.member!r}: give LABEL=RUN")
     if args.member and not args.prepared:
