@@ -323,8 +323,8 @@ def pipeline(cfg: PipelineConfig) -> None:
     is picked on their mean validation NDCG@10 with alpha 0 (the plain student) a candidate, so it is
     never worse than the plain one on validation; a teacher that ranks below the plain student on
     validation is not distilled at all. The summary gives the paired test interval of distilled minus
-    plain. The main job of the quickstart; other knobs (max_len, teacher_prompt_items, top_k) through
-    --set or --config. For every option of a stage, run the stages one by one.
+    plain. The main job of the quickstart; other knobs (max_len, length_group, teacher_prompt_items,
+    top_k) through --set or --config. For every option of a stage, run the stages one by one.
     """
     from pipeline.chain import run, summary
 

@@ -184,6 +184,7 @@ def student_config(cfg: PipelineConfig, data: str) -> dict:
         "data": data,
         "epochs": cfg.student_epochs,
         "max_len": cfg.max_len,
+        "length_group": cfg.length_group,
         "lr": 2e-3,
         "patience": 5,
         "seed": cfg.seed,

@@ -52,11 +52,12 @@ class PipelineConfig:
     student_epochs: int = option(30, "Maximum epochs of each student and of the teacher's SASRecs.")
     teacher_epochs: int = option(1, "Maximum epochs of an LLM teacher (moe-lora, e4srec).")
     max_len: int = 50
+    length_group: int = 8  # every SASRec's batches: users of similar length (student-train --length-group)
     teacher_prompt_items: int = 10
     positions: int | None = None  # every training target gets soft labels (dense KD); N: each user's last N
     top_k: int = 100
     kd: tuple[Literal["kl", "rank"], ...] = option(
-        ("kl", "rank"), "Distillation losses to try (comma-separated)."
+        ("kl",), "Distillation losses to try (comma-separated: kl, rank)."
     )
     alphas: tuple[float, ...] = option(
         (0.5,), "KD weights to try (comma-separated); alpha 0, the plain student, is always a candidate."
@@ -76,6 +77,7 @@ class PipelineConfig:
                 "student_epochs",
                 "teacher_epochs",
                 "max_len",
+                "length_group",
                 "teacher_prompt_items",
                 "teacher_hidden",
                 "student_hidden",

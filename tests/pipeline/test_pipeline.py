@@ -34,6 +34,8 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     assert {"mean", "low", "high"} <= set(summary["paired_test"])
     for seed in (0, 1):  # the plain student at every paired seed
         assert (out / "grid" / f"plain-s{seed}" / "metrics.json").is_file()
+    for run in ("sasrec", "grid/plain-s0"):  # every SASRec trains in length groups (the job's default)
+        assert json.loads((out / run / "config.json").read_text())["train"]["length_group"] == 8
     if SKIPPED in result.output:
         assert summary["picked"]["alpha"] == 0 and not (out / "scores").exists()
     else:
