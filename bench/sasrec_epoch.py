@@ -11,7 +11,9 @@ The report also gives floors for the full-softmax loss and for the whole CE epoc
 multiple of the floor the machine's matmul rate sets): its three (positions x items x d) matrix
 products at the best matrix-multiply rate this machine reaches on a large square product (float32,
 and bfloat16 for a mixed-precision kernel), plus one softmax over the epoch's (positions x items)
-logits in cache-sized chunks; everything else (the loss, the one-hot, conversions) for free.
+logits in cache-sized chunks; everything else (the loss, the one-hot, conversions) for free. The same
+products are then timed alone at the shapes and layouts the epoch gives them: the floor these shapes
+allow, apart from all the work that is not a product.
 
     python -m bench.sasrec_epoch DATASET_DIR [--batch-size 128] [--max-len 200] [--hidden 64] [--threads 2]
         [--length-group 1]
@@ -104,6 +106,11 @@ def main() -> None:
         "float32": model_work / fp32 + floors["float32"],
         "bfloat16": model_work / bf16 + floors["bfloat16"],
     }
+    # The same products timed alone at the shapes the epoch gives them (float32): how far the epoch's
+    # floor is from a rate these shapes can reach, apart from the work that is not a product.
+    alone_model = transformer_product_seconds(batches, args.hidden, cfg.blocks)
+    alone_loss = loss_product_seconds(positions, data.num_items, args.hidden) + softmax
+    alone = alone_model + alone_loss
     lines = [
         "# SASRec: one training epoch, full-softmax CE (float32 and mixed bfloat16) vs BCE with one negative",
         "",
@@ -148,6 +155,19 @@ def main() -> None:
         f"{seconds['ce-bf16'] / epoch_floor['float32']:.2f}x the float32 one. Everything else "
         "(embeddings, layer norms, dropout masks, softmax of attention, Adam) is counted as free.",
         "",
+        f"The same products timed alone at their own shapes (float32, each distinct shape once, the "
+        f"best of 5 or 10, the q/k/v views as the model slices them): the transformer's {alone_model:.1f} s "
+        f"({alone_model / (model_work / fp32):.2f}x their figure at the peak rate), the loss's "
+        f"{alone_loss - softmax:.1f} s plus the softmax's {softmax:.1f} s "
+        f"({alone_loss / floors['float32']:.2f}x its floor): **{alone:.1f} s, "
+        f"{alone / epoch_floor['float32']:.2f}x the float32 floor**, which no rearrangement of the "
+        f"remaining work can get under at these shapes. The measured float32 epoch is "
+        f"**{seconds['ce'] / alone:.2f}x** that; the {seconds['ce'] - alone:.1f} s beyond it are the work "
+        f"that is not a product (attention masks, softmax and dropout over (B, L, L), layer norms, "
+        f"dropout masks, copies, Adam): the transformer part "
+        f"{(seconds['ce'] - loss_seconds['ce']) / alone_model:.2f}x its products alone, the loss "
+        f"{loss_seconds['ce'] / alone_loss:.2f}x.",
+        "",
     ]
     print(write_results(ROOT / "bench" / "results" / "sasrec_epoch.md", lines))
 
@@ -163,11 +183,72 @@ def transformer_flops(batches: list, d: int, blocks: int) -> float:
     return 3 * blocks * total  # a multiply-add counts 2, as in 12·d² and 4·L·d
 
 
+def best_of(products: list, repeats: int = 3) -> float:
+    """The best of ``repeats`` timings of calling every function of ``products`` once, in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for product in products:
+            product()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def transformer_product_seconds(batches: list, d: int, blocks: int) -> float:
+    """Seconds the transformer's matrix products of an epoch take alone, float32: each distinct batch
+    shape's :func:`block_products` timed (best of 5), times its batches and the blocks."""
+    shapes: dict[tuple[int, int], int] = {}
+    for batch in batches:
+        shapes[tuple(batch.inputs.shape)] = shapes.get(tuple(batch.inputs.shape), 0) + 1
+    return sum(count * blocks * best_of(block_products(*shape, d), 5) for shape, count in shapes.items())
+
+
+def block_products(rows: int, width: int, d: int) -> list:
+    """One block's matrix products on a ``(rows, width)`` batch, as functions to time: forward (q/k/v,
+    scores, weighted sum, output and the two feed-forward layers) and backward (each Linear's input and
+    weight gradients, the two gradients of each attention product), with q and k strided views of one
+    (B, L, 3, d) tensor as the model slices them."""
+    n = rows * width
+    x, grad, grad3 = torch.randn(n, d), torch.randn(n, d), torch.randn(n, 3 * d)
+    w, w3, b, b3 = torch.randn(d, d), torch.randn(3 * d, d), torch.randn(d), torch.randn(3 * d)
+    qkv = torch.randn(rows, width, 3, d)
+    q, k = qkv[:, :, 0], qkv[:, :, 1]  # (B, L, d) views with a row stride of 3d
+    weights = torch.randn(rows, width, width)
+    return [
+        lambda: torch.addmm(b3, x, w3.T),  # q/k/v projection
+        lambda: q @ k.transpose(1, 2),  # scores
+        lambda: weights @ q,  # weighted sum of the values
+        *[lambda: torch.addmm(b, x, w.T)] * 3,  # output projection, feed-forward
+        lambda: grad3 @ w3,  # q/k/v: input gradient
+        lambda: grad3.T @ x,  # q/k/v: weight gradient
+        *[lambda: grad @ w, lambda: grad.T @ x] * 3,
+        lambda: weights @ k,  # d(scores) -> dq
+        lambda: weights.transpose(1, 2) @ q,  # d(scores) -> dk
+        lambda: q @ k.transpose(1, 2),  # d(weighted sum) -> d(weights)
+        lambda: weights.transpose(1, 2) @ q,  # d(weighted sum) -> dv
+    ]
+
+
+def loss_product_seconds(positions: int, num_items: int, d: int, chunk: int = 256) -> float:
+    """Seconds the full-softmax CE's three products take alone over an epoch's ``positions``, float32, in
+    chunks of ``chunk`` rows as :func:`student.losses.ce_loss` runs them: logits, the gradient w.r.t.
+    the states and the summed gradient w.r.t. the item table."""
+    h, table = torch.randn(chunk, d), torch.randn(num_items, d)
+    probs, grad_h = torch.randn(chunk, num_items), torch.empty(chunk, d)
+    grad_table = torch.zeros(d, num_items)
+    products = [
+        lambda: h @ table.T,
+        lambda: torch.mm(probs, table, out=grad_h),
+        lambda: grad_table.addmm_(h.T, probs),
+    ]
+    return best_of(products * 10, repeats=10) * positions / (10 * chunk)  # a chunk alone is too short to time
+
+
 def matmul_flops(dtype: torch.dtype, n: int = 4096) -> float:
-    """This machine's matrix-multiply rate in ``dtype``, FLOP/s, from the best of five n x n products."""
+    """This machine's matrix-multiply rate in ``dtype``, FLOP/s, from the best of ten n x n products."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         started = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - started)
