@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -124,7 +125,8 @@ def main() -> None:
         "",
         f"- command: `{command}`",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
-        f"{platform.machine()}, torch {torch.__version__}; {time.perf_counter() - started:.0f} s",
+        f"{platform.machine()}, torch {torch.__version__}; {time.perf_counter() - started:.0f} s at a load "
+        f"average of {os.getloadavg()[0]:.2f} (its time is not a benchmark figure)",
         f"- rows: {fit['rows']:,} ({reads}), top {fit['k']} each; the target's rank with the user's "
         "earlier items masked, as evaluation masks seen items",
         "",
