@@ -23,7 +23,6 @@ import click
 
 from distill.config import PrepareConfig
 from distill.errors import DistillError
-from distill.memory import keep_freed_memory
 from pipeline.config import (
     CompareConfig,
     EvaluateConfig,
@@ -166,7 +165,6 @@ def _command(cls: type, *, single_process: bool = False) -> Callable:
                 cfg = resolve(cls, file=config_file, sets=sets, options=options)
                 output = getattr(cfg, "output", None) or None
                 fresh = output is not None and not os.path.lexists(output)
-                keep_freed_memory()  # tensors freed every batch are reused, not page-faulted in again
                 result = fn(cfg, **extra)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # this rank meets the others at exit
                     from distill.dist import succeeded

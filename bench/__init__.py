@@ -5,10 +5,7 @@ Their results, with the commands that produced them, are in ``bench/results/``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-from distill.memory import keep_freed_memory
 
 READING = "\n## Reading\n"
 
@@ -22,20 +19,3 @@ def write_results(path: Path, lines: list[str]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
-
-
-def malloc_option(parser: argparse.ArgumentParser) -> None:
-    """``--malloc distill|glibc``: time with the C allocator's thresholds every distill command sets
-    (:func:`distill.memory.keep_freed_memory`, the default) or with glibc's own."""
-    parser.add_argument(
-        "--malloc",
-        choices=("distill", "glibc"),
-        default="distill",
-        help="the C allocator's thresholds: distill's (as every distill command sets them) or glibc's own",
-    )
-
-
-def set_malloc(args: argparse.Namespace) -> None:
-    """Apply :func:`malloc_option`'s choice to this process."""
-    if args.malloc == "distill":
-        keep_freed_memory()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import malloc_option, set_malloc, write_results
+from bench import write_results
 from distill.data import Dataset
 from student.run import load_run
 from teacher.config import TeacherTrainConfig
@@ -90,9 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="float32,bfloat16", help="backbone dtypes, comma-separated: timed alternately"
     )
-    malloc_option(parser)
     args = parser.parse_args()
-    set_malloc(args)
     dtypes = args.dtype.split(",")
     if not set(dtypes) <= {"float32", "bfloat16"} or len(set(dtypes)) != len(dtypes):
         parser.error(f"--dtype: float32 and/or bfloat16, each once, got {args.dtype!r}")
@@ -158,8 +156,7 @@ def main() -> None:
         "",
         f"- command: `python -m bench.backbone_rate {shlex.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {torch.get_num_threads()} threads "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}, "
-        f"--malloc {args.malloc}; "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch.__version__}; "
         f"load average {before[0]:.2f} before, {after[0]:.2f}/{after[2]:.2f} (1/15 min) after",
         f"- teacher: {args.teacher} on {gguf.name}, first {layers} decoder layers ({width} wide, "
         f"{weights:,} decoder-layer Linear weights); windows of {teacher.width} items, titles cut to "

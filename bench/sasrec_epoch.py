@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench import malloc_option, set_malloc, write_results
+from bench import write_results
 from distill.data import Dataset
 from student.config import SASRecConfig
 from student.losses import bce_loss, ce_loss, sample_negatives
@@ -52,9 +52,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length-group", type=int, default=1, help="as student-train --length-group")
-    malloc_option(parser)
     args = parser.parse_args()
-    set_malloc(args)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     data = Dataset(args.data)
@@ -118,7 +116,7 @@ def main() -> None:
         "",
         f"- command: `python -m bench.sasrec_epoch {args.data} --batch-size {args.batch_size} "
         f"--max-len {args.max_len} --hidden {args.hidden} --threads {args.threads} "
-        f"--length-group {args.length_group} --malloc {args.malloc}`",
+        f"--length-group {args.length_group}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {args.threads} threads, "
         f"torch {torch.__version__}; load average {load_before[0]:.2f} before, "
         f"{os.getloadavg()[2]:.2f} over the last 15 minutes after",
