@@ -28,6 +28,7 @@ import datetime
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -197,9 +198,7 @@ def best_of(products: list, repeats: int = 3) -> float:
 def transformer_product_seconds(batches: list, d: int, blocks: int) -> float:
     """Seconds the transformer's matrix products of an epoch take alone, float32: each distinct batch
     shape's :func:`block_products` timed (best of 5), times its batches and the blocks."""
-    shapes: dict[tuple[int, int], int] = {}
-    for batch in batches:
-        shapes[tuple(batch.inputs.shape)] = shapes.get(tuple(batch.inputs.shape), 0) + 1
+    shapes = Counter(tuple(batch.inputs.shape) for batch in batches)
     return sum(count * blocks * best_of(block_products(*shape, d), 5) for shape, count in shapes.items())
 
 
